@@ -1,0 +1,163 @@
+"""Arena ratings against hand-computed cases and a simulated tournament with known strengths."""
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import pytest
+
+from studio.ratings import (RatingConfig, bootstrap_bradley_terry, bradley_terry_is_regularized, compute_elo,
+                            filter_votes, fit_bradley_terry, leaderboard, plot_win_rate_heatmap, predicted_win_matrix,
+                            predicted_win_prob, win_rate_matrix)
+
+
+def v(a: str, b: str, vote: str, t: float = 0.0, category: str = "shapes") -> dict:
+    return {"model_a": a, "model_b": b, "vote": vote, "created_at": t, "category": category}
+
+
+class TestElo:
+    def test_first_win_moves_k_over_two(self):
+        assert compute_elo([v("x", "y", "A")]) == {"x": 1002.0, "y": 998.0}
+
+    def test_second_win_by_hand(self):
+        e_a = 1 / (1 + 10 ** ((998 - 1002) / 400))  # 0.505756...
+        r = compute_elo([v("x", "y", "A"), v("x", "y", "A")])
+        assert r["x"] == pytest.approx(1002 + 4 * (1 - e_a))
+        assert r["y"] == pytest.approx(998 - 4 * (1 - e_a))
+
+    def test_b_win_uses_side_b(self):
+        assert compute_elo([v("x", "y", "B")]) == {"x": 998.0, "y": 1002.0}
+
+    @pytest.mark.parametrize("vote", ["tie", "bad"])
+    def test_tie_and_both_bad_score_half(self, vote):
+        r = compute_elo([v("x", "y", "A"), v("x", "y", vote)])
+        e_a = 1 / (1 + 10 ** ((998 - 1002) / 400))
+        assert r["x"] == pytest.approx(1002 + 4 * (0.5 - e_a))
+        assert r["x"] + r["y"] == pytest.approx(2000)
+
+    def test_k_and_init_configurable(self):
+        assert compute_elo([v("x", "y", "A")], RatingConfig(k=32, init=1500)) == {"x": 1516.0, "y": 1484.0}
+
+    def test_invalid_vote_names_allowed_values(self):
+        with pytest.raises(ValueError, match="A, B, tie, bad"):
+            compute_elo([v("x", "y", "C")])
+
+
+class TestBradleyTerry:
+    def test_three_wins_to_one(self):
+        r = fit_bradley_terry([v("x", "y", "A")] * 3 + [v("x", "y", "B")])
+        assert r["x"] - r["y"] == pytest.approx(400 * math.log10(3), abs=1e-6)
+        assert (r["x"] + r["y"]) / 2 == pytest.approx(1000)
+        assert predicted_win_prob(r["x"], r["y"]) == pytest.approx(0.75)
+
+    def test_sides_do_not_matter(self):
+        r = fit_bradley_terry([v("x", "y", "A"), v("y", "x", "B"), v("y", "x", "B"), v("y", "x", "A")])
+        assert r["x"] - r["y"] == pytest.approx(400 * math.log10(3), abs=1e-6)
+
+    @pytest.mark.parametrize("vote", ["tie", "bad"])
+    def test_ties_are_half_wins(self, vote):
+        # 1 win + 2 ties of 3 battles, entered as half rows each way = 2 of 3 points: odds 2
+        r = fit_bradley_terry([v("x", "y", "A"), v("x", "y", vote), v("y", "x", vote)])
+        assert r["x"] - r["y"] == pytest.approx(400 * math.log10(2), abs=1e-6)
+
+    def test_score_equations_hold(self):
+        """The MLE makes every model's expected points equal its actual points."""
+        rng = random.Random(1)
+        votes = [v(*rng.sample("abcd", 2), rng.choice(["A", "B", "B", "tie"])) for _ in range(300)]
+        r = fit_bradley_terry(votes)
+        expected, actual = dict.fromkeys("abcd", 0.0), dict.fromkeys("abcd", 0.0)
+        for x in votes:
+            p = predicted_win_prob(r[x["model_a"]], r[x["model_b"]])
+            s = {"A": 1.0, "B": 0.0, "tie": 0.5}[x["vote"]]
+            expected[x["model_a"]] += p
+            expected[x["model_b"]] += 1 - p
+            actual[x["model_a"]] += s
+            actual[x["model_b"]] += 1 - s
+        for m in "abcd":
+            assert expected[m] == pytest.approx(actual[m], abs=1e-6)
+        assert np.mean(list(r.values())) == pytest.approx(1000)
+        assert not bradley_terry_is_regularized(votes)
+
+    def test_order_independent(self):
+        votes = [v("x", "y", "A"), v("y", "z", "A"), v("z", "x", "tie"), v("x", "z", "B"), v("y", "x", "A")]
+        assert fit_bradley_terry(votes) == pytest.approx(fit_bradley_terry(votes[::-1]))
+
+    def test_separable_data_uses_tiny_ridge(self):
+        votes = [v("x", "y", "A")] * 3
+        assert bradley_terry_is_regularized(votes)
+        r = fit_bradley_terry(votes)
+        assert all(math.isfinite(x) for x in r.values()) and r["x"] > r["y"]
+
+    def test_config_validation_names_field(self):
+        with pytest.raises(ValueError, match="RatingConfig.base"):
+            RatingConfig(base=1)
+        with pytest.raises(ValueError, match="RatingConfig.bootstrap_rounds"):
+            RatingConfig(bootstrap_rounds=-1)
+
+
+def simulate(true: dict[str, float], n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    names = sorted(true)
+    votes = []
+    for t in range(n):
+        a, b = rng.sample(names, 2)
+        votes.append(v(a, b, "A" if rng.random() < predicted_win_prob(true[a], true[b]) else "B", float(t),
+                       "shapes" if t % 2 else "general"))
+    return votes
+
+
+class TestTournament:
+    TRUE = {"m0": 1150.0, "m1": 1075.0, "m2": 1000.0, "m3": 925.0, "m4": 850.0}  # mean 1000, like the fit
+
+    def test_bt_recovers_order_and_cis_cover_truth(self):
+        votes = simulate(self.TRUE, 3000, seed=0)
+        rows = leaderboard(votes, RatingConfig(bootstrap_rounds=200, seed=0))
+        assert [r.model for r in rows] == sorted(self.TRUE, key=lambda m: -self.TRUE[m])
+        covered = sum(r.ci_low <= self.TRUE[r.model] <= r.ci_high for r in rows)
+        assert covered >= 4, [(r.model, r.ci_low, r.ci_high) for r in rows]
+        for r in rows:
+            assert abs(r.rating - self.TRUE[r.model]) < 40
+            assert r.ci_low < r.rating < r.ci_high
+            assert r.votes > 0 and 0 < r.win_rate < 1
+
+    def test_bootstrap_is_seeded(self):
+        votes = simulate(self.TRUE, 400, seed=1)
+        config = RatingConfig(bootstrap_rounds=30, seed=7)
+        assert bootstrap_bradley_terry(votes, config) == bootstrap_bradley_terry(votes, config)
+
+    def test_filters(self):
+        votes = simulate(self.TRUE, 100, seed=2)
+        assert all(x["category"] == "shapes" for x in filter_votes(votes, category="shapes"))
+        assert len(filter_votes(votes, category="shapes")) == 50
+        assert [x["created_at"] for x in filter_votes(votes, since=10, until=13)] == [10.0, 11.0, 12.0]
+        rows = leaderboard(votes, RatingConfig(bootstrap_rounds=0), category="general")
+        assert sum(r.votes for r in rows) == 2 * 50 and math.isnan(rows[0].ci_low)
+
+
+class TestTables:
+    def test_win_rate_matrix_by_hand(self):
+        votes = [v("x", "y", "A"), v("y", "x", "A"), v("x", "y", "A"), v("x", "y", "tie"), v("x", "z", "B")]
+        models, m = win_rate_matrix(votes)
+        assert models == ["x", "y", "z"]
+        assert m[0, 1] == pytest.approx(2 / 3) and m[1, 0] == pytest.approx(1 / 3)
+        assert m[2, 0] == 1.0 and m[0, 2] == 0.0 and math.isnan(m[1, 2]) and math.isnan(m[0, 0])
+
+    def test_predicted_win_matrix(self):
+        models, p = predicted_win_matrix({"x": 1100.0, "y": 1000.0})
+        assert models == ["x", "y"]
+        assert p[0, 1] == pytest.approx(1 / (1 + 10 ** -0.25)) and p[0, 1] + p[1, 0] == pytest.approx(1)
+        assert p[0, 0] == 0.5
+
+    def test_leaderboard_win_rate_counts_ties_half(self):
+        rows = {r.model: r for r in leaderboard([v("x", "y", "A"), v("x", "y", "bad")], RatingConfig(bootstrap_rounds=0))}
+        assert rows["x"].win_rate == 0.75 and rows["y"].win_rate == 0.25 and rows["x"].votes == 2
+
+    def test_heatmap_renders(self):
+        models, m = win_rate_matrix(simulate(TestTournament.TRUE, 200, seed=3))
+        fig = plot_win_rate_heatmap(models, m)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == models
