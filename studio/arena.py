@@ -1,0 +1,452 @@
+"""Blind A/B arena core: battles, votes, curated prompts and a pre-generated battle cache (no gradio here).
+
+    arena = Arena("arena.db", ["ssd-1b", "vega"], generate_fn)   # generate_fn(model, prompt, seed, settings) -> PIL
+    battle = arena.new_battle(None, session_id)                  # {"battle_id", "images": {"Model A", "Model B"}, ...}
+    reveal = arena.vote(battle["battle_id"], "A", session_id)    # {"Model A": name, "Model B": name, ...}
+
+Model names never leave this module before a vote: the payload holds neither names nor name-derived file names, and
+saved PNGs are re-encoded from raw pixels so no text chunk (e.g. A1111 ``parameters`` with ``Model:``) survives.
+Storage is SQLite in WAL mode with one connection per thread, a busy timeout and ``BEGIN IMMEDIATE`` transactions.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+GenerateFn = Callable[[str, str, int, dict], Image.Image]  # (model_name, prompt, seed, settings) -> image
+VOTES = ("A", "B", "tie", "bad")  # A is better / B is better / tie / both are bad
+LABELS = ("Model A", "Model B")
+DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "arena.json"
+CACHE_INDEX = "index.json"
+VOTE_COLUMNS = ("id", "battle_id", "created_at", "vote", "model_a", "model_b", "winner", "prompt", "category",
+                "settings", "seed", "source", "session")
+
+
+class ArenaError(ValueError):
+    """A request the arena refuses; the message is safe to show to voters (it never names a hidden model)."""
+
+
+class UnknownBattleError(ArenaError):
+    pass
+
+
+class AlreadyVotedError(ArenaError):
+    pass
+
+
+class RateLimitError(ArenaError):
+    pass
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    """How the arena serves battles and limits each session."""
+
+    votes_per_minute: int | None = 20  # per session; None = unlimited
+    battles_per_minute: int | None = 10  # per session; None = unlimited
+    live: bool = True  # False: serve every battle from the cache (CPU hosting)
+    max_live_seconds: float | None = None  # mean live time of a pair above this, with a cache present -> use cache
+    image_dir: str | None = None  # battle PNGs; default "<db dir>/arena_images"
+    busy_timeout_ms: int = 30_000  # how long a writer waits for the SQLite lock
+
+    def __post_init__(self):
+        for name in ("votes_per_minute", "battles_per_minute"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"ArenaConfig.{name} must be an int >= 1 or None (unlimited), got {value!r}")
+        if self.max_live_seconds is not None and not self.max_live_seconds > 0:
+            raise ValueError(f"ArenaConfig.max_live_seconds must be > 0 or None, got {self.max_live_seconds!r}")
+        if not (isinstance(self.busy_timeout_ms, int) and self.busy_timeout_ms >= 0):
+            raise ValueError(f"ArenaConfig.busy_timeout_ms must be an int >= 0, got {self.busy_timeout_ms!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prompt sets
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    category: str
+    text: str
+
+
+def load_prompt_set(path: str | Path = DEFAULT_PROMPT_SET) -> list[PromptItem]:
+    """Prompts of a JSON file ``{"categories": {"<category>": ["prompt", ...], ...}}``."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    items = [PromptItem(c, p) for c, prompts in data["categories"].items() for p in prompts]
+    if not items:
+        raise ValueError(f"prompt set {path} has no prompts")
+    return items
+
+
+def draw_prompt(items: Sequence[PromptItem], *, category: str | None = None,
+                rng: random.Random | None = None) -> PromptItem:
+    """A uniformly drawn prompt, optionally from one category."""
+    pool = [i for i in items if category is None or i.category == category]
+    if not pool:
+        raise ArenaError(f"category must be one of {', '.join(sorted({i.category for i in items}))}; "
+                         f"got {category!r}")
+    return (rng or random).choice(pool)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# images
+
+
+def strip_image(image: Image.Image) -> Image.Image:
+    """A copy rebuilt from raw pixels: no ``info`` (PNG text, EXIF, ICC) can carry a model name through."""
+    image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    return Image.frombytes(image.mode, image.size, image.tobytes())
+
+
+def _save_anonymous(image: Image.Image, folder: Path) -> tuple[Image.Image, Path]:
+    clean = strip_image(image)
+    path = folder / f"{secrets.token_urlsafe(12)}.png"  # random name: no model, side or order in it
+    clean.save(path, format="PNG")
+    return clean, path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# battle cache
+
+
+def build_cache(pool: Sequence[str], prompts: Sequence[str | PromptItem], seeds: Sequence[int],
+                generate_fn: GenerateFn, cache_dir: str | Path, *, settings: dict | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Path:
+    """Pre-generate one image per (prompt, seed, model) and write ``cache_dir/index.json``; returns the index path.
+
+    Resumable: images already in an existing index are kept. All entries share `settings` (a mismatch with an
+    existing index raises). `on_progress(done, total)` is called after each image.
+    """
+    cache_dir, settings = Path(cache_dir), dict(settings or {})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index_path = cache_dir / CACHE_INDEX
+    index = (json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists()
+             else {"version": 1, "settings": settings, "entries": []})
+    if index["settings"] != settings:
+        raise ValueError(f"build_cache: settings {settings} differ from the cache's {index['settings']}; "
+                         "use another cache_dir")
+    entries = {(e["prompt"], e["seed"]): e for e in index["entries"]}
+    items = [p if isinstance(p, PromptItem) else PromptItem("custom", p) for p in prompts]
+    total, done = len(items) * len(seeds) * len(pool), 0
+    for item in items:
+        for seed in seeds:
+            entry = entries.setdefault((item.text, int(seed)), {"prompt": item.text, "category": item.category,
+                                                                 "seed": int(seed), "images": {}})
+            for model in pool:
+                if model not in entry["images"]:
+                    _, path = _save_anonymous(generate_fn(model, item.text, int(seed), dict(settings)), cache_dir)
+                    entry["images"][model] = path.name
+                done += 1
+                if on_progress:
+                    on_progress(done, total)
+            index["entries"] = list(entries.values())
+            tmp = index_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+            os.replace(tmp, index_path)  # atomic: a crash never leaves a half-written index
+    return index_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# storage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS battles (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, prompt TEXT NOT NULL, category TEXT NOT NULL,
+    settings TEXT NOT NULL, model_a TEXT NOT NULL, model_b TEXT NOT NULL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'voted')), source TEXT NOT NULL CHECK (source IN ('live', 'cache')),
+    image_a TEXT NOT NULL, image_b TEXT NOT NULL, session TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS votes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, battle_id TEXT NOT NULL UNIQUE REFERENCES battles (id),
+    created_at REAL NOT NULL, vote TEXT NOT NULL CHECK (vote IN ('A', 'B', 'tie', 'bad')),
+    model_a TEXT NOT NULL, model_b TEXT NOT NULL, winner TEXT, prompt TEXT NOT NULL, category TEXT NOT NULL,
+    settings TEXT NOT NULL, seed INTEGER NOT NULL, source TEXT NOT NULL, session TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS votes_pair ON votes (model_a, model_b);
+"""
+
+
+def _connect(db_path: str | Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
+    """A new connection in autocommit mode (transactions are explicit) that waits for the write lock."""
+    con = sqlite3.connect(db_path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    con.row_factory = sqlite3.Row
+    con.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    con.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on application crash, fast commits
+    return con
+
+
+def _vote_row(row: sqlite3.Row) -> dict:
+    vote = dict(row)
+    vote["settings"] = json.loads(vote["settings"])
+    return vote
+
+
+def load_votes(db_path: str | Path) -> list[dict]:
+    """Every vote (columns `VOTE_COLUMNS`, settings parsed) in time order: the input of `studio.ratings`."""
+    con = _connect(db_path)
+    try:
+        return [_vote_row(r) for r in con.execute(f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes ORDER BY id")]
+    finally:
+        con.close()
+
+
+def export_votes(db_path: str | Path, out_path: str | Path, fmt: str | None = None) -> int:
+    """Write the votes as CSV or JSON (`fmt` or the file extension); returns the number of rows."""
+    out_path = Path(out_path)
+    fmt = fmt or out_path.suffix.lstrip(".").lower()
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"export format must be one of csv, json; got {fmt!r}")
+    votes = load_votes(db_path)
+    if fmt == "json":
+        out_path.write_text(json.dumps(votes, indent=1), encoding="utf-8")
+    else:
+        with out_path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=VOTE_COLUMNS)
+            writer.writeheader()
+            writer.writerows({**v, "settings": json.dumps(v["settings"], sort_keys=True)} for v in votes)
+    return len(votes)
+
+
+def read_export(path: str | Path) -> list[dict]:
+    """Votes back from an `export_votes` file, with the same types as `load_votes`."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update(id=int(r["id"]), created_at=float(r["created_at"]), seed=int(r["seed"]),
+                 settings=json.loads(r["settings"]), winner=r["winner"] or None)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the arena
+
+
+class _RateLimiter:
+    """Sliding one-minute window of event times per (kind, session); thread-safe."""
+
+    def __init__(self):
+        self._lock, self._events = threading.Lock(), {}
+
+    def hit(self, kind: str, session: str, per_minute: int | None) -> None:
+        if per_minute is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            events = self._events.setdefault((kind, session), deque())
+            while events and now - events[0] >= 60.0:
+                events.popleft()
+            if len(events) >= per_minute:
+                wait = 60.0 - (now - events[0])
+                raise RateLimitError(f"Too many {kind}: at most {per_minute} per minute; "
+                                     f"try again in {wait:.0f} s.")
+            events.append(now)
+
+
+class Arena:
+    """Blind A/B battles between models of `pool`, stored in the SQLite database `db_path`.
+
+    Args:
+        db_path (`str` or `Path`): database file; created (WAL mode) if missing.
+        pool (`list[str]`, *optional*): model names to battle; None = every model of the cache.
+        generate_fn (`GenerateFn`, *optional*): ``(model_name, prompt, seed, settings) -> PIL.Image``; None = no model
+            loaded, battles come from the cache only.
+        cache_dir (`str` or `Path`, *optional*): a folder written by `build_cache`.
+        config (`ArenaConfig`, *optional*): rate limits, live/cache switch, image folder.
+        prompts (`list[PromptItem]`, *optional*): prompts drawn when a battle has none; default the curated set.
+    """
+
+    def __init__(self, db_path: str | Path, pool: Sequence[str] | None = None, generate_fn: GenerateFn | None = None,
+                 *, cache_dir: str | Path | None = None, config: ArenaConfig | None = None,
+                 prompts: Sequence[PromptItem] | None = None):
+        self.db_path, self.config, self.generate_fn = Path(db_path), config or ArenaConfig(), generate_fn
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache = (json.loads((self.cache_dir / CACHE_INDEX).read_text(encoding="utf-8"))
+                      if self.cache_dir is not None else None)
+        if pool is None:
+            if self.cache is None:
+                raise ValueError("Arena: pool is required when there is no cache_dir")
+            pool = sorted({m for e in self.cache["entries"] for m in e["images"]})
+        self.pool = list(pool)
+        if len(set(self.pool)) != len(self.pool) or len(self.pool) < 2:
+            raise ValueError(f"Arena: pool must hold at least 2 distinct model names, got {self.pool!r}")
+        if self.cache is None and (generate_fn is None or not self.config.live):
+            raise ValueError("Arena: without live generation (generate_fn None or config.live False) a cache_dir "
+                             "is required")
+        self.prompts = list(prompts) if prompts is not None else load_prompt_set()
+        self.image_dir = Path(self.config.image_dir or self.db_path.parent / "arena_images")
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self._rng = random.SystemRandom()  # sides and pairs must not be predictable
+        self._limiter, self._lock, self._live_times = _RateLimiter(), threading.Lock(), deque(maxlen=5)
+        self._local = threading.local()  # one SQLite connection per thread, closed when the thread ends
+        con = self._connection()
+        con.execute("PRAGMA journal_mode = WAL")
+        con.executescript(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('session_salt', ?)", (secrets.token_hex(16),))
+        self._salt = con.execute("SELECT value FROM meta WHERE key = 'session_salt'").fetchone()[0]
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, reused across calls (closing the last connection checkpoints the WAL: slow)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = _connect(self.db_path, self.config.busy_timeout_ms)
+        return con
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        con = self._connection()
+        try:
+            con.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock between voters
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    def _anonymous(self, session_id: str) -> str:
+        return hashlib.sha256(f"{self._salt}:{session_id}".encode()).hexdigest()[:16]
+
+    # -- sampling -------------------------------------------------------------------------------------------
+
+    def pair_weights(self, models: Sequence[str] | None = None) -> dict[tuple[str, str], float]:
+        """Sampling weight 1 / (1 + votes so far) of each unordered pair: under-sampled pairs come up more often."""
+        models = sorted(models if models is not None else self.pool)
+        rows = self._connection().execute("SELECT model_a, model_b, COUNT(*) FROM votes GROUP BY model_a, model_b")
+        counts: dict[frozenset, int] = {}
+        for a, b, n in rows:
+            counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
+        return {(a, b): 1.0 / (1 + counts.get(frozenset((a, b)), 0))
+                for i, a in enumerate(models) for b in models[i + 1:]}
+
+    def _pick_pair(self, models: Sequence[str]) -> tuple[str, str]:
+        weights = self.pair_weights(models)
+        a, b = self._rng.choices(list(weights), weights=list(weights.values()))[0]
+        return (a, b) if self._rng.random() < 0.5 else (b, a)  # random left/right
+
+    def _use_cache(self) -> bool:
+        if self.generate_fn is None or not self.config.live:
+            return True
+        limit, times = self.config.max_live_seconds, list(self._live_times)
+        return self.cache is not None and limit is not None and bool(times) and sum(times) / len(times) > limit
+
+    # -- battles --------------------------------------------------------------------------------------------
+
+    def _from_cache(self, prompt: str | None, category: str | None) -> tuple[dict, str, str, list[Image.Image]]:
+        entries = [e for e in self.cache["entries"] if len(set(e["images"]) & set(self.pool)) >= 2
+                   and (prompt is None or e["prompt"] == prompt) and (category is None or e["category"] == category)]
+        if not entries:
+            raise ArenaError("This prompt is not in the battle cache; leave the prompt empty to draw a cached one."
+                             if prompt else f"The battle cache has no battles for category {category!r}.")
+        entry = self._rng.choice(entries)
+        a, b = self._pick_pair([m for m in self.pool if m in entry["images"]])
+        images = []
+        for m in (a, b):
+            with Image.open(self.cache_dir / entry["images"][m]) as im:
+                images.append(im.copy())
+        return entry, a, b, images
+
+    def _live(self, prompt: str, seed: int, settings: dict) -> tuple[str, str, list[Image.Image]]:
+        a, b = self._pick_pair(self.pool)
+        start = time.perf_counter()
+        try:
+            images = [self.generate_fn(m, prompt, seed, dict(settings)) for m in (a, b)]
+        except Exception as exc:  # the message could name the model: chain it, show a neutral one
+            raise ArenaError("Image generation failed; please start another battle.") from exc
+        with self._lock:
+            self._live_times.append(time.perf_counter() - start)
+        return a, b, images
+
+    def new_battle(self, prompt: str | None, session_id: str, settings: dict | None = None, *,
+                   seed: int | None = None, category: str | None = None) -> dict:
+        """Generate (or take from the cache) both images of a new battle and return its public payload.
+
+        Args:
+            prompt (`str`, *optional*): None or "" draws one from the curated set (or the cache), of `category`.
+            session_id (`str`): the voter's session (e.g. ``gr.Request.session_hash``); rate-limited.
+            settings (`dict`, *optional*): JSON-serialisable generation settings, the same for both models.
+            seed (`int`, *optional*): shared by both images; None = random.
+
+        A cached battle (generate_fn None, ``config.live`` False, or live generation slower than
+        ``config.max_live_seconds``) takes prompt, seed and settings from a cache entry instead.
+
+        Returns: ``{"battle_id", "prompt", "category", "seed", "settings", "source" ("live" or "cache"),
+        "images": {"Model A": PIL, "Model B": PIL}, "paths": {"Model A": str, "Model B": str}}`` — no model names.
+        """
+        self._limiter.hit("battles", session_id, self.config.battles_per_minute)
+        settings = dict(settings or {})
+        try:
+            settings_json = json.dumps(settings, sort_keys=True)
+        except TypeError as exc:
+            raise ArenaError(f"settings must be JSON-serialisable: {exc}") from None
+        prompt = prompt.strip() if prompt else None
+        cached = self._use_cache() and (prompt is None or self.generate_fn is None or not self.config.live
+                                        or any(e["prompt"] == prompt for e in self.cache["entries"]))
+        if cached:
+            entry, a, b, images = self._from_cache(prompt, category)
+            prompt, category, seed = entry["prompt"], entry["category"], entry["seed"]
+            settings, settings_json = self.cache["settings"], json.dumps(self.cache["settings"], sort_keys=True)
+        else:
+            if prompt is None:
+                item = draw_prompt(self.prompts, category=category, rng=self._rng)
+                prompt, category = item.text, item.category
+            else:
+                category = next((i.category for i in self.prompts if i.text == prompt), "custom")
+            seed = self._rng.randrange(2**32) if seed is None else int(seed)
+            a, b, images = self._live(prompt, seed, settings)
+        (img_a, path_a), (img_b, path_b) = (_save_anonymous(im, self.image_dir) for im in images)
+        battle_id = secrets.token_urlsafe(16)
+        self._connection().execute("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+                                   (battle_id, time.time(), prompt, category, settings_json, a, b, seed,
+                                    "cache" if cached else "live", str(path_a), str(path_b),
+                                    self._anonymous(session_id)))
+        return {"battle_id": battle_id, "prompt": prompt, "category": category, "seed": seed, "settings": settings,
+                "source": "cache" if cached else "live", "images": dict(zip(LABELS, (img_a, img_b))),
+                "paths": dict(zip(LABELS, (str(path_a), str(path_b))))}
+
+    def vote(self, battle_id: str, vote: str, session_id: str) -> dict:
+        """Record the one vote of a battle (only from the session that opened it) and reveal the models.
+
+        Returns: ``{"battle_id", "vote", "Model A": name, "Model B": name, "winner": name or None, "source"}``.
+        """
+        if vote not in VOTES:
+            raise ArenaError(f"vote must be one of {', '.join(VOTES)}; got {vote!r}")
+        self._limiter.hit("votes", session_id, self.config.votes_per_minute)
+        session = self._anonymous(session_id)
+        with self._transaction() as con:
+            battle = con.execute("SELECT * FROM battles WHERE id = ?", (battle_id,)).fetchone()
+            if battle is None:
+                raise UnknownBattleError(f"Unknown battle id {battle_id!r}; start a new battle.")
+            if battle["session"] != session:
+                raise ArenaError("This battle belongs to another session; start a new battle.")
+            if battle["status"] == "voted":
+                raise AlreadyVotedError("This battle already has its vote; start a new battle.")
+            winner = {"A": battle["model_a"], "B": battle["model_b"]}.get(vote)
+            con.execute("INSERT INTO votes (battle_id, created_at, vote, model_a, model_b, winner, prompt, category,"
+                        " settings, seed, source, session) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (battle_id, time.time(), vote, battle["model_a"], battle["model_b"], winner,
+                         battle["prompt"], battle["category"], battle["settings"], battle["seed"],
+                         battle["source"], session))
+            con.execute("UPDATE battles SET status = 'voted' WHERE id = ?", (battle_id,))
+        return {"battle_id": battle_id, "vote": vote, LABELS[0]: battle["model_a"], LABELS[1]: battle["model_b"],
+                "winner": winner, "source": battle["source"]}
+
+    def votes(self) -> list[dict]:
+        """Every vote in time order (see `load_votes`)."""
+        return load_votes(self.db_path)
