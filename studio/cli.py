@@ -1,0 +1,123 @@
+"""Command line: ``python -m studio generate|models|...``. Same config objects as the UI.
+
+    python -m studio models
+    python -m studio generate --model demo-teacher --prompt "a red circle on a blue background" --out outputs/cli
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from studio.generation import GenerateRequest
+from studio.schedulers import SCHEDULERS
+
+REQUEST_HELP = {
+    "prompt": "what to draw", "negative_prompt": "what to avoid", "seed": "-1 = random (reported)",
+    "steps": "denoising steps (1-150)", "guidance": "CFG scale (0-30)",
+    "width": "pixels, multiple of 8 (default: the model's native size)", "height": "pixels, multiple of 8",
+    "scheduler": "one of: " + ", ".join(SCHEDULERS), "batch_size": "images per model (1-8)",
+    "strength": "image-to-image strength (0, 1]",
+}
+
+
+def _add_request_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per GenerateRequest field, named after it (--negative-prompt -> negative_prompt)."""
+    defaults = GenerateRequest(prompt="")
+    for f in fields(GenerateRequest):
+        if f.name == "init_image":
+            parser.add_argument("--init-image", help="image-to-image: path of the starting image")
+            continue
+        default = getattr(defaults, f.name)
+        kind = {"seed": int, "steps": int, "batch_size": int, "width": int, "height": int,
+                "guidance": float, "strength": float}.get(f.name, str)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None if f.name == "prompt" else default,
+                            required=f.name == "prompt", help=REQUEST_HELP.get(f.name))
+
+
+def cmd_generate(args) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from studio.compare import iter_side_by_side, stats_rows
+    from studio.loading import ModelCache
+    from studio.registry import default_model
+
+    values = {f.name: getattr(args, f.name) for f in fields(GenerateRequest) if f.name != "init_image"}
+    if args.init_image:
+        values["init_image"] = Image.open(args.init_image)
+    request = GenerateRequest(**values)
+    models = args.model or [default_model()]
+    cache, results = ModelCache(), []
+    bar = tqdm(total=0, unit="step")
+
+    def on_step(step, total, info):
+        bar.total = total
+        bar.set_description(info["model"])
+        bar.n = step
+        bar.refresh()
+
+    for result in iter_side_by_side(cache, models, request, on_step=on_step):
+        for path in result.save(args.out):
+            print(path)
+        results.append(result)
+    bar.close()
+    from studio.compare import STATS_COLUMNS
+    print(json.dumps([dict(zip(STATS_COLUMNS, row)) for row in stats_rows(results)], indent=2))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from studio.registry import model_rows
+
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<16} {'offline':<8} {'UNet params':>14}  source")
+    for r in rows:
+        params = f"{r['unet_params']:,}" if r["unet_params"] else "?"
+        print(f"{r['name']:<16} {'yes' if r['offline'] else 'no':<8} {params:>14}  {r['source']}"
+              + (f"  (components from {r['base']})" if r["base"] else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio",
+                                     description="SDXL-family studio: generate, compare, take UNets apart.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate with one or more models side by side")
+    gen.add_argument("--model", action="append",
+                     help="registry name or local folder/.safetensors; repeat for side by side "
+                          "(default: the registry default, the demo teacher)")
+    _add_request_args(gen)
+    gen.add_argument("--out", default="outputs/cli", help="folder for PNGs (with A1111 'parameters' metadata)")
+    gen.set_defaults(func=cmd_generate)
+    models = sub.add_parser("models", help="list the model registry")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    for module in _extension_modules():
+        module.register(sub)
+    return parser
+
+
+def _extension_modules():
+    """Subcommands contributed by other core modules (layer removal, arena), when present."""
+    import importlib
+
+    for name in ("studio.removal_cli", "studio.arena_cli"):
+        try:
+            yield importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:  # bad input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,158 @@
+"""The model catalogue: built-in SDXL-family models, the embedded demo family, and whatever users export.
+
+    for spec in list_models(): print(spec.name, spec.source)
+    spec = get_spec("ssd-1b")
+
+A model's ``source`` is a hub id, a local diffusers folder or a single ``.safetensors`` file. When ``base`` names
+another model, only the UNet comes from ``source`` and the text encoders, tokenizers, VAE and scheduler are the
+base model's — loaded once and shared (SSD-1B and Vega ship SDXL's text encoders and VAE unchanged).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from studio.paths import DEMO_DIR, models_dir
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SOURCE_KINDS = ("hub", "folder", "file")
+SPEC_FILE = "studio_model.json"  # optional, inside an exported folder: {"base": ..., "description": ...}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # registry key, lower-case, e.g. "ssd-1b"
+    source: str  # hub id, local diffusers folder, or single .safetensors file
+    base: str | None = None  # registry model supplying every component but the UNet
+    description: str = ""
+    fp16_variant: bool = False  # the hub repo publishes variant="fp16" weights
+    unet_params: int | None = None  # published UNet size, listed without loading anything
+    default_size: int | None = None  # native resolution in pixels
+    default_steps: int = 25
+    default_guidance: float = 5.0
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"ModelSpec.name {self.name!r}: use 1-64 lower-case letters, digits, '.', '_' or '-'")
+        if not self.source:
+            raise ValueError(f"ModelSpec.source of {self.name!r} must be a hub id, a folder or a .safetensors file")
+        if self.base == self.name:
+            raise ValueError(f"ModelSpec.base of {self.name!r} cannot be the model itself")
+
+    @property
+    def source_kind(self) -> str:
+        if self.source.endswith((".safetensors", ".ckpt", ".bin", ".pt")):
+            return "file"
+        if Path(self.source).is_absolute() or self.source.startswith((".", "~")) or Path(self.source).exists():
+            return "folder"
+        return "hub"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BUILTIN = [
+    ModelSpec("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", fp16_variant=True, unet_params=2_567_463_684,
+              default_size=1024, default_steps=30, description="SDXL base 1.0 (teacher)"),
+    ModelSpec("ssd-1b", "segmind/SSD-1B", base="sdxl", fp16_variant=True, unet_params=1_331_334_404,
+              default_size=1024, default_steps=30, description="Segmind SSD-1B: SDXL distilled, 50% smaller"),
+    ModelSpec("vega", "segmind/Segmind-Vega", base="sdxl", fp16_variant=True, unet_params=745_225_604,
+              default_size=1024, default_steps=30, description="Segmind Vega: SDXL distilled, 70% smaller"),
+]
+DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega"}
+
+
+def _demo_specs() -> list[ModelSpec]:
+    """The embedded demo family: tiny SDXL-layout teacher and the students distilled from it (when present)."""
+    specs = []
+    for folder, name in DEMO_NAMES.items():
+        path = DEMO_DIR / folder
+        if (path / "model_index.json").exists() or (path / "unet").exists():
+            base = None if (path / "model_index.json").exists() else DEMO_NAMES["teacher"]
+            specs.append(ModelSpec(name, str(path), base=base, default_size=64, default_steps=20,
+                                   default_guidance=_card_guidance(path), description=f"demo family: {folder}"))
+    return specs
+
+
+def _card_guidance(path: Path) -> float:
+    meta = _read_spec_file(path)
+    return float(meta.get("default_guidance", 5.0))
+
+
+def _read_spec_file(path: Path) -> dict:
+    file = path / SPEC_FILE
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def _exported_specs() -> list[ModelSpec]:
+    """Folders under the models dir: full pipelines, or UNet-only students that name their base."""
+    specs = []
+    for path in sorted(p for p in models_dir().iterdir() if p.is_dir()):
+        meta = _read_spec_file(path)
+        full = (path / "model_index.json").exists()
+        if not full and not meta.get("base"):
+            continue
+        name = re.sub(r"[^a-z0-9._-]", "-", path.name.lower())[:64]
+        specs.append(ModelSpec(name, str(path), base=None if full else meta["base"],
+                               description=meta.get("description", "exported"),
+                               default_size=meta.get("default_size"),
+                               default_steps=meta.get("default_steps", 25),
+                               default_guidance=meta.get("default_guidance", 5.0)))
+    return specs
+
+
+def list_models() -> list[ModelSpec]:
+    """Demo family first (it always works offline), then the built-in hub models, then exported models."""
+    seen, out = set(), []
+    for spec in _demo_specs() + BUILTIN + _exported_specs():
+        if spec.name not in seen:
+            seen.add(spec.name)
+            out.append(spec)
+    return out
+
+
+def default_model() -> str:
+    """The demo teacher when it is present, else SDXL."""
+    names = [s.name for s in list_models()]
+    return DEMO_NAMES["teacher"] if DEMO_NAMES["teacher"] in names else "sdxl"
+
+
+def get_spec(name: str) -> ModelSpec:
+    for spec in list_models():
+        if spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in list_models())
+    raise ValueError(f"unknown model {name!r}; known models: {known} (or pass a local folder / .safetensors path)")
+
+
+def is_available_offline(spec: ModelSpec) -> bool:
+    """True when the weights are on this machine (a local path, or the Hugging Face cache holds the repo)."""
+    if spec.source_kind != "hub":
+        return Path(spec.source).exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    probe = "unet/config.json" if spec.base else "model_index.json"
+    return isinstance(try_to_load_from_cache(spec.source, probe), str)
+
+
+def count_unet_params(spec: ModelSpec) -> int | None:
+    """Published size, or counted from a local UNet config on the meta device (no weights read)."""
+    if spec.unet_params or spec.source_kind != "folder":
+        return spec.unet_params
+    folder = Path(spec.source)
+    config = folder / "unet" / "config.json" if (folder / "unet").is_dir() else folder / "config.json"
+    if not config.exists():
+        return None
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads(config.read_text()))
+    return sum(p.numel() for p in unet.parameters())
+
+
+def model_rows() -> list[dict]:
+    return [{"name": s.name, "source": s.source, "base": s.base, "unet_params": count_unet_params(s),
+             "offline": is_available_offline(s), "description": s.description} for s in list_models()]

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny SDXL-architecture pipelines built from configs and saved to disk, an isolated data dir."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-test-data-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from studio.build import SDXLArch, build_sdxl_pipeline  # noqa: E402
+from studio.tokenizer import build_tokenizer  # noqa: E402
+
+torch.set_num_threads(2)
+TINY_ARCH = SDXLArch(block_out_channels=(8, 16, 16), head_dim=8, text_hidden=(16, 16), text_layers=(1, 1),
+                     projection_dim=16, addition_time_embed_dim=4, vae_channels=(8, 8, 8), image_size=32)
+TINY_WORDS = "a red green blue circle square star on background".split()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running; run with RUN_SLOW=1")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_slow = pytest.mark.skip(reason="slow test: set RUN_SLOW=1")
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "slow" in item.keywords and os.environ.get("RUN_SLOW") != "1":
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+def make_tiny_pipeline(seed: int = 0):
+    return build_sdxl_pipeline(TINY_ARCH, build_tokenizer(TINY_WORDS), seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny SDXL-layout pipeline saved with save_pretrained (safetensors)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-sdxl"
+    make_tiny_pipeline(seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_student_folder(tmp_path_factory):
+    """Same text encoders/VAE as tiny_folder (seed 0), a different UNet (seed 7): a sibling model."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-sibling"
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.unet = make_tiny_pipeline(seed=7).unet
+    pipe.save_pretrained(path)
+    return path

@@ -1,0 +1,108 @@
+"""Generation: determinism, schedulers, img2img without copies, PNG metadata, bad requests, cancel."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.generation import GenerateRequest, GenerationCancelled, generate
+from studio.pngmeta import read_png
+from studio.schedulers import SCHEDULERS
+from tests.conftest import make_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_tiny_pipeline()
+
+
+def arr(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_same_seed_same_image_different_seed_different_image(pipe):
+    req = GenerateRequest(prompt="a red circle", seed=11, steps=3)
+    a, b = generate(pipe, req).images[0], generate(pipe, req).images[0]
+    c = generate(pipe, GenerateRequest(prompt="a red circle", seed=12, steps=3)).images[0]
+    assert np.array_equal(arr(a), arr(b))
+    assert np.abs(arr(a) - arr(c)).mean() > 1.0
+
+
+def test_random_seed_is_reported_and_reproduces(pipe):
+    first = generate(pipe, GenerateRequest(prompt="a star", seed=-1, steps=2))
+    assert 0 <= first.seed < 2**32 and first.request.seed == first.seed
+    again = generate(pipe, GenerateRequest(prompt="a star", seed=first.seed, steps=2))
+    assert np.array_equal(arr(first.images[0]), arr(again.images[0]))
+
+
+def test_batch_image_i_equals_single_image_with_seed_plus_i(pipe):
+    batch = generate(pipe, GenerateRequest(prompt="a blue square", seed=5, steps=2, batch_size=2))
+    single = generate(pipe, GenerateRequest(prompt="a blue square", seed=6, steps=2))
+    assert len(batch.images) == 2
+    assert np.abs(arr(batch.images[1]) - arr(single.images[0])).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_scheduler_runs(pipe, name):
+    result = generate(pipe, GenerateRequest(prompt="a green star", seed=1, steps=2, scheduler=name))
+    assert result.images[0].size == (32, 32)
+    assert result.request.scheduler == name and f"Sampler: {name}" in result.parameters[0]
+
+
+def test_stats_are_measured(pipe):
+    result = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=3))
+    s = result.stats
+    assert s.latency_s > 0 and s.it_per_s > 0
+    assert s.unet_params == sum(p.numel() for p in pipe.unet.parameters())
+    assert s.peak_memory_mb > 50 and s.memory_kind == "process RSS"
+
+
+def test_png_metadata_round_trip(pipe, tmp_path):
+    req = GenerateRequest(prompt="a red circle, big", negative_prompt="blurry", seed=42, steps=2,
+                          guidance=6.5, scheduler="DPM++ 2M Karras")
+    path = generate(pipe, req, model_name="tiny").save(tmp_path)[0]
+    params, studio = read_png(path)
+    assert params["prompt"] == "a red circle, big" and params["negative_prompt"] == "blurry"
+    assert params["Seed"] == "42" and params["Steps"] == "2" and params["Sampler"] == "DPM++ 2M Karras"
+    assert params["CFG scale"] == "6.5" and params["Size"] == "32x32" and params["Model"] == "tiny"
+    assert studio["seed"] == 42 and studio["scheduler"] == "DPM++ 2M Karras" and studio["model"] == "tiny"
+
+
+def test_img2img_shares_weights_and_follows_init_image(pipe):
+    ids = {name: id(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    steps = []
+
+    def run(colour, strength):
+        init = Image.new("RGB", (32, 32), colour)
+        return generate(pipe, GenerateRequest(prompt="a circle", seed=3, steps=4, init_image=init, strength=strength),
+                        on_step=lambda s, t, info: steps.append(t))
+
+    red, blue = run((255, 0, 0), 0.5), run((0, 0, 255), 0.5)
+    assert {name: id(getattr(pipe, name)) for name in ids} == ids  # same modules, no second copy
+    assert steps == [2, 2, 2, 2]  # strength 0.5 of 4 steps denoises 2
+    assert np.abs(arr(red.images[0]) - arr(blue.images[0])).mean() > 5  # the init image matters
+    assert "Denoising strength: 0.5" in red.parameters[0]
+
+
+def test_cancel_stops_after_the_requested_step(pipe):
+    seen = []
+    with pytest.raises(GenerationCancelled):
+        generate(pipe, GenerateRequest(prompt="a star", seed=1, steps=6),
+                 on_step=lambda s, t, info: seen.append((s, t)), should_stop=lambda: len(seen) >= 2)
+    assert seen == [(1, 6), (2, 6)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(width=30), "width must be a multiple of 8"),
+    (dict(height=4096), "height must be a multiple of 8 between 32 and 2048"),
+    (dict(steps=0), "steps must be between 1 and 150"),
+    (dict(steps=1000), "steps must be between 1 and 150"),
+    (dict(scheduler="Heun++"), "unknown scheduler 'Heun++'"),
+    (dict(seed=-5), "seed must be -1"),
+    (dict(batch_size=9), "batch_size must be between 1 and 8"),
+    (dict(guidance=99), "guidance must be between 0 and 30"),
+    (dict(strength=0), "strength must be in (0, 1]"),
+    (dict(prompt="x" * 5000), "prompt must be text of at most"),
+])
+def test_bad_requests_get_clear_errors(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        GenerateRequest(**{"prompt": "a circle", **kwargs})
+    assert message in str(info.value)
