@@ -285,7 +285,7 @@ def _config_and_names(teacher_config: dict, plan: RemovalPlan) -> tuple[dict, di
 
 # ---------------------------------------------------------------- public plan API
 
-def _runtime_modules(teacher_config: dict, plan: RemovalPlan) -> list[tuple[str, str]]:
+def runtime_modules(teacher_config: dict, plan: RemovalPlan) -> list[tuple[str, str]]:
     """(module path, kind) pairs ``ablate`` replaces by identity; ValueError for units it cannot skip."""
     r = _resolve(teacher_config, plan)
     if r.level:
@@ -313,7 +313,7 @@ def validate_plan(teacher_config: dict, plan: RemovalPlan) -> str:
         return "config"
     except _NotConfig as e:
         try:
-            _runtime_modules(teacher_config, plan)
+            runtime_modules(teacher_config, plan)
         except ValueError as runtime_error:
             raise ValueError(f"plan is neither config-expressible ({e}) nor skippable at run time "
                              f"({runtime_error})") from None
@@ -413,7 +413,7 @@ def ablate(unet: UNet2DConditionModel, plan: RemovalPlan):
     Implemented by replacing ``forward`` on the module instances (restored on exit), so forward hooks of feature
     distillation still fire. Units that change shapes (levels, up-block resnets, channel-changing resnets) raise.
     """
-    modules = _runtime_modules(dict(unet.config), plan)
+    modules = runtime_modules(dict(unet.config), plan)
     patched = []
     try:
         for path, kind in modules:
