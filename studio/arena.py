@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import random
 import secrets
@@ -32,6 +33,7 @@ VOTES = ("A", "B", "tie", "bad")  # A is better / B is better / tie / both are b
 LABELS = ("Model A", "Model B")
 DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "arena.json"
 CACHE_INDEX = "index.json"
+LOG = logging.getLogger(__name__)
 VOTE_COLUMNS = ("id", "battle_id", "created_at", "vote", "model_a", "model_b", "winner", "prompt", "category",
                 "settings", "seed", "source", "session")
 
@@ -367,7 +369,8 @@ class Arena:
         start = time.perf_counter()
         try:
             images = [self.generate_fn(m, prompt, seed, dict(settings)) for m in (a, b)]
-        except Exception as exc:  # the message could name the model: chain it, show a neutral one
+        except Exception as exc:  # the message could name the model: log it server-side, show a neutral one
+            LOG.exception("arena: live generation failed")
             raise ArenaError("Image generation failed; please start another battle.") from exc
         with self._lock:
             self._live_times.append(time.perf_counter() - start)

@@ -2,9 +2,9 @@
 
     register(subparsers, generate_fn_factory=make_generate_fn)   # from studio/__main__.py; then args.func(args)
 
-The main CLI owns model loading, so `arena-cache` receives a factory ``generate_fn_factory(args) -> GenerateFn``
-(``args`` is the parsed namespace: ``args.models``, ``args.settings``, plus any option the main CLI adds to the
-returned parser). Every handler returns an exit code.
+`arena-cache` gets its images from a factory ``generate_fn_factory(args) -> GenerateFn`` (``args`` is the parsed
+namespace: ``args.models``, ``args.settings``, plus any option a caller adds to the returned parser); the default
+wraps the studio generation layer with `make_generate_fn`. Every handler returns an exit code.
 """
 from __future__ import annotations
 
@@ -19,6 +19,36 @@ from studio.arena import DEFAULT_PROMPT_SET, GenerateFn, build_cache, export_vot
 from studio.ratings import LeaderboardRow, RatingConfig, leaderboard
 
 GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
+SETTING_KEYS = ("negative_prompt", "steps", "guidance", "width", "height", "scheduler")  # GenerateRequest fields
+
+
+def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> GenerateFn:
+    """The arena's ``generate_fn(model, prompt, seed, settings)`` on top of `studio.generation.generate`.
+
+    Args:
+        get_pipe (`Callable[[str], StableDiffusionXLPipeline]`, *optional*): model name -> loaded pipeline;
+            default a `studio.loading.ModelCache`. `settings` may hold the keys `SETTING_KEYS`.
+    """
+    from studio.generation import GenerateRequest, generate
+
+    if get_pipe is None:
+        from studio.loading import ModelCache
+
+        get_pipe = ModelCache().get
+
+    def generate_fn(model: str, prompt: str, seed: int, settings: dict):
+        unknown = sorted(set(settings) - set(SETTING_KEYS))
+        if unknown:
+            raise ValueError(f"arena settings: unknown keys {unknown}; allowed: {', '.join(SETTING_KEYS)}")
+        request = GenerateRequest(prompt=prompt, seed=seed, batch_size=1, **settings)
+        return generate(get_pipe(model), request, model_name=model).images[0]
+
+    return generate_fn
+
+
+def default_generate_fn_factory(args: argparse.Namespace) -> GenerateFn:
+    """`make_generate_fn` with the studio's model cache (loads ``args.models`` on first use)."""
+    return make_generate_fn()
 
 
 def format_leaderboard(rows: Sequence[LeaderboardRow]) -> str:
@@ -49,12 +79,8 @@ def _settings(text: str) -> dict:
     return value
 
 
-def run_cache(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory | None) -> int:
+def run_cache(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory) -> int:
     """Build a battle cache for ``args.models`` over the curated prompts and ``args.seeds``."""
-    if generate_fn_factory is None:
-        print("arena-cache: no generate function available; run it through `python -m studio`, which loads the "
-              "models", file=sys.stderr)
-        return 2
     prompts = [p for p in load_prompt_set(args.prompt_set) if args.category is None or p.category == args.category]
     if args.max_prompts is not None:
         prompts = prompts[:args.max_prompts]
@@ -90,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
              ) -> dict[str, argparse.ArgumentParser]:
     """Add ``arena-cache``, ``arena-export`` and ``leaderboard`` to `subparsers`; each sets ``args.func(args)``.
 
-    Returns the three parsers by name so the main CLI can add its own options (device, dtype, ...).
+    `generate_fn_factory` defaults to `default_generate_fn_factory`. Returns the three parsers by name so the
+    main CLI can add its own options (device, dtype, ...).
     """
     cache = subparsers.add_parser("arena-cache", help="pre-generate arena battles for CPU hosting")
     cache.add_argument("--cache-dir", required=True, help="output folder (index.json + PNGs); resumable")
@@ -100,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     cache.add_argument("--category", default=None, help="only prompts of this category")
     cache.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
     cache.add_argument("--settings", type=_settings, default={}, help="generation settings as a JSON object")
-    cache.set_defaults(func=lambda args: run_cache(args, generate_fn_factory))
+    cache.set_defaults(func=lambda args: run_cache(args, generate_fn_factory or default_generate_fn_factory))
 
     export = subparsers.add_parser("arena-export", help="export arena votes as CSV or JSON")
     export.add_argument("--db", required=True, help="arena SQLite database")

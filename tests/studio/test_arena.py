@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from studio.arena import (LABELS, AlreadyVotedError, Arena, ArenaConfig, ArenaError, PromptItem, RateLimitError,
                           UnknownBattleError, build_cache, draw_prompt, export_votes, load_prompt_set, load_votes,
                           read_export)
-from studio.arena_cli import register
+from studio.arena_cli import make_generate_fn, register
 
 POOL = ["ssd-1b", "vega", "sdxl-base"]
 
@@ -302,3 +302,29 @@ class TestExportAndCli:
             "--max-prompts", "2", "--seeds", "0", "1", "--settings", '{"steps": 2}')
         index = json.loads((tmp_path / "cache" / "index.json").read_text())
         assert len(index["entries"]) == 4 and index["settings"] == {"steps": 2}
+
+    def test_main_cli_registers_arena_commands(self, arena, capsys):
+        from studio.cli import main
+
+        vote_some(arena, 8)
+        assert main(["leaderboard", "--db", str(arena.db_path), "--rounds", "10"]) == 0
+        out = capsys.readouterr().out
+        assert all(m in out for m in POOL)
+
+
+def test_studio_generate_fn_with_a_tiny_pipeline(tmp_path):
+    """The adapter over the real generation layer, on the tests' tiny SDXL-layout pipeline (32 px, 2 steps)."""
+    from tests.conftest import make_tiny_pipeline
+
+    pipes = {"tiny-0": make_tiny_pipeline(seed=0), "tiny-7": make_tiny_pipeline(seed=7)}
+    generate_fn = make_generate_fn(pipes.__getitem__)
+    arena = Arena(tmp_path / "t.db", list(pipes), generate_fn)
+    battle = arena.new_battle("a red circle on a blue background", "s1", {"steps": 2, "width": 32, "height": 32})
+    assert all(im.size == (32, 32) for im in battle["images"].values())
+    text = json.dumps(battle, default=str) + "".join(Path(p).read_bytes().decode("latin-1")
+                                                     for p in battle["paths"].values())
+    assert "tiny-0" not in text and "tiny-7" not in text
+    with pytest.raises(ArenaError, match="generation failed"):  # unknown setting key: neutral message to voters
+        arena.new_battle("a red circle on a blue background", "s1", {"sampler": "Euler"})
+    with pytest.raises(ValueError, match="allowed: negative_prompt"):
+        generate_fn("tiny-0", "a red circle", 0, {"sampler": "Euler"})
