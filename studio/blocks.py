@@ -151,9 +151,9 @@ def block_map(config: dict | UNet2DConditionModel, *, resolution: int | None = N
         resolution = cfg["sample_size"] * vae_scale_factor
     latent = resolution // vae_scale_factor
     n_levels = len(cfg["block_out_channels"])
-    if resolution <= 0 or latent % 2 ** (n_levels - 1):
-        raise ValueError(f"resolution={resolution}: the latent side ({resolution} // {vae_scale_factor}) must be a "
-                         f"positive multiple of {2 ** (n_levels - 1)} for a {n_levels}-level UNet")
+    if resolution <= 0 or resolution % vae_scale_factor or latent % 2 ** (n_levels - 1):
+        raise ValueError(f"resolution={resolution}: must be a positive multiple of vae_scale_factor * "
+                         f"{2 ** (n_levels - 1)} = {vae_scale_factor * 2 ** (n_levels - 1)} for a {n_levels}-level UNet")
     macs = measure_macs(config, latent=latent, text_tokens=text_tokens)
     unet = meta_unet(config)
     rows: list[BlockRow] = []
