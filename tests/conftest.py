@@ -1,7 +1,9 @@
 """Shared fixtures: tiny SDXL-architecture pipelines built from configs and saved to disk, an isolated data dir."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-test-data-"))
@@ -54,3 +56,19 @@ def tiny_student_folder(tmp_path_factory):
     pipe.unet = make_tiny_pipeline(seed=7).unet
     pipe.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def family(tiny_folder, tiny_student_folder):
+    """Exported models in the models dir: a full base pipeline and a UNet-only student naming it as base."""
+    from studio.paths import models_dir
+
+    root = models_dir()
+    base = root / "tiny-base"
+    if not base.exists():
+        shutil.copytree(tiny_folder, base)
+    student = root / "tiny-student"
+    if not student.exists():
+        shutil.copytree(tiny_student_folder / "unet", student / "unet")
+        (student / "studio_model.json").write_text(json.dumps({"base": "tiny-base", "description": "test"}))
+    return {"base": base, "student": student, "sibling": tiny_student_folder}

@@ -1,6 +1,4 @@
 """Loading paths (folder, UNet-only folder, single .safetensors), component sharing, LRU budget, clear errors."""
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,20 +12,6 @@ from studio.paths import model_roots, models_dir
 from studio.registry import ModelSpec, get_spec, list_models
 from studio.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS
-
-
-@pytest.fixture(scope="module")
-def family(tiny_folder, tiny_student_folder):
-    """Exported models in the models dir: a full base pipeline and a UNet-only student naming it as base."""
-    root = models_dir()
-    base = root / "tiny-base"
-    if not base.exists():
-        shutil.copytree(tiny_folder, base)
-    student = root / "tiny-student"
-    if not student.exists():
-        shutil.copytree(tiny_student_folder / "unet", student / "unet")
-        (student / "studio_model.json").write_text(json.dumps({"base": "tiny-base", "description": "test"}))
-    return {"base": base, "student": student, "sibling": tiny_student_folder}
 
 
 def image(pipe, seed=1):

@@ -1,0 +1,158 @@
+"""Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
+
+UI inputs map to GenerateRequest fields by name (REQUEST_FIELDS); the handler builds the request from that dict.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+
+import gradio as gr
+
+from studio.compare import MAX_MODELS, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
+from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
+from studio.loading import ModelCache
+from studio.paths import data_dir, model_roots
+from studio.registry import default_model, list_models
+from studio.schedulers import SCHEDULERS
+
+# SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
+SIZE_PRESETS = {
+    "model's native size": (0, 0), "1024×1024": (1024, 1024), "1152×896": (1152, 896), "896×1152": (896, 1152),
+    "1216×832": (1216, 832), "832×1216": (832, 1216), "1344×768": (1344, 768), "768×1344": (768, 1344),
+    "512×512": (512, 512), "64×64 (demo family)": (64, 64),
+}
+_STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
+
+
+def build_request_widgets() -> dict[str, gr.components.Component]:
+    """One widget per GenerateRequest field, keyed by the field name."""
+    w = {}
+    w["prompt"] = gr.Textbox(label="Prompt", lines=2, value="a red circle on a blue background")
+    w["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, value="")
+    with gr.Row():
+        w["seed"] = gr.Number(label="Seed (-1 = random)", value=-1, precision=0)
+        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+        w["guidance"] = gr.Slider(0, 30, value=5.0, step=0.5, label="CFG scale")
+    with gr.Row():
+        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Sampler")
+        w["batch_size"] = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images per model")
+    with gr.Row():
+        preset = gr.Dropdown(list(SIZE_PRESETS), value="model's native size", label="Size preset")
+        w["width"] = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Width (0 = native)")
+        w["height"] = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0 = native)")
+    preset.change(lambda p: SIZE_PRESETS[p], preset, [w["width"], w["height"]], api_name=False)
+    with gr.Accordion("Image to image", open=False):
+        w["init_image"] = gr.Image(label="Init image (optional)", type="pil")
+        w["strength"] = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength")
+    return w
+
+
+def request_from_values(values: dict) -> GenerateRequest:
+    """Widget values keyed by field name -> a validated request (0 size = the model's native size)."""
+    values = dict(values)
+    for name in ("seed", "steps", "batch_size", "width", "height"):
+        values[name] = int(values[name]) if values[name] is not None else None
+    values["width"] = values["width"] or None
+    values["height"] = values["height"] or None
+    return GenerateRequest(**values)
+
+
+class GenerateHandlers:
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+
+    def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
+                    steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
+                    init_image, strength: float, request: gr.Request, progress=gr.Progress()):
+        """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
+
+        The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names).
+        """
+        try:
+            models = check_models(models or [])
+            req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                           guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
+                                           height=height, init_image=init_image, strength=strength))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
+        stop.clear()
+        out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
+        results, files = [], []
+
+        def on_step(step, total, info):
+            progress((step, total), desc=f"{info['model']} ({len(results) + 1}/{len(models)})")
+
+        try:
+            for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), on_step=on_step,
+                                            should_stop=stop.is_set):
+                results.append(result)
+                files += [str(p) for p in result.save(out_dir)]
+                yield _outputs(models, results, files)
+        except GenerationCancelled:
+            gr.Warning("Generation cancelled")
+        except ValueError as err:  # a model that cannot load: say which and why, keep what is done
+            raise gr.Error(str(err)) from err
+
+
+def _outputs(models, results, files):
+    galleries = []
+    for i in range(MAX_MODELS):
+        if i < len(results):
+            r = results[i]
+            galleries.append(gr.Gallery(value=[(im, f"{r.model} · seed {r.seed + j}") for j, im in
+                                               enumerate(r.images)], label=r.model, visible=True))
+        else:
+            galleries.append(gr.Gallery(value=None, label=models[i] if i < len(models) else "",
+                                        visible=i < len(models)))
+    seed = results[0].seed if results else None
+    return (*galleries, stats_rows(results), files, seed)
+
+
+def handler_fields() -> list[str]:
+    """The request fields on_generate takes, in its signature's order (inputs are wired by these names)."""
+    params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
+    return params[params.index("models") + 1:params.index("request")]
+
+
+def on_cancel(request: gr.Request) -> str:
+    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
+    return "cancelling…"
+
+
+def on_list_models() -> dict:
+    """Current registry (exported students and fine-tunes appear without a restart)."""
+    return gr.Dropdown(choices=[s.name for s in list_models()])
+
+
+def build_generate_tab(cache: ModelCache) -> None:
+    names = [s.name for s in list_models()]
+    with gr.Row():
+        models = gr.Dropdown(names, value=[default_model()], multiselect=True, max_choices=MAX_MODELS,
+                             label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
+        refresh = gr.Button("↻ models", scale=0)
+    widgets = build_request_widgets()
+    with gr.Row():
+        go = gr.Button("Generate", variant="primary")
+        cancel = gr.Button("Cancel", variant="stop")
+    with gr.Row():
+        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height=320, format="png",
+                                elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
+    stats = gr.Dataframe(headers=STATS_COLUMNS, label="Stats (speed-up = first model's latency / this model's)",
+                         interactive=False)
+    with gr.Row():
+        files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
+        with gr.Column():
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+            reuse = gr.Button("♻ reuse seed")
+            status = gr.Markdown()
+    event = go.click(GenerateHandlers(cache).on_generate, [models, *(widgets[name] for name in handler_fields())],
+                     [*galleries, stats, files, seed_used], api_name="generate", concurrency_id="gpu",
+                     concurrency_limit=1)
+    cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
+    reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
+    refresh.click(on_list_models, None, models, api_name="list_models")
