@@ -31,6 +31,7 @@ from PIL import Image
 GenerateFn = Callable[[str, str, int, dict], Image.Image]  # (model_name, prompt, seed, settings) -> image
 VOTES = ("A", "B", "tie", "bad")  # A is better / B is better / tie / both are bad
 LABELS = ("Model A", "Model B")
+MAX_SEED = 2**32 - 1
 DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "arena.json"
 CACHE_INDEX = "index.json"
 LOG = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ class _RateLimiter:
             return
         now = time.monotonic()
         with self._lock:
+            if len(self._events) > 10_000:  # forget idle sessions so the table stays small
+                self._events = {k: q for k, q in self._events.items() if q and now - q[-1] < 60.0}
             events = self._events.setdefault((kind, session), deque())
             while events and now - events[0] >= 60.0:
                 events.popleft()
@@ -383,8 +386,9 @@ class Arena:
         Args:
             prompt (`str`, *optional*): None or "" draws one from the curated set (or the cache), of `category`.
             session_id (`str`): the voter's session (e.g. ``gr.Request.session_hash``); rate-limited.
-            settings (`dict`, *optional*): JSON-serialisable generation settings, the same for both models.
-            seed (`int`, *optional*): shared by both images; None = random.
+            settings (`dict`, *optional*): JSON-serialisable generation settings, the same for both models; give
+                width and height, or a difference in native size could hint at the model.
+            seed (`int`, *optional*): shared by both images; None or -1 = random.
 
         A cached battle (generate_fn None, ``config.live`` False, or live generation slower than
         ``config.max_live_seconds``) takes prompt, seed and settings from a cache entry instead.
@@ -411,7 +415,9 @@ class Arena:
                 prompt, category = item.text, item.category
             else:
                 category = next((i.category for i in self.prompts if i.text == prompt), "custom")
-            seed = self._rng.randrange(2**32) if seed is None else int(seed)
+            if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
+                raise ArenaError(f"seed must be -1 (random) or between 0 and {MAX_SEED}; got {seed!r}")
+            seed = self._rng.randrange(MAX_SEED + 1) if seed in (None, -1) else int(seed)
             a, b, images = self._live(prompt, seed, settings)
         (img_a, path_a), (img_b, path_b) = (_save_anonymous(im, self.image_dir) for im in images)
         battle_id = secrets.token_urlsafe(16)

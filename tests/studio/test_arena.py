@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
 from studio.arena import (LABELS, AlreadyVotedError, Arena, ArenaConfig, ArenaError, PromptItem, RateLimitError,
                           UnknownBattleError, build_cache, draw_prompt, export_votes, load_prompt_set, load_votes,
@@ -83,6 +82,9 @@ class TestBattle:
         (m1, p1, s1, set1), (m2, p2, s2, set2) = generator.calls
         assert m1 != m2 and p1 == p2 and s1 == s2 == 42 and set1 == set2 == {"steps": 2, "cfg": 5.0}
         assert battle["seed"] == 42 and battle["category"] == "shapes"
+        assert 0 <= arena.new_battle(None, "s1", seed=-1)["seed"] <= 2**32 - 1
+        with pytest.raises(ArenaError, match="seed must be"):
+            arena.new_battle(None, "s1", seed=2**32)
 
     def test_vote_reveals_the_shown_models(self, arena):
         battle = arena.new_battle(None, "s1")
@@ -261,6 +263,8 @@ class TestCache:
         assert arena.new_battle("a fox", "s1")["source"] == "live"
         assert arena.new_battle("a fox", "s1")["source"] == "cache"
         assert arena.new_battle("not cached", "s1")["source"] == "live"  # live is slow, not impossible
+        off = Arena(tmp_path / "o.db", POOL, slow, cache_dir=cache_dir, config=ArenaConfig(live=False))
+        assert off.new_battle(None, "s1")["source"] == "cache"
 
     def test_no_cache_no_model_is_an_error(self, tmp_path):
         with pytest.raises(ValueError, match="cache_dir"):

@@ -151,7 +151,8 @@ class TestTables:
         assert p[0, 0] == 0.5
 
     def test_leaderboard_win_rate_counts_ties_half(self):
-        rows = {r.model: r for r in leaderboard([v("x", "y", "A"), v("x", "y", "bad")], RatingConfig(bootstrap_rounds=0))}
+        votes = [v("x", "y", "A"), v("x", "y", "bad")]
+        rows = {r.model: r for r in leaderboard(votes, RatingConfig(bootstrap_rounds=0))}
         assert rows["x"].win_rate == 0.75 and rows["y"].win_rate == 0.25 and rows["x"].votes == 2
 
     def test_heatmap_renders(self):
