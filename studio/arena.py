@@ -200,6 +200,8 @@ def _vote_row(row: sqlite3.Row) -> dict:
 
 def load_votes(db_path: str | Path) -> list[dict]:
     """Every vote (columns `VOTE_COLUMNS`, settings parsed) in time order: the input of `studio.ratings`."""
+    if not Path(db_path).is_file():
+        raise ValueError(f"arena database not found: {db_path}")
     con = _connect(db_path)
     try:
         return [_vote_row(r) for r in con.execute(f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes ORDER BY id")]

@@ -286,6 +286,9 @@ class TestExportAndCli:
         assert read_export(out) == load_votes(arena.db_path)
         with pytest.raises(ValueError, match="csv, json"):
             export_votes(arena.db_path, tmp_path / "votes.xml")
+        with pytest.raises(ValueError, match="not found"):
+            export_votes(tmp_path / "missing.db", out)
+        assert not (tmp_path / "missing.db").exists()
 
     def test_cli_subcommands(self, arena, tmp_path, capsys, generator):
         vote_some(arena, 20)
