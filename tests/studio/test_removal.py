@@ -36,6 +36,15 @@ PUBLISHED = {"ssd-1b": 1_331_334_404, "vega": 745_225_604, "bk-sdm-base": 579.4e
              "bk-sdm-tiny": 323.4e6, "koala-700m": 782e6, "koala-1b": 1.16e9}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Toy-size forwards: one thread is fastest, and immune to oversubscription on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
@@ -190,7 +199,11 @@ def test_export_loads_with_plain_diffusers(tmp_path):
     student, names = build_student(teacher, plan)
     out = export_student(student, names, plan, tmp_path / "vega-tiny", teacher="tiny", teacher_params=count_params(TINY))
     loaded = UNet2DConditionModel.from_pretrained(out).eval()
-    assert torch.equal(forward(loaded), forward(student))
+    saved = loaded.state_dict()
+    assert saved.keys() == student.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in student.state_dict().items())
+    # same weights, but safetensors' buffers are not 64-byte aligned: SIMD kernels may differ in the last ulp
+    torch.testing.assert_close(forward(loaded), forward(student), rtol=0, atol=1e-5)
     assert (out / "diffusion_pytorch_model.safetensors").is_file() and "vega" in (out / "README.md").read_text()
     assert json.loads((out / "name_map.json").read_text()) == names
     assert RemovalPlan.from_dict(json.loads((out / "plan.json").read_text())) == plan
