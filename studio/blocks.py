@@ -90,7 +90,8 @@ class BlockRow:
     """One unit of the block map."""
 
     unit: str  # module path, e.g. "down_blocks.2.attentions.1.transformer_blocks.3"
-    kind: str  # stem | down_block | mid_block | up_block | resnet | attention | transformer_layer | attn1 | attn2 | ff | downsampler | upsampler
+    kind: str  # stem | down_block | mid_block | up_block | resnet | attention | transformer_layer | attn1 | attn2
+    #            | ff | downsampler | upsampler
     parent: str  # enclosing down/mid/up block ("" for top-level rows)
     depth: int  # 0 top level (these rows partition the model), 1 in a block, 2 transformer layer, 3 its sub-layers
     resolution: int  # latent side length the unit works at (its input)
@@ -152,8 +153,9 @@ def block_map(config: dict | UNet2DConditionModel, *, resolution: int | None = N
     latent = resolution // vae_scale_factor
     n_levels = len(cfg["block_out_channels"])
     if resolution <= 0 or resolution % vae_scale_factor or latent % 2 ** (n_levels - 1):
+        step = vae_scale_factor * 2 ** (n_levels - 1)
         raise ValueError(f"resolution={resolution}: must be a positive multiple of vae_scale_factor * "
-                         f"{2 ** (n_levels - 1)} = {vae_scale_factor * 2 ** (n_levels - 1)} for a {n_levels}-level UNet")
+                         f"{2 ** (n_levels - 1)} = {step} for a {n_levels}-level UNet")
     macs = measure_macs(config, latent=latent, text_tokens=text_tokens)
     unet = meta_unet(config)
     rows: list[BlockRow] = []

@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``blocks`` and ``prune`` subcommands to the studio CLI."""
     blocks = subparsers.add_parser("blocks", help="block map of a UNet: params and MACs per block/layer")
     blocks.add_argument("--unet-config", required=True,
-                        help="UNet config.json, UNet folder or pipeline folder (e.g. assets/configs/sdxl-base-unet.json)")
+                        help="UNet config.json, UNet folder or pipeline folder (assets/configs/*.json)")
     blocks.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the config's)")
     blocks.add_argument("--vae-scale-factor", type=int, default=8, help="pixels per latent (8 for SD/SDXL)")
     blocks.add_argument("--depth", type=int, default=2,

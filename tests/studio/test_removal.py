@@ -197,7 +197,8 @@ def test_export_loads_with_plain_diffusers(tmp_path):
     teacher = tiny_unet()
     plan = recipe_plan("vega", TINY)
     student, names = build_student(teacher, plan)
-    out = export_student(student, names, plan, tmp_path / "vega-tiny", teacher="tiny", teacher_params=count_params(TINY))
+    out = export_student(student, names, plan, tmp_path / "vega-tiny", teacher="tiny",
+                         teacher_params=count_params(TINY))
     loaded = UNet2DConditionModel.from_pretrained(out).eval()
     saved = loaded.state_dict()
     assert saved.keys() == student.state_dict().keys()
