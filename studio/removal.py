@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +175,8 @@ def _student_blocks(r: _Resolved) -> dict[str, str]:
     downs = [n for n in r.blocks if n.startswith("down")][: -1 if r.level else None]
     ups = [n for n in r.blocks if n.startswith("up")][1 if r.level else 0:]
     out = {f"down_blocks.{i}": n for i, n in enumerate(downs)}
-    if "mid_block" in r.blocks and len(r.resnets["mid_block"]) < r.blocks["mid_block"].resnets:
+    mid = r.blocks.get("mid_block")
+    if mid and (len(r.resnets["mid_block"]) < mid.resnets or len(r.attentions["mid_block"]) < len(mid.depths)):
         out["mid_block"] = "mid_block"
     out.update({f"up_blocks.{i}": n for i, n in enumerate(ups)})
     return out
@@ -476,7 +478,7 @@ class Recipe:
     name: str
     layout: str  # "sdxl" | "sd1": the teacher layout it applies to (any widths and depths)
     description: str
-    units: object  # (blocks: dict[str, BlockLayout], keep: str) -> set[str]
+    units: Callable[[dict[str, BlockLayout], str], set[str]]  # (teacher blocks by name, keep policy) -> unit ids
     reference_params: int  # student params from the reference teacher (assets/configs/*.json)
 
 

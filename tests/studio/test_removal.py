@@ -184,6 +184,7 @@ def test_runtime_only_plan():
     reference = forward(teacher)
     plan = RemovalPlan({"down_blocks.1.resnets.1", "up_blocks.1.attentions.0", "down_blocks.0.resnets.0"})
     assert plan_kind(TINY, plan) == "runtime"
+    assert plan_kind(TINY, RemovalPlan({"mid_block.resnets.0", "mid_block.resnets.1"})) == "runtime"  # attention kept
     with pytest.raises(ValueError, match="runtime-only"):
         build_student(teacher, plan)
     with ablate(teacher, plan):
