@@ -458,7 +458,7 @@ def kept_layers(depth: int, n: int, keep: str = "spread") -> list[int]:
     return [round(i * (depth - 1) / (n - 1)) for i in range(n)]
 
 
-def _shrink(blocks: dict[str, BlockLayout], spec: dict, keep: str, scale: int = 10) -> set[str]:
+def _shrink(blocks: dict[str, BlockLayout], spec: dict, keep: str) -> set[str]:
     units = set()
     for name, targets in spec.items():
         for a, target in enumerate(targets):
