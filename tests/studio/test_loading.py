@@ -1,5 +1,7 @@
 """Loading paths (folder, UNet-only folder, single .safetensors), component sharing, LRU budget, clear errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
