@@ -7,6 +7,7 @@ import gradio as gr
 
 from studio.loading import ModelCache
 from studio.paths import data_dir
+from studio.ui.arena_tab import build_arena_tab
 from studio.ui.generate_tab import build_generate_tab
 
 INTRO = ("**SDXL-family studio** — generate with SDXL, SSD-1B, Vega and the embedded demo family side by side. "
@@ -19,6 +20,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tab("Generate"):
             build_generate_tab(cache)
+        with gr.Tab("Arena"):
+            build_arena_tab(cache)
     return demo
 
 
