@@ -22,7 +22,7 @@ REQUEST_HELP = {
 }
 
 
-def _add_request_args(parser: argparse.ArgumentParser) -> None:
+def _add_request_args(parser: argparse.ArgumentParser, *, prompt: str | None = None) -> None:
     """One flag per GenerateRequest field, named after it (--negative-prompt -> negative_prompt)."""
     defaults = GenerateRequest(prompt="")
     for f in fields(GenerateRequest):
@@ -32,8 +32,10 @@ def _add_request_args(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         kind = {"seed": int, "steps": int, "batch_size": int, "width": int, "height": int,
                 "guidance": float, "strength": float}.get(f.name, str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None if f.name == "prompt" else default,
-                            required=f.name == "prompt", help=REQUEST_HELP.get(f.name))
+        if f.name == "prompt":
+            parser.add_argument("--prompt", default=prompt, required=prompt is None, help=REQUEST_HELP["prompt"])
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=REQUEST_HELP.get(f.name))
 
 
 def cmd_generate(args) -> int:
@@ -83,6 +85,23 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from studio.bench import BENCH_COLUMNS, bench_generate
+    from studio.loading import ModelCache
+    from studio.registry import default_model
+
+    values = {f.name: getattr(args, f.name) for f in fields(GenerateRequest) if f.name != "init_image"}
+    rows = bench_generate(ModelCache(), args.model or [default_model()], GenerateRequest(**values),
+                          repeats=args.repeats, warmup=args.warmup)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(" | ".join(BENCH_COLUMNS))
+        for row in rows:
+            print(" | ".join(str(row[c]) for c in BENCH_COLUMNS))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio",
                                      description="SDXL-family studio: generate, compare, take UNets apart.")
@@ -94,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_request_args(gen)
     gen.add_argument("--out", default="outputs/cli", help="folder for PNGs (with A1111 'parameters' metadata)")
     gen.set_defaults(func=cmd_generate)
+    bench = sub.add_parser("bench", help="time models side by side (median of repeats, ratio to the first)")
+    bench.add_argument("--model", action="append", help="registry name or path; repeat to compare")
+    _add_request_args(bench, prompt="a red circle on a blue background")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     models = sub.add_parser("models", help="list the model registry")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
@@ -106,7 +132,7 @@ def _extension_modules():
     """Subcommands contributed by other core modules (layer removal, arena), when present."""
     import importlib
 
-    for name in ("studio.removal_cli", "studio.arena_cli"):
+    for name in ("studio.removal_cli", "studio.arena_cli", "studio.ablation_cli"):
         try:
             yield importlib.import_module(name)
         except ModuleNotFoundError as err:

@@ -40,3 +40,12 @@ def test_help_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "studio", "generate", "--help"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--negative-prompt" in out.stdout and "DPM++ 2M Karras" in out.stdout
+
+
+def test_bench_prints_side_by_side_ratios(family, capsys):
+    assert main(["bench", "--model", "tiny-base", "--model", "tiny-student", "--steps", "2", "--repeats", "2",
+                 "--warmup", "0", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["tiny-base", "tiny-student"]
+    assert rows[0]["speed-up vs first"] == 1.0 and rows[1]["speed-up vs first"] > 0
+    assert rows[0]["min (s)"] <= rows[0]["median latency (s)"]
