@@ -1,0 +1,189 @@
+"""training.distill + training.trainer + training.data on the tiny SDXL-layout pipeline (32 px, a few CPU steps)."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from studio.build import unet_config
+from studio.removal import name_map, recipe_plan
+from tests.conftest import TINY_ARCH
+from training.data import load_items, nearest_bucket, to_pixels
+from training.distill import DistillConfig, feature_pairs, load_config, main, parse_overrides, run_distill
+from training.synthetic import export_imagefolder
+from training.trainer import NonFiniteLossError, read_state
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Toy forwards are faster on one thread on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(teacher, out, **overrides) -> DistillConfig:
+    base = dict(teachers=[{"path": str(teacher), "weight": 1.0}], student="vega", buckets=[[32, 32]],
+                dataset_count=16, steps=4, batch_size=2, lr=1e-3, checkpoint_every=2, keep_checkpoints=0,
+                output_dir=str(out), validation_prompts=["a red circle on a blue background"], validation_steps=2)
+    return DistillConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def four_steps(tiny_folder, tmp_path_factory):
+    """An uninterrupted 4-step run with checkpoints at 2 and 4 and a validation at 4."""
+    out = tmp_path_factory.mktemp("distill") / "run"
+    cfg = tiny_config(tiny_folder, out, validate_every=4)
+    seen = []
+    result = run_distill(cfg, on_step=lambda step, total, info: seen.append((step, total)))
+    return cfg, result, seen
+
+
+# ---------------------------------------------------------------- runs
+
+def test_four_step_run_writes_checkpoint_log_validation_and_student(four_steps):
+    cfg, result, seen = four_steps
+    out = result.checkpoint.parent
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    state = read_state(out / "checkpoint-4")
+    assert state["step"] == 4 and state["config"] == cfg.to_dict() and len(state["history"]) == 4
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= \
+        {p.name for p in (out / "checkpoint-4").iterdir()}
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,task,out,feat,lr") and len(rows) == 5
+    assert (out / "validation" / "step-000004.png").exists() and "val_student_all" in result.history[-1]
+    final = result.output
+    assert (final / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert json.loads((final / "distill_config.json").read_text()) == cfg.to_dict()
+    assert json.loads((final / "studio_model.json").read_text())["base"] == "tiny-sdxl"
+    from diffusers import UNet2DConditionModel
+    student = UNet2DConditionModel.from_pretrained(final / "unet")
+    assert student.config.transformer_layers_per_block == [1, 1, 2]  # vega at depths (1, 2, 10)
+
+
+def test_resume_from_step_2_replays_steps_3_and_4(four_steps, tmp_path):
+    cfg, result, _ = four_steps
+    src = result.checkpoint.parent
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(src / "checkpoint-2", out / "checkpoint-2")
+    resumed = run_distill(tiny_config(cfg.teachers[0]["path"], out), resume_from="latest")
+    assert [h["step"] for h in resumed.history] == [3, 4]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in result.history[2:]]
+    assert read_state(out / "checkpoint-4")["history"][:2] == result.history[:2]
+
+
+def test_zero_lambdas_contribute_nothing_on_an_imagefolder_with_buckets(tiny_folder, tmp_path):
+    data = export_imagefolder(tmp_path / "data", 6, size=32)
+    common = dict(steps=2, dataset=str(data), buckets=[[32, 32], [32, 16]], checkpoint_every=0)
+    task_only = run_distill(tiny_config(tiny_folder, tmp_path / "a", lambda_out=0.0, lambda_feat=0.0, **common))
+    assert all(h["loss"] == h["task"] and "out" not in h and "feat" not in h for h in task_only.history)
+    no_feat = run_distill(tiny_config(tiny_folder, tmp_path / "b", lambda_out=1.0, lambda_feat=0.0, **common))
+    assert all(h["loss"] == pytest.approx(h["task"] + h["out"], rel=1e-6) and "feat" not in h for h in no_feat.history)
+    # same seed, same batches: the task term of step 1 (before any update) is identical with and without KD
+    assert no_feat.history[0]["task"] == task_only.history[0]["task"]
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_folder, tmp_path):
+    result = run_distill(tiny_config(tiny_folder, tmp_path, steps=20, overfit_batch=True, checkpoint_every=0))
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, tmp_path, steps=4, checkpoint_every=2)
+    from training.distill import make_trainer
+    trainer = make_trainer(cfg)
+
+    def diverge(step, total, info):  # what a blown-up update does to the weights
+        if step == 2:
+            with torch.no_grad():
+                trainer.task.model.conv_out.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 3.*checkpoint-2") as err:
+        trainer.run(on_step=diverge)
+    assert err.value.checkpoint == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+    weights = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "final").exists()
+
+
+# ---------------------------------------------------------------- feature pairs
+
+def test_layer_pairs_of_the_vega_plan_are_every_kept_resnet_and_transformer_layer():
+    cfg = unet_config(TINY_ARCH)  # transformer depths (1, 2, 10): vega keeps 1 of 2 and layers 0, 9 of 10
+    names = name_map(cfg, recipe_plan("vega", cfg))
+    same = lambda *ns: [(n, n) for n in ns]  # noqa: E731
+    d2, u0, u1 = "down_blocks.2.attentions", "up_blocks.0.attentions", "up_blocks.1.attentions"
+    expected = (
+        same("down_blocks.0.resnets.0", "down_blocks.0.resnets.1", "down_blocks.1.resnets.0", "down_blocks.1.resnets.1",
+             "down_blocks.1.attentions.0.transformer_blocks.0", "down_blocks.1.attentions.1.transformer_blocks.0",
+             "down_blocks.2.resnets.0", "down_blocks.2.resnets.1")
+        + [(f"{d2}.{a}.transformer_blocks.{k}", f"{d2}.{a}.transformer_blocks.{t}") for a in (0, 1)
+           for k, t in ((0, 0), (1, 9))]
+        + same("mid_block.resnets.0", "up_blocks.0.resnets.0", "up_blocks.0.resnets.1", "up_blocks.0.resnets.2")
+        + [(f"{u0}.{a}.transformer_blocks.{k}", f"{u0}.{a}.transformer_blocks.{t}") for a in (0, 1, 2)
+           for k, t in ((0, 0), (1, 9))]
+        + same("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.1.resnets.2",
+               *(f"{u1}.{a}.transformer_blocks.0" for a in (0, 1, 2)),
+               "up_blocks.2.resnets.0", "up_blocks.2.resnets.1", "up_blocks.2.resnets.2"))
+    assert feature_pairs(names, "layer") == expected
+    assert feature_pairs(names, "block") == same("down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
+                                                 "up_blocks.0", "up_blocks.1", "up_blocks.2")
+
+
+def test_block_pairs_follow_a_removed_level():
+    """BK-SDM-Tiny style: without the innermost level, student up_blocks.i is teacher up_blocks.i+1."""
+    names = {"down_blocks.0.resnets.0": "down_blocks.0.resnets.0", "up_blocks.0.resnets.1": "up_blocks.1.resnets.2",
+             "up_blocks.1.resnets.0": "up_blocks.2.resnets.0", "conv_in": "conv_in"}
+    assert feature_pairs(names, "block") == [("down_blocks.0", "down_blocks.0"), ("up_blocks.0", "up_blocks.1"),
+                                             ("up_blocks.1", "up_blocks.2")]
+
+
+# ---------------------------------------------------------------- config, CLI, data
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", -1e-4, "DistillConfig.lr"),
+    ("student", "ssd-2b", "DistillConfig.student"),
+    ("dataset", "/nonexistent/folder", "DistillConfig.dataset"),
+    ("buckets", [[30, 32]], "DistillConfig.buckets"),
+    ("mixed_precision", "fp8", "DistillConfig.mixed_precision"),
+    ("feature_level", "sub_block", "DistillConfig.feature_level"),
+    ("stages", [{"at_step": 9, "units": ["mid_block"]}], "DistillConfig.stages"),
+])
+def test_bad_config_raises_value_error_naming_the_field(tiny_folder, tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tiny_folder, tmp_path, **{field: value})
+
+
+def test_missing_teacher_and_unknown_field_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="DistillConfig.teachers"):
+        DistillConfig(teachers=[{"path": str(tmp_path)}])
+    with pytest.raises(ValueError, match="unknown field"):
+        DistillConfig.from_dict({"stepz": 3})
+
+
+def test_toml_config_with_cli_overrides_prints_pairs(tiny_folder, tmp_path, capsys):
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(f'student = "vega"\nsteps = 50\nbuckets = [[32, 32]]\ndataset_count = 4\nfeature_level = "block"\n'
+                    f'output_dir = "{tmp_path / "out"}"\n[[teachers]]\npath = "{tiny_folder}"\nweight = 1.0\n')
+    cfg = load_config(toml, parse_overrides(["lr=2e-4"], ["--steps", "10", "--cache-latents", "false"]))
+    assert (cfg.steps, cfg.lr, cfg.cache_latents, cfg.feature_level) == (10, 2e-4, False, "block")
+    assert main(["--config", str(toml), "--set", "steps=3", "--print-pairs"]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == "mid_block <- mid_block"
+    assert main(["--config", str(toml), "--lr", "-1"]) == 2
+    assert "DistillConfig.lr" in capsys.readouterr().err
+
+
+def test_buckets_and_pixels():
+    buckets = [(32, 32), (64, 32), (32, 64)]
+    assert [nearest_bucket(s, buckets) for s in ((100, 100), (300, 140), (90, 200))] == [0, 1, 2]
+    items = load_items("demo", count=2, size=48)
+    px = to_pixels(items[0].load(), (32, 16))
+    assert px.shape == (3, 16, 32) and -1 <= px.min() and px.max() <= 1 and items[0].text.startswith("a ")
+    assert not math.isnan(px.sum().item())

@@ -1,0 +1,589 @@
+"""Knowledge distillation of a layer-removed SDXL-layout UNet (BK-SDM, arXiv 2305.15798; SSD-1B / Vega, arXiv
+2401.02677) on the shared Trainer.
+
+    python -m training.distill --config configs/distill-demo-ssd.toml --set steps=10 lr=1e-4   # or --steps 10
+    accelerate launch -m training.distill --config configs/distill-ssd1b-from-sdxl.toml
+    python -m training.distill bench                 # cost of a KD step vs a plain fine-tuning step
+
+Loss (every MSE a mean over its tensor, as in both papers):
+    L = λ_task·MSE(ε_S, target) + λ_out·MSE(ε_S, Σ_i w_i ε_Ti) + λ_feat·Σ_l c_l·MSE(f_S^l, Σ_i w_i f_Ti^l)
+on the same noisy latent, timestep and conditioning; teachers frozen, in eval mode, under ``torch.no_grad``.
+Feature pairs (``feature_pairs``) come from the removal name map: level ``"layer"`` pairs every kept resnet and
+transformer layer (SSD-1B), level ``"block"`` every down/mid/up block (BK-SDM); forward hooks capture them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training.trainer import NonFiniteLossError, TrainConfig, Trainer
+
+FEATURE_LEVELS = ("layer", "block")
+_LAYER_RE = re.compile(r"\.(resnets|transformer_blocks)\.\d+$")
+
+
+# ---------------------------------------------------------------- config
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """What to distill (the optimisation fields come from TrainConfig). Saved in every checkpoint and output."""
+
+    teachers: list = field(default_factory=lambda: [{"path": "assets/demo/teacher", "weight": 1.0}])  # pipelines
+    student: str = "ssd-1b"  # removal recipe applied to the (first) teacher, or an exported student folder
+    student_keep: str = "spread"  # which transformer layers a recipe keeps: "spread" | "first"
+    base_name: str = ""  # registry name of the teacher, written to the output's studio_model.json
+    dataset: str = "demo"  # "demo" (synthetic shapes), an imagefolder (metadata.jsonl) or "hf:<name/path>"
+    dataset_count: int = 1024  # images drawn from the demo generator
+    caption_column: str = "text"
+    buckets: list = field(default_factory=lambda: [[64, 64]])  # (width, height) training resolutions
+    cache_latents: bool = True  # encode every image once (VAE frozen)
+    cache_text: bool = True  # encode every caption once (text encoders frozen)
+    cache_dir: str = ""  # also keep the latent cache on disk here
+    caption_dropout: float = 0.1  # rows trained unconditionally (zero embedding), keeps CFG working
+    noise_offset: float = 0.0
+    lambda_task: float = 1.0
+    lambda_out: float = 0.5  # SSD-1B / segmind 0.5; BK-SDM 1
+    lambda_feat: float = 0.5
+    feature_level: str = "layer"  # "layer" (SSD-1B) | "block" (BK-SDM)
+    feature_weights: dict = field(default_factory=dict)  # student module name -> weight (others 1)
+    stages: list = field(default_factory=list)  # progressive removal: [{at_step, units=[...]} or {at_step, recipe}]
+    validation_prompts: list = field(default_factory=lambda: [
+        "a red circle on a blue background", "a yellow star on a black background",
+        "a white square on a green background", "a cyan cross on a purple background"])
+    validation_steps: int = 20  # sampler steps of the validation images
+    validation_guidance: float = 0.0  # CFG scale; 0 = the teacher's default
+    overfit_batch: bool = False  # reuse step 0's batch, noise and timesteps every step (sanity check)
+    output_dir: str = "outputs/distill"
+
+    def __post_init__(self):
+        super().__post_init__()
+        from studio.removal import RECIPES
+
+        if isinstance(self.teachers, str):  # CLI shorthand: "path[@weight],path2[@weight]"
+            self.teachers = [dict(zip(("path", "weight"), t.split("@"))) for t in self.teachers.split(",")]
+        if not self.teachers:
+            raise ValueError("DistillConfig.teachers: give at least one teacher pipeline folder")
+        teachers = []
+        for t in self.teachers:
+            t = {"path": t} if isinstance(t, str) else dict(t)
+            if set(t) - {"path", "weight"} or "path" not in t:
+                raise ValueError(f"DistillConfig.teachers: each entry is {{path, weight}}; got {t}")
+            t["weight"] = float(t.get("weight", 1.0))
+            if not (Path(t["path"]) / "model_index.json").exists():
+                raise ValueError(f"DistillConfig.teachers: {t['path']!r} is not a diffusers pipeline folder "
+                                 f"(no model_index.json)")
+            if t["weight"] <= 0:
+                raise ValueError(f"DistillConfig.teachers: weight must be > 0; got {t['weight']} for {t['path']}")
+            teachers.append(t)
+        self.teachers = teachers
+        if self.student not in RECIPES and not Path(self.student).is_dir():
+            raise ValueError(f"DistillConfig.student: {self.student!r} is neither a recipe ({', '.join(RECIPES)}) "
+                             f"nor an existing student folder")
+        if self.student_keep not in ("spread", "first"):
+            raise ValueError(f"DistillConfig.student_keep must be 'spread' or 'first'; got {self.student_keep!r}")
+        if self.dataset == "demo":
+            if self.dataset_count < 1:
+                raise ValueError(f"DistillConfig.dataset_count must be >= 1; got {self.dataset_count}")
+        elif not self.dataset.startswith("hf:") and not (Path(self.dataset) / "metadata.jsonl").exists():
+            raise ValueError(f"DistillConfig.dataset: {self.dataset!r} is not 'demo', 'hf:<name>' or an imagefolder "
+                             f"with metadata.jsonl")
+        if not self.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
+                                   for b in self.buckets):
+            raise ValueError(f"DistillConfig.buckets: each bucket is [width, height], positive multiples of 8; "
+                             f"got {self.buckets}")
+        self.buckets = [list(b) for b in self.buckets]
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"DistillConfig.caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        for name in ("noise_offset", "lambda_task", "lambda_out", "lambda_feat", "validation_guidance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillConfig.{name} must be >= 0; got {getattr(self, name)}")
+        if not (self.lambda_task or self.lambda_out or self.lambda_feat):
+            raise ValueError("DistillConfig.lambda_task/lambda_out/lambda_feat: at least one must be > 0")
+        if self.feature_level not in FEATURE_LEVELS:
+            raise ValueError(f"DistillConfig.feature_level must be one of {FEATURE_LEVELS}; got {self.feature_level!r}")
+        if any(not isinstance(v, (int, float)) or v < 0 for v in self.feature_weights.values()):
+            raise ValueError(f"DistillConfig.feature_weights: weights must be numbers >= 0; got {self.feature_weights}")
+        last = 0
+        for s in self.stages:
+            if set(s) - {"at_step", "units", "recipe"} or "at_step" not in s or ("units" in s) == ("recipe" in s):
+                raise ValueError(f"DistillConfig.stages: each stage is {{at_step, units}} or {{at_step, recipe}}; "
+                                 f"got {s}")
+            if not last < s["at_step"] < self.steps:
+                raise ValueError(f"DistillConfig.stages: at_step must increase within (0, steps={self.steps}); "
+                                 f"got {s['at_step']}")
+            if "recipe" in s and s["recipe"] not in RECIPES:
+                raise ValueError(f"DistillConfig.stages: unknown recipe {s['recipe']!r}; allowed: {', '.join(RECIPES)}")
+            last = s["at_step"]
+        if self.validation_steps < 1:
+            raise ValueError(f"DistillConfig.validation_steps must be >= 1; got {self.validation_steps}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DistillConfig:
+    """A DistillConfig from a TOML or JSON file (``.toml`` via stdlib tomllib) plus ``overrides`` by field name."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+        data = data.get("config", data)  # a saved config.json / trainer_state.json wraps it
+    return DistillConfig.from_dict({**data, **(overrides or {})})
+
+
+# ---------------------------------------------------------------- feature pairs and hooks
+
+def feature_pairs(names: dict[str, str], level: str = "layer") -> list[tuple[str, str]]:
+    """(student module, teacher module) pairs whose outputs the feature loss matches, in name-map order.
+
+    ``names`` is a removal name map (student prefix -> teacher prefix). ``"layer"``: every resnet and transformer
+    layer of the student with its teacher source (SSD-1B's layer-level loss). ``"block"``: every down block, the mid
+    block and every up block with the teacher block its resnets come from (BK-SDM).
+    """
+    if level not in FEATURE_LEVELS:
+        raise ValueError(f"feature level must be one of {FEATURE_LEVELS}; got {level!r}")
+    layers = [(s, t) for s, t in names.items() if _LAYER_RE.search(s)]
+    if level == "layer":
+        return layers
+    blocks: dict[str, str] = {}
+    for s, t in layers:
+        sb, tb = (".".join(x.split(".")[:1 if x.startswith("mid_block") else 2]) for x in (s, t))
+        blocks.setdefault(sb, tb)
+    kind = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(blocks.items(), key=lambda p: (kind[p[0].split(".")[0]], p[0]))
+
+
+def _tensor(output) -> torch.Tensor:
+    """Hook output -> tensor: down blocks return (hidden, skips), Transformer2D an output object."""
+    if isinstance(output, tuple):
+        output = output[0]
+    return getattr(output, "sample", output)
+
+
+class FeatureHooks:
+    """Forward hooks on named submodules of ``module``; ``features[name]`` holds the latest output."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str]):
+        self.features: dict[str, torch.Tensor] = {}
+        self.handles = [module.get_submodule(n).register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.features[name] = _tensor(output)
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.features = [], {}
+
+
+# ---------------------------------------------------------------- the distillation task
+
+def _guidance(folder: str | Path) -> float:
+    sources = (("studio_model.json", ("default_guidance",)), ("training_config.json", ("config", "guidance_scale")))
+    for name, key in sources:
+        path = Path(folder) / name
+        if path.exists():
+            d = json.loads(path.read_text())
+            for k in key:
+                d = d.get(k, {}) if isinstance(d, dict) else {}
+            if isinstance(d, (int, float)):
+                return float(d)
+    return 5.0
+
+
+def _compose(names: dict[str, str], previous: dict[str, str]) -> dict[str, str]:
+    """new student -> old student map followed by old student -> teacher map."""
+    out = {}
+    for s, mid in names.items():
+        parts = mid.split(".")
+        for i in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in previous:
+                out[s] = previous[prefix] + mid[len(prefix):]
+                break
+    return out
+
+
+class DistillTask:
+    """Teacher(s), student, data and the KD loss; plugs into ``training.trainer.Trainer``."""
+
+    def __init__(self, cfg: DistillConfig, *, device: torch.device | str = "cpu", process_index: int = 0,
+                 items: list | None = None):
+        from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+
+        from training.data import SDXLBatches, load_items
+
+        self.cfg, self.device, self.process_index = cfg, torch.device(device), process_index
+        self.pipe = StableDiffusionXLPipeline.from_pretrained(cfg.teachers[0]["path"])
+        self.pipe.set_progress_bar_config(disable=True)
+        low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        dtype = low if low is not None and self.device.type == "cuda" else torch.float32
+        self.teachers, total = [], sum(t["weight"] for t in cfg.teachers)
+        for i, t in enumerate(cfg.teachers):
+            unet = self.pipe.unet if i == 0 else StableDiffusionXLPipeline.from_pretrained(t["path"]).unet
+            if dict(unet.config) != dict(self.pipe.unet.config):
+                raise ValueError(f"DistillConfig.teachers: {t['path']} has a different UNet config than "
+                                 f"{cfg.teachers[0]['path']}; mixed teachers must share one architecture")
+            unet.requires_grad_(False).eval()
+            self.teachers.append((unet, t["weight"] / total))
+        self.model, self.names = self._initial_student()  # from the fp32 CPU teacher
+        self.model.to(self.device)
+        for unet, _ in self.teachers:
+            unet.to(self.device, dtype)
+        for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
+            m.requires_grad_(False).eval()
+        self.pipe.vae.to(self.device)
+        self.noise_sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.guidance = cfg.validation_guidance or _guidance(cfg.teachers[0]["path"])
+        items = items if items is not None else load_items(
+            cfg.dataset, count=cfg.dataset_count, size=max(max(b) for b in cfg.buckets), seed=cfg.seed,
+            caption_column=cfg.caption_column)
+        self.data = SDXLBatches(items, self.pipe, buckets=[tuple(b) for b in cfg.buckets],
+                                cache_latents=cfg.cache_latents, cache_text=cfg.cache_text,
+                                cache_dir=cfg.cache_dir or None, caption_dropout=cfg.caption_dropout,
+                                device=self.device)
+        self._stage = 0
+        self._hooks: list[FeatureHooks] = []
+        self._attach_hooks()
+        self._teacher_images = None
+
+    # student
+    def _initial_student(self):
+        from diffusers import UNet2DConditionModel
+
+        from studio.removal import build_student, recipe_plan
+
+        cfg, teacher = self.cfg, self.teachers[0][0]
+        if not Path(cfg.student).is_dir():
+            plan = recipe_plan(cfg.student, dict(teacher.config), keep=cfg.student_keep)
+            student, names = build_student(teacher, plan)
+            return student.float().requires_grad_(True), names
+        folder = Path(cfg.student)
+        sub = folder / "unet" if (folder / "unet" / "config.json").exists() else folder
+        student = UNet2DConditionModel.from_pretrained(sub).float().requires_grad_(True)
+        map_file = next((p for p in (sub / "name_map.json", folder / "name_map.json") if p.exists()), None)
+        if map_file is not None:
+            return student, json.loads(map_file.read_text())
+        teacher_modules = dict(teacher.named_modules())
+        return student, {n: n for n, _ in student.named_modules() if _LAYER_RE.search(n) and n in teacher_modules}
+
+    def rebuild(self, step: int) -> bool:
+        """Apply the progressive stages with ``at_step <= step`` (each removes more units); True when applied."""
+        from studio.removal import RemovalPlan, build_student, recipe_plan
+
+        due = sum(s["at_step"] <= step for s in self.cfg.stages)
+        if due <= self._stage:
+            return False
+        for s in self.cfg.stages[self._stage:due]:
+            cfg = dict(self.model.config)
+            plan = (recipe_plan(s["recipe"], cfg, keep=self.cfg.student_keep) if "recipe" in s
+                    else RemovalPlan(frozenset(s["units"]), f"stage@{s['at_step']}"))
+            student, names = build_student(self.model.float().cpu(), plan)
+            self.model, self.names = student.to(self.device).requires_grad_(True), _compose(names, self.names)
+        self._stage = due
+        self._attach_hooks()
+        return True
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (student module, teacher module) names the feature loss matches."""
+        return feature_pairs(self.names, self.cfg.feature_level)
+
+    def _attach_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        if self.cfg.lambda_feat:
+            unknown = sorted(set(self.cfg.feature_weights) - {s for s, _ in self.pairs})
+            if unknown:
+                raise ValueError(f"DistillConfig.feature_weights: {unknown} are not feature-pair student modules; "
+                                 f"pairs: {[s for s, _ in self.pairs]}")
+            self._hooks = [FeatureHooks(self.model, [s for s, _ in self.pairs])]
+            self._hooks += [FeatureHooks(unet, [t for _, t in self.pairs]) for unet, _ in self.teachers]
+        self._checked = False
+
+    # loss
+    def loss(self, model, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from training.data import SDXLBatches
+
+        cfg = self.cfg
+        gen = SDXLBatches.generator(cfg.seed, 0 if cfg.overfit_batch else step, micro, self.process_index)
+        batch = self.data.batch(gen, cfg.batch_size)
+        lat = batch["latents"]
+        b = len(lat)
+        noise = torch.randn(lat.shape, generator=gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=gen)
+        noise, t = noise.to(self.device), t.to(self.device)
+        noisy = self.noise_sched.add_noise(lat, noise, t)
+        target = noise if self.noise_sched.config.prediction_type == "epsilon" else \
+            self.noise_sched.get_velocity(lat, noise, t)
+        cond = {"encoder_hidden_states": batch["prompt_embeds"],
+                "added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": batch["time_ids"]}}
+        t_pred, t_feats = None, {}
+        if cfg.lambda_out or cfg.lambda_feat:
+            with torch.no_grad():
+                for k, (unet, w) in enumerate(self.teachers):
+                    c = {"encoder_hidden_states": cond["encoder_hidden_states"].to(unet.dtype),
+                         "added_cond_kwargs": {n: v.to(unet.dtype) for n, v in cond["added_cond_kwargs"].items()}}
+                    pred = unet(noisy.to(unet.dtype), t, **c).sample.float() * w
+                    t_pred = pred if t_pred is None else t_pred + pred
+                    if cfg.lambda_feat:
+                        for s, tn in self.pairs:
+                            f = self._hooks[1 + k].features[tn].float() * w
+                            t_feats[s] = f if s not in t_feats else t_feats[s] + f
+        pred = model(noisy, t, **cond).sample
+        task = F.mse_loss(pred.float(), target.float())
+        total = cfg.lambda_task * task
+        scalars = {"task": task.item()}
+        if cfg.lambda_out:
+            out = F.mse_loss(pred.float(), t_pred)
+            total = total + cfg.lambda_out * out
+            scalars["out"] = out.item()
+        if cfg.lambda_feat:
+            feats = self._hooks[0].features
+            if not self._checked:
+                bad = [f"{s} {tuple(feats[s].shape)} vs {tn} {tuple(t_feats[s].shape)}" for s, tn in self.pairs
+                       if feats[s].shape != t_feats[s].shape]
+                if bad:
+                    raise ValueError(f"feature pairs with different shapes: {bad}")
+                self._checked = True
+            feat = sum(cfg.feature_weights.get(s, 1.0) * F.mse_loss(feats[s].float(), t_feats[s])
+                       for s, _ in self.pairs)
+            total = total + cfg.lambda_feat * feat
+            scalars["feat"] = feat.item()
+        for h in self._hooks:
+            h.features.clear()
+        return total, scalars
+
+    # validation and export
+    def _pipeline(self, unet):
+        from diffusers import StableDiffusionXLPipeline
+
+        p = self.pipe
+        pipe = StableDiffusionXLPipeline(vae=p.vae, text_encoder=p.text_encoder, text_encoder_2=p.text_encoder_2,
+                                         tokenizer=p.tokenizer, tokenizer_2=p.tokenizer_2, unet=unet,
+                                         scheduler=p.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _render(self, unet) -> list:
+        size = self.cfg.buckets[0]
+        gens = [torch.Generator().manual_seed(self.cfg.seed + i) for i in range(len(self.cfg.validation_prompts))]
+        hooks, self._hooks = self._hooks, []  # keep validation activations out of the feature buffers
+        for h in hooks:
+            h.features.clear()
+        try:
+            return self._pipeline(unet)(list(self.cfg.validation_prompts),
+                                        num_inference_steps=self.cfg.validation_steps, guidance_scale=self.guidance,
+                                        width=size[0], height=size[1], generator=gens).images
+        finally:
+            for h in hooks:
+                h.features.clear()
+            self._hooks = hooks
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        """Teacher (rendered once) and student images side by side; evaluator scores for demo prompts."""
+        from PIL import Image
+
+        from studio.evaluator import evaluate_batch, parse_prompt
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prompts = list(self.cfg.validation_prompts)
+        if not prompts:
+            return {}
+        if self._teacher_images is None:
+            self._teacher_images = self._render(self.teachers[0][0])
+        images = self._render(self.model)
+        w, h = images[0].size  # row 1: teacher, row 2: student
+        grid = Image.new("RGB", (w * len(prompts), 2 * h))
+        for i, im in enumerate(self._teacher_images + images):
+            grid.paste(im, ((i % len(prompts)) * w, (i // len(prompts)) * h))
+        grid.save(out_dir / f"step-{step:06d}.png")
+        try:
+            for p in prompts:
+                parse_prompt(p)
+        except ValueError:
+            return {}
+        student = evaluate_batch(images, prompts)["accuracy"]["all"]
+        teacher = evaluate_batch(self._teacher_images, prompts)["accuracy"]["all"]
+        return {"val_student_all": student, "val_teacher_all": teacher}
+
+    def export(self, out_dir: Path) -> Path:
+        """UNet-only folder: ``unet/`` (diffusers, safetensors), ``name_map.json``, ``distill_config.json``,
+        ``studio_model.json`` (base + default guidance) and a short README.md."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir / "unet", safe_serialization=True)
+        (out_dir / "name_map.json").write_text(json.dumps(self.names, indent=1) + "\n")
+        (out_dir / "distill_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
+        base = self.cfg.base_name or Path(self.cfg.teachers[0]["path"]).name
+        (out_dir / "studio_model.json").write_text(json.dumps(
+            {"base": base, "default_guidance": self.guidance,
+             "description": f"distilled from {base} ({self.cfg.student})"}, indent=1) + "\n")
+        params = sum(p.numel() for p in self.model.parameters())
+        teacher_params = sum(p.numel() for p in self.teachers[0][0].parameters())
+        (out_dir / "README.md").write_text(
+            f"# Distilled UNet: {self.cfg.student} from {base}\n\nParameters: {params:,} ({params / teacher_params:.1%}"
+            f" of the teacher's {teacher_params:,}). Trained {self.cfg.steps} steps with λ_task/λ_out/λ_feat = "
+            f"{self.cfg.lambda_task}/{self.cfg.lambda_out}/{self.cfg.lambda_feat}, feature level "
+            f"{self.cfg.feature_level} ({len(self.pairs)} pairs). Config: `distill_config.json`.\n")
+        return out_dir
+
+
+def make_trainer(cfg: DistillConfig, *, items: list | None = None) -> Trainer:
+    """A Trainer wired to a DistillTask on the accelerator's device."""
+    from training.trainer import make_accelerator
+
+    acc = make_accelerator(cfg)
+    task = DistillTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
+    return Trainer(cfg, task, accelerator=acc)
+
+
+def run_distill(cfg: DistillConfig, *, resume_from: str | None = None, on_step=None, should_stop=None,
+                items: list | None = None):
+    """Distill per ``cfg``; returns the TrainResult (``result.output`` = the exported student folder)."""
+    return make_trainer(cfg, items=items).run(resume_from=resume_from, on_step=on_step, should_stop=should_stop)
+
+
+# ---------------------------------------------------------------- benchmark
+
+def bench(teacher: str | None = None, *, student: str = "ssd-1b", level: str = "layer", batch_size: int = 4,
+          steps: int = 6, out: str | None = None) -> dict:
+    """Median seconds of a KD step (teacher forward + hooks + student step) and of a plain fine-tuning step of the
+    same student, measured alternately in one process; ``ratio`` = KD / plain."""
+    import statistics
+    import tempfile
+
+    from studio.paths import DEMO_DIR
+
+    tmp = Path(out or tempfile.mkdtemp(prefix="distill-bench-"))
+    if teacher is None:
+        teacher = str(DEMO_DIR / "teacher")
+        if not (Path(teacher) / "model_index.json").exists():
+            from studio.build import build_sdxl_pipeline
+            from training.demo_family import TEACHER_ARCH, demo_tokenizer
+
+            teacher = str(tmp / "random-teacher")
+            build_sdxl_pipeline(TEACHER_ARCH, demo_tokenizer()).save_pretrained(teacher)
+    common = dict(teachers=[{"path": teacher}], student=student, feature_level=level, batch_size=batch_size,
+                  steps=steps + 1, dataset_count=64, validate_every=0, lr=1e-5)
+    trainers = {name: make_trainer(DistillConfig(**common, **lam, output_dir=str(tmp / name)))
+                for name, lam in (("kd", {}), ("plain", {"lambda_out": 0.0, "lambda_feat": 0.0}))}
+    times = {name: [] for name in trainers}
+    for tr in trainers.values():
+        tr.prepare()
+        tr.train_step()  # warm-up
+    for _ in range(steps):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            tr.train_step()
+            times[name].append(time.perf_counter() - t0)
+    kd, plain = (statistics.median(times[n]) for n in ("kd", "plain"))
+    task = trainers["kd"].task
+    return {"teacher": teacher, "student": student, "feature_level": level, "pairs": len(task.pairs),
+            "batch_size": batch_size, "device": str(task.device), "threads": torch.get_num_threads(),
+            "teacher_params": sum(p.numel() for p in task.teachers[0][0].parameters()),
+            "student_params": sum(p.numel() for p in task.model.parameters()),
+            "kd_step_s": kd, "plain_step_s": plain, "ratio": kd / plain}
+
+
+# ---------------------------------------------------------------- CLI
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: list[str], extra: list[str]) -> dict:
+    """``--set a=1 b=x`` and ``--a 1 --b x`` -> {"a": 1, "b": "x"} (values parsed as JSON when they parse)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"--set expects field=value; got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip().replace("-", "_")] = _value(v)
+    i = 0
+    while i < len(extra):
+        if not extra[i].startswith("--"):
+            raise ValueError(f"unexpected argument {extra[i]!r}")
+        key = extra[i][2:]
+        if "=" in key:
+            key, v = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            v, i = extra[i + 1], i + 2
+        else:
+            v, i = "true", i + 1
+        out[key.replace("-", "_")] = _value(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        p = argparse.ArgumentParser(prog="python -m training.distill bench", description=bench.__doc__)
+        p.add_argument("--teacher", default=None, help="pipeline folder (default: the demo teacher, else random)")
+        p.add_argument("--student", default="ssd-1b")
+        p.add_argument("--level", default="layer", choices=FEATURE_LEVELS)
+        p.add_argument("--batch-size", type=int, default=4)
+        p.add_argument("--steps", type=int, default=6)
+        a = p.parse_args(argv[1:])
+        r = bench(a.teacher, student=a.student, level=a.level, batch_size=a.batch_size, steps=a.steps)
+        print(json.dumps(r, indent=1))
+        print(f"KD step {r['kd_step_s'] * 1000:.0f} ms vs plain fine-tuning step {r['plain_step_s'] * 1000:.0f} ms: "
+              f"ratio {r['ratio']:.2f}x (goal <= 1.3x)")
+        return 0
+    p = argparse.ArgumentParser(prog="python -m training.distill", description=__doc__.splitlines()[0],
+                                epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
+    p.add_argument("--config", default=None, help="TOML or JSON file with DistillConfig fields")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
+    p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
+    p.add_argument("--print-pairs", action="store_true", help="print the feature pairs and exit")
+    a, extra = p.parse_known_args(argv)
+    from tqdm import tqdm
+
+    try:
+        cfg = load_config(a.config, parse_overrides(a.set, extra))
+        trainer = make_trainer(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.print_pairs:
+        for s, t in trainer.task.pairs:
+            print(f"{s} <- {t}")
+        return 0
+    bar = tqdm(total=cfg.steps, unit="step", disable=not trainer.accelerator.is_main_process)
+
+    def on_step(step, total, info):
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "task", "out", "feat")})
+        bar.refresh()
+
+    try:
+        result = trainer.run(resume_from=a.resume, on_step=on_step)
+    except NonFiniteLossError as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    bar.close()
+    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; student: {result.output}; "
+          f"last checkpoint: {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
