@@ -38,6 +38,21 @@ def _add_request_args(parser: argparse.ArgumentParser, *, prompt: str | None = N
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=REQUEST_HELP.get(f.name))
 
 
+def parse_lora_args(items: list[str], models: list[str]) -> dict:
+    """``path:scale`` applies to every model; ``model=path:scale`` to that model only."""
+    from studio.lora import LoraRef
+
+    out: dict[str, list] = {m: [] for m in models}
+    for item in items:
+        model, sep, ref = item.partition("=")
+        targets = [model] if sep else models
+        if sep and model not in out:
+            raise ValueError(f"--lora {item!r} names model {model!r}, which is not among --model {models}")
+        for m in targets:
+            out[m].append(LoraRef.parse(ref if sep else item))
+    return out
+
+
 def cmd_generate(args) -> int:
     from PIL import Image
     from tqdm import tqdm
@@ -60,7 +75,8 @@ def cmd_generate(args) -> int:
         bar.n = step
         bar.refresh()
 
-    for result in iter_side_by_side(cache, models, request, on_step=on_step):
+    for result in iter_side_by_side(cache, models, request, loras=parse_lora_args(args.lora or [], models),
+                                    on_step=on_step):
         for path in result.save(args.out):
             print(path)
         results.append(result)
@@ -111,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="registry name or local folder/.safetensors; repeat for side by side "
                           "(default: the registry default, the demo teacher)")
     _add_request_args(gen)
+    gen.add_argument("--lora", action="append", metavar="[MODEL=]PATH[:SCALE]",
+                     help="LoRA .safetensors (diffusers or kohya format) with optional scale; repeatable; "
+                          "MODEL= limits it to one of the --model entries")
     gen.add_argument("--out", default="outputs/cli", help="folder for PNGs (with A1111 'parameters' metadata)")
     gen.set_defaults(func=cmd_generate)
     bench = sub.add_parser("bench", help="time models side by side (median of repeats, ratio to the first)")

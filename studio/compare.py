@@ -12,6 +12,7 @@ from typing import Iterator
 
 from studio.generation import MAX_SEED, GenerateRequest, GenerateResult, OnStep, ShouldStop, generate
 from studio.loading import ModelCache
+from studio.lora import LoraRef
 
 MAX_MODELS = 4
 STATS_COLUMNS = ["model", "seed", "latency (s)", "speed-up vs first", "it/s", "peak memory (MB)", "UNet params (M)"]
@@ -29,15 +30,20 @@ def check_models(models: list[str]) -> list[str]:
 
 
 def iter_side_by_side(cache: ModelCache, models: list[str], request: GenerateRequest, *,
-                      roots: list[Path] | None = None, on_step: OnStep | None = None,
+                      roots: list[Path] | None = None, loras: dict[str, list[LoraRef]] | None = None,
+                      on_step: OnStep | None = None,
                       should_stop: ShouldStop | None = None) -> Iterator[GenerateResult]:
-    """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed."""
+    """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed.
+
+    ``loras`` maps a model name to the LoRAs (with scales) applied to that model only.
+    """
     models = check_models(models)
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
     for name in models:
         pipe = cache.get(name, roots=roots)
-        yield generate(pipe, request, model_name=name, on_step=on_step, should_stop=should_stop)
+        yield generate(pipe, request, model_name=name, loras=(loras or {}).get(name, []), roots=roots,
+                       on_step=on_step, should_stop=should_stop)
 
 
 def generate_side_by_side(cache: ModelCache, models: list[str], request: GenerateRequest,

@@ -8,6 +8,7 @@ diffusers loop (``pipe._interrupt``), after which :class:`GenerationCancelled` i
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,6 +20,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from studio.lora import LoraRef, lora_file, loras_applied
 from studio.pngmeta import format_parameters, save_png
 from studio.schedulers import SCHEDULERS, make_scheduler
 
@@ -96,6 +98,7 @@ class GenerateResult:
     request: GenerateRequest  # with the seed and size actually used
     stats: GenerateStats
     parameters: list[str]  # A1111 infotext of each image
+    loras: list[LoraRef] = field(default_factory=list)
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write PNGs carrying their parameters; returns the paths."""
@@ -103,7 +106,8 @@ class GenerateResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (image, text) in enumerate(zip(self.images, self.parameters)):
-            meta = {**self.request.to_dict(), "seed": self.seed + i, "model": self.model, "version": VERSION}
+            meta = {**self.request.to_dict(), "seed": self.seed + i, "model": self.model, "version": VERSION,
+                    "loras": [{"name": r.name, "scale": r.scale} for r in self.loras]}
             paths.append(save_png(image, out_dir / f"{_slug(self.model)}-{self.seed + i}.png", text, meta))
         return paths
 
@@ -116,17 +120,31 @@ def native_size(pipe: StableDiffusionXLPipeline) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
-def infotext(request: GenerateRequest, seed: int, model: str) -> str:
+def infotext(request: GenerateRequest, seed: int, model: str, lora_hashes: str = "") -> str:
     fields = {"Steps": request.steps, "Sampler": request.scheduler, "CFG scale": request.guidance, "Seed": seed,
               "Size": f"{request.width}x{request.height}", "Model": model,
               "Denoising strength": request.strength if request.init_image is not None else None,
-              "Version": VERSION}
+              "Lora hashes": lora_hashes, "Version": VERSION}
     return format_parameters(request.prompt, request.negative_prompt, fields)
 
 
+def _lora_hashes(loras: list[LoraRef], roots) -> str:
+    """A1111's ``Lora hashes`` field: name: first 10 hex of the file's sha256."""
+    parts = []
+    for ref in loras:
+        digest = hashlib.sha256(lora_file(ref, roots).read_bytes()).hexdigest()[:10]
+        parts.append(f"{ref.name}: {digest}")
+    return ", ".join(parts)
+
+
 def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model_name: str = "model",
+             loras: list[LoraRef] = (), fuse_loras: bool = False, roots: list[Path] | None = None,
              on_step: OnStep | None = None, should_stop: ShouldStop | None = None) -> GenerateResult:
-    """Run one request on ``pipe`` (its weights are shared, never copied: img2img reuses the same modules)."""
+    """Run one request on ``pipe`` (its weights are shared, never copied: img2img reuses the same modules).
+
+    ``loras`` are activated with their scales for this call only (``fuse_loras`` merges them for speed);
+    ``roots`` restricts LoRA paths to those folders (UI/API callers).
+    """
     # 1. resolve the random seed and the model's native size
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed == -1 else request.seed
     size = native_size(pipe)
@@ -163,7 +181,7 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
                       strength=request.strength)
     # 4. run and measure
     start = time.perf_counter()
-    with torch.inference_mode():
+    with loras_applied(pipe, list(loras), roots=roots, fuse=fuse_loras), torch.inference_mode():
         images = view(**kwargs).images
     latency = time.perf_counter() - start
     if view.interrupt:
@@ -177,5 +195,6 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, peak_memory_mb=peak / 2**20,
                           memory_kind=kind, unet_params=sum(p.numel() for p in pipe.unet.parameters()),
                           device=str(device))
-    texts = [infotext(request, seed + i, model_name) for i in range(len(images))]
-    return GenerateResult(model_name, images, seed, request, stats, texts)
+    hashes = _lora_hashes(list(loras), roots)
+    texts = [infotext(request, seed + i, model_name, hashes) for i in range(len(images))]
+    return GenerateResult(model_name, images, seed, request, stats, texts, list(loras))
