@@ -31,7 +31,7 @@ from PIL import Image
 
 from studio.blocks import BlockRow, block_map, count_params, full_config, unet_layout
 from studio.generation import MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE, GenerateRequest, GenerationCancelled, generate
-from studio.paths import data_dir, models_dir
+from studio.paths import ASSETS_DIR, data_dir, models_dir
 from studio.removal import (RECIPES, RemovalPlan, ablate, build_student, export_student, parse_unit, recipe_plan,
                             runtime_modules, student_config, validate_plan)
 
@@ -204,12 +204,43 @@ def _removable(config_json: str, groups: bool) -> tuple[str, ...]:
             out.append("mid_block")
     valid = []
     for unit in out:
-        try:
-            validate_plan(unet_config, RemovalPlan({unit}))
+        try:  # every candidate is a run-time skip; _resolve still rejects e.g. a block's only resnet
+            runtime_modules(unet_config, RemovalPlan({unit}))
             valid.append(unit)
         except ValueError:
             pass
     return tuple(valid)
+
+
+def model_facts(name: str) -> tuple[dict, int, int]:
+    """(UNet config, VAE scale factor, native resolution in pixels) of registry model ``name``, read from its
+    config files on disk (local folders, or the Hugging Face cache) without loading weights; ValueError if absent."""
+    from studio.registry import get_spec
+
+    def read(spec, component: str) -> dict:
+        if spec.source_kind == "folder":
+            folder = Path(spec.source)
+            for file in [folder / component / "config.json"] + ([folder / "config.json"] if component == "unet"
+                                                                  else []):
+                if file.is_file():
+                    return json.loads(file.read_text())
+        elif spec.source_kind == "hub":
+            from huggingface_hub import try_to_load_from_cache
+
+            file = try_to_load_from_cache(spec.source, f"{component}/config.json")
+            if isinstance(file, str):
+                return json.loads(Path(file).read_text())
+            if spec.name == "sdxl":  # the reference config ships with the studio (its VAE: 4 levels, factor 8)
+                return json.loads((ASSETS_DIR / "configs" / "sdxl-base-unet.json").read_text()) \
+                    if component == "unet" else {"block_out_channels": [128, 256, 512, 512]}
+        raise ValueError(f"model {spec.name!r}: no {component} config on this machine ({spec.source}); load it once "
+                         f"(e.g. in the Generate tab) or download it")
+
+    spec = get_spec(name)
+    unet = read(spec, "unet")
+    vae = read(get_spec(spec.base) if spec.base else spec, "vae")
+    factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    return unet, factor, spec.default_size or unet.get("sample_size", 128) * factor
 
 
 # ---------------------------------------------------------------- compare

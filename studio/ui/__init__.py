@@ -9,6 +9,7 @@ from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui.arena_tab import build_arena_tab
 from studio.ui.generate_tab import build_generate_tab
+from studio.ui.layers_tab import build_layers_tab
 
 INTRO = ("**SDXL-family studio** — generate with SDXL, SSD-1B, Vega and the embedded demo family side by side. "
          "The demo family runs offline on a CPU; real models load from the Hugging Face hub or a local folder.")
@@ -22,6 +23,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             build_generate_tab(cache)
         with gr.Tab("Arena"):
             build_arena_tab(cache)
+        with gr.Tab("Layers"):
+            build_layers_tab(cache)
     return demo
 
 

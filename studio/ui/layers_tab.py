@@ -1,0 +1,266 @@
+"""Layers tab: the block map of a model, pick units to remove, compare full vs ablated, leave-one-out sweep, export.
+
+    with gr.Tab("Layers"):
+        build_layers_tab(cache)
+
+Widgets map to AblationConfig fields by name (``WIDGET_FIELDS``); each handler takes exactly those fields as named
+parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them. Compare, sweep and
+export share the "gpu" concurrency id with the Generate tab: run-time ablation patches the cached teacher's UNet.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+
+import gradio as gr
+
+from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, model_facts,
+                             model_rows, plan_cost, plot_sweep, removable_units, sweep, sweep_dir)
+from studio.blocks import plot_block_map
+from studio.generation import MAX_STEPS, GenerationCancelled
+from studio.loading import ModelCache
+from studio.registry import default_model, list_models
+from studio.removal import RECIPES
+
+MAP_COLUMNS = ["unit", "kind", "latent side", "params", "% of UNet params", "MACs / forward", "% of UNet MACs"]
+COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
+NO_RECIPE = "(none)"
+_STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, the sweep polls it
+
+
+# ---------------------------------------------------------------- widget values -> config
+
+def config_from_values(values: dict) -> AblationConfig:
+    """Widget values keyed by AblationConfig field name -> a validated config (0 resolution = native size)."""
+    seeds = [s for s in str(values["seeds"]).replace(",", " ").split() if s]
+    try:
+        seeds = tuple(int(s) for s in seeds)
+    except ValueError:
+        raise ValueError(f"seeds: give whole numbers separated by commas; got {values['seeds']!r}") from None
+    return AblationConfig(
+        model=values["model"] or "", units=tuple(values["units"] or ()),
+        recipe="" if values["recipe"] in (None, NO_RECIPE) else values["recipe"],
+        prompts=tuple(p.strip() for p in str(values["prompts"]).splitlines() if p.strip()), seeds=seeds,
+        steps=int(values["steps"]), guidance=float(values["guidance"]),
+        resolution=(int(values["resolution"]) or None) if values["resolution"] is not None else None)
+
+
+def handler_fields(fn) -> list[str]:
+    """AblationConfig fields a handler takes, in its signature's order (inputs are wired by these names)."""
+    names = {f for f in AblationConfig.__dataclass_fields__}
+    return [p for p in inspect.signature(fn).parameters if p in names]
+
+
+def _fmt(n: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n:g}"
+
+
+# ---------------------------------------------------------------- handlers
+
+class LayersHandlers:
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+
+    def _facts(self, model: str) -> tuple[dict, int, int]:
+        try:
+            return model_facts(model)
+        except ValueError:  # not on disk as config files (e.g. a single .safetensors): load it
+            pipe = self.cache.get(model)
+            return dict(pipe.unet.config), pipe.vae_scale_factor, pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    def on_map(self, model: str, resolution: float):
+        """Block map table (down to transformer layers) and bar chart; the removable units of this model."""
+        try:
+            unet_config, factor, native = self._facts(model)
+            size = int(resolution or 0) or native
+            rows = model_rows(unet_config, size, factor)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        params, macs = (sum(getattr(r, f) for r in rows if r.depth == 0) for f in ("params", "macs"))
+        table = [["  " * r.depth + r.unit, r.kind, r.resolution, r.params, round(100 * r.params / params, 2),
+                  r.macs, round(100 * r.macs / max(macs, 1), 2)] for r in rows if r.depth <= 2]
+        fig = plot_block_map(rows, title=f"{model} at {size}²: {_fmt(params)} params, {_fmt(macs)} MACs per UNet "
+                                         f"forward")
+        units = removable_units(unet_config, groups=True)
+        info = (f"**{model}** at {size}×{size} px: UNet {params:,} params, {_fmt(macs)}MACs per forward (batch 1). "
+                f"{len(units)} units can be removed one by one.")
+        return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
+
+    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float) -> str:
+        """Whether the chosen plan is config-expressible (a real smaller UNet) or runtime-only, and what it saves."""
+        if not units and recipe in (None, "", NO_RECIPE):
+            return "Nothing selected: tick units or choose a recipe."
+        try:
+            unet_config, factor, native = self._facts(model)
+            config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
+                                             steps=1, guidance=0, resolution=resolution))
+            plan = config_plan(config, unet_config)
+            cost = plan_cost(unet_config, plan, resolution=config.resolution or native, vae_scale_factor=factor)
+        except ValueError as err:
+            return f"⚠️ **Invalid plan**: {err}"
+        kept = cost["student_params"] / cost["params"]
+        head = ("✅ **config-expressible**: a real, smaller diffusers UNet — can be exported as a student"
+                if cost["kind"] == "config" else
+                "⚙️ **runtime-only**: no diffusers config says this; it is simulated by skipping modules (no export)")
+        return (f"{head}. {len(plan.units)} units; params {cost['params']:,} → {cost['student_params']:,} "
+                f"({kept:.1%} kept, −{_fmt(cost['delta_params'])}); MACs per forward −{_fmt(cost['delta_macs'])} "
+                f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).")
+
+    def on_compare(self, model: str, units: list[str], recipe: str, prompts: str, seeds: str, steps: float,
+                   guidance: float, resolution: float, progress=gr.Progress()):
+        """Full model vs plan applied, same prompts and seeds; numbers beneath."""
+        try:
+            config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
+                                             steps=steps, guidance=guidance, resolution=resolution))
+            pipe = self.cache.get(config.model)
+            plan = config_plan(config, pipe.unet.config)
+            cmp = compare_ablation(pipe, plan, config, on_step=lambda s, n, info: progress(
+                (s, n), desc=f"{info['model']} model"))
+        except GenerationCancelled:
+            raise gr.Error("comparison cancelled") from None
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        labels = [f"{p[:40]} · seed {s}" for p, s in cmp.pairs]
+        c, r = cmp.cost, cmp.summary()
+
+        def fid(x):
+            return "n/a (prompt not in the demo grammar)" if x is None else f"{x:.2f}"
+        table = [
+            ["UNet params", f"{c['params']:,}", f"{c['student_params']:,}",
+             f"−{c['delta_params']:,} ({c['delta_params'] / c['params']:.1%})"],
+            ["MACs / UNet forward", _fmt(c["macs"]), _fmt(c["student_macs"]),
+             f"−{c['delta_macs'] / max(c['macs'], 1):.1%}"],
+            ["latency (s, all images)", f"{cmp.full_latency_s:.2f}", f"{cmp.ablated_latency_s:.2f}",
+             f"×{cmp.latency_ratio:.2f}"],
+            ["SSIM to full image", "1", f"{r['ssim']:.4f}", f"damage {1 - r['ssim']:.4f}"],
+            ["PSNR to full image (dB)", "∞", f"{r['psnr']:.2f}" if r["psnr"] != float("inf") else "∞", ""],
+            ["prompt fidelity (evaluator)", fid(r["full_fidelity"]), fid(r["ablated_fidelity"]), ""],
+        ]
+        head = f"{plan.name} plan ({c['kind']}), {len(plan.units)} units removed, {len(cmp.pairs)} image pair(s)."
+        return (list(zip(cmp.full_images, labels)), list(zip(cmp.ablated_images, labels)), table, head)
+
+    def on_sweep(self, model: str, units: list[str], prompts: str, seeds: str, steps: float, guidance: float,
+                 resolution: float, groups: bool, request: gr.Request, progress=gr.Progress()):
+        """Leave-one-out over the ticked units (none ticked: every removable unit), ranked; heatmap and CSV."""
+        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
+        stop.clear()
+        try:
+            config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
+                                             steps=steps, guidance=guidance, resolution=resolution))
+            pipe = self.cache.get(config.model)
+            result = sweep(pipe, config, units=list(units) or None, groups=bool(groups), should_stop=stop.is_set,
+                           on_step=lambda s, n, info: progress((s, n), desc=info.get("unit", "full model")))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        csv = result.to_csv(sweep_dir() / "exports" / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+        fig = plot_sweep(result, dict(pipe.unet.config)) if result.rows else None
+        table = [[round(v, 5) if isinstance(v, float) else v for v in row] for row in result.table()]
+        status = (f"{'Cancelled: ' if result.cancelled else ''}{len(result.rows)} units "
+                  f"({result.cached} from the cache, {result.computed} generated) in {result.wall_s:.1f} s. "
+                  f"Damage = 1 − SSIM to the full model's image (mean over prompts × seeds); ranked by damage per "
+                  f"million parameters saved, least harmful first.")
+        return table, fig, str(csv), status
+
+    def on_export(self, model: str, units: list[str], recipe: str, out_name: str) -> str:
+        """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists."""
+        try:
+            config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
+                                             steps=1, guidance=0, resolution=0))
+            pipe = self.cache.get(config.model)
+            plan = config_plan(config, pipe.unet.config)
+            out = export_plan(pipe, plan, (out_name or "").strip(), teacher_name=config.model)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        return (f"Exported **{out.name}** (base `{config.model}`) to `{out}`. It is in the model list of the "
+                f"Generate tab now (press ↻ models) and can be chosen as a distillation student.")
+
+
+def on_cancel(request: gr.Request) -> str:
+    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
+    return "cancelling after the current image…"
+
+
+# ---------------------------------------------------------------- layout
+
+def _initial_units(model: str) -> list[str]:
+    """The default model's removable units, so the API works before /layers_map (empty if its config is absent)."""
+    try:
+        return removable_units(model_facts(model)[0], groups=True)
+    except ValueError:
+        return []
+
+
+def build_layers_tab(cache: ModelCache) -> None:
+    handlers = LayersHandlers(cache)
+    w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
+    names = [s.name for s in list_models()]
+    with gr.Row():
+        w["model"] = gr.Dropdown(names, value=default_model(), label="Model (teacher)", scale=3)
+        w["resolution"] = gr.Number(value=0, precision=0, label="Resolution (px, 0 = native)", scale=1)
+        show = gr.Button("Show block map", scale=1)
+    info = gr.Markdown("Choose a model and press **Show block map**.")
+    with gr.Row():
+        table = gr.Dataframe(headers=MAP_COLUMNS, interactive=False, label="Block map", max_height=420, scale=3)
+        plot = gr.Plot(label="Params and MACs per block", scale=2)
+    gr.Markdown("### Remove units")
+    with gr.Row():
+        w["recipe"] = gr.Dropdown([NO_RECIPE, *RECIPES], value=NO_RECIPE, label="Recipe (SDXL-layout models)",
+                                  scale=1)
+        plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.")
+    with gr.Accordion("Units (r = resnet; attention = whole stack; transformer_blocks.k = one layer)", open=True):
+        w["units"] = gr.CheckboxGroup(choices=_initial_units(w["model"].value), elem_id="layers-units",
+                                      label="Removable units (run-time skippable one by one)")
+    with gr.Row():
+        w["prompts"] = gr.Textbox(value="a red circle on a blue background", lines=2, scale=3,
+                                  label="Prompts (one per line; the demo grammar gets evaluator scores)")
+        w["seeds"] = gr.Textbox(value="0", label="Seeds (comma-separated)", scale=1)
+        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", scale=1)
+        w["guidance"] = gr.Slider(0, 30, value=5.0, step=0.5, label="CFG scale", scale=1)
+    with gr.Tab("Compare"):
+        compare = gr.Button("Compare full vs ablated", variant="primary")
+        compare_info = gr.Markdown()
+        with gr.Row():
+            full = gr.Gallery(label="Full model", columns=4, height=300, object_fit="contain", elem_id="layers-full")
+            ablated = gr.Gallery(label="Ablated", columns=4, height=300, object_fit="contain",
+                                 elem_id="layers-ablated")
+        numbers = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, label="Numbers")
+    with gr.Tab("Sweep"):
+        with gr.Row():
+            groups = gr.Checkbox(False, label="also whole attentions and the whole mid block (when none is ticked)")
+            run_sweep = gr.Button("Sweep (leave-one-out over ticked units, or all)", variant="primary")
+            cancel = gr.Button("Cancel sweep", variant="stop")
+        sweep_info = gr.Markdown()
+        ranked = gr.Dataframe(headers=list(SWEEP_COLUMNS), interactive=False, label="Ranked units", max_height=360)
+        heatmap = gr.Plot(label="Damage over the UNet layout")
+        csv = gr.File(label="CSV", interactive=False)
+    with gr.Tab("Export student"):
+        with gr.Row():
+            out_name = gr.Textbox(label="New model name (lower-case, digits, . _ -)", value="pruned-student", scale=3)
+            export = gr.Button("Export student", variant="primary", scale=1)
+        export_info = gr.Markdown()
+
+    map_outputs = [table, plot, w["units"], info]
+    show.click(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name="layers_map")
+    w["model"].change(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=False)
+    gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
+          [w[n] for n in handler_fields(handlers.on_plan)], plan_info, api_name="layers_plan")
+    gpu = dict(concurrency_id="gpu", concurrency_limit=1)
+    compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare)],
+                  [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
+    run_sweep.click(handlers.on_sweep, [*(w[n] for n in handler_fields(handlers.on_sweep)), groups],
+                    [ranked, heatmap, csv, sweep_info], api_name="layers_sweep", **gpu)
+    cancel.click(on_cancel, None, sweep_info, api_name="layers_cancel")
+    export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export)), out_name], export_info,
+                 api_name="layers_export", **gpu)
+
+
+if __name__ == "__main__":
+    with gr.Blocks(title="Layers") as demo:
+        build_layers_tab(ModelCache())
+    demo.queue(default_concurrency_limit=1).launch()

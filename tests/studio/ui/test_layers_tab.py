@@ -1,0 +1,83 @@
+"""Layers tab through gradio_client on a live localhost server: block map, plan kind, compare, sweep, export."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+import torch
+from gradio_client import Client
+
+from studio.ablation import SWEEP_COLUMNS, AblationConfig
+from studio.loading import ModelCache
+from studio.ui import build_app, launch
+from studio.ui.layers_tab import LayersHandlers, config_from_values, handler_fields
+
+LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"
+
+
+def test_handlers_take_config_fields_by_name():
+    fields = {f.name for f in dataclasses.fields(AblationConfig)}
+    assert set(handler_fields(LayersHandlers.on_compare)) == fields
+    assert set(handler_fields(LayersHandlers.on_sweep)) == fields - {"recipe"}  # ticked units = what to sweep
+    values = dict(model="tiny-base", units=[LAYER], recipe="(none)", prompts="a\n\nb ", seeds="1, 2", steps=3.0,
+                  guidance=2.0, resolution=0)
+    assert config_from_values(values) == AblationConfig("tiny-base", (LAYER,), "", ("a", "b"), (1, 2), 3, 2.0, None)
+    with pytest.raises(ValueError, match="seeds: give whole numbers"):
+        config_from_values(dict(values, seeds="x"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(family):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    demo = build_app(ModelCache())
+    _, url, _ = launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield Client(url, verbose=False)
+    demo.close()
+    torch.set_num_threads(threads)
+
+
+def test_map_and_plan(client):
+    table, plot, units, info = client.predict("tiny-base", 0, api_name="/layers_map")
+    rows = table["data"]
+    assert rows[0][0] == "conv_in" and any(r[0].strip() == LAYER for r in rows)
+    assert "tiny-base" in info and "32×32" in info and plot is not None
+    choices = [c[0] if isinstance(c, (list, tuple)) else c for c in units["choices"]]
+    assert LAYER in choices and "mid_block" in choices
+    kind = client.predict("tiny-base", [LAYER], "(none)", 0, api_name="/layers_plan")
+    assert "config-expressible" in kind
+    kind = client.predict("tiny-base", ["mid_block.attentions.0"], "(none)", 0, api_name="/layers_plan")
+    assert "runtime-only" in kind
+    every = [f"down_blocks.1.attentions.0.transformer_blocks.{k}" for k in (0, 1)]  # a stack must keep one layer
+    assert "Invalid plan" in client.predict("tiny-base", every, "(none)", 0, api_name="/layers_plan")
+
+
+def test_compare_and_export(client):
+    full, ablated, numbers, head = client.predict(
+        "tiny-base", ["mid_block.attentions.0", "mid_block.resnets.1"], "(none)",
+        "a red circle on a blue background", "4", 2, 5.0, 0, api_name="/layers_compare")
+    assert len(full) == len(ablated) == 1 and "(config)" in head
+    quantities = [r[0] for r in numbers["data"]]
+    assert quantities[:2] == ["UNet params", "MACs / UNet forward"] and "SSIM to full image" in quantities
+    out = client.predict("tiny-base", ["mid_block.attentions.0", "mid_block.resnets.1"], "(none)", "tiny-ui-slim",
+                         api_name="/layers_export")
+    assert "tiny-ui-slim" in out
+    with pytest.raises(Exception, match="is taken"):
+        client.predict("tiny-base", ["mid_block"], "(none)", "tiny-ui-slim", api_name="/layers_export")
+
+
+def test_sweep(client):
+    table, heatmap, csv, status = client.predict(
+        "tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background", "0", 2, 5.0, 0, False,
+        api_name="/layers_sweep")
+    assert [r[1] for r in table["data"]] and len(table["data"]) == 2 and table["headers"] == list(SWEEP_COLUMNS)
+    assert "2 generated" in status and open(csv).readline().startswith("rank,unit")
+    with pytest.raises(Exception, match="AblationConfig.resolution"):
+        client.predict("tiny-base", [], "a", "0", 2, 5.0, 36, False, api_name="/layers_sweep")
