@@ -317,7 +317,7 @@ def plot_win_rate_heatmap(models: Sequence[str], matrix: np.ndarray, *, title: s
     from matplotlib.figure import Figure
 
     n = len(models)
-    fig = Figure(figsize=(1.2 + 0.8 * n, 1.0 + 0.7 * n), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 1.2 + 0.8 * n), max(3.0, 1.0 + 0.7 * n)), layout="constrained")  # room for the title
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), labels=list(models), rotation=45, ha="right")

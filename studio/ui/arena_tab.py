@@ -32,7 +32,11 @@ LIVE_ENV = "STUDIO_ARENA_LIVE"  # "0": never generate live, serve every battle f
 MAX_LIVE_ENV = "STUDIO_ARENA_MAX_LIVE_S"  # live battles slower than this (mean) fall back to the cache
 CACHE_NOTE = "served from the pre-generated battle cache"
 ALL = "all"
-VOTE_LABELS = {"A": "👈 A is better", "B": "👉 B is better", "tie": "🤝 Tie", "bad": "👎 Both are bad"}
+VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "bad": "Both are bad"}  # no emoji: not every
+# browser has an emoji font (headless Chromium on Debian shows boxes)
+# demo models draw at 64 px: scale battle images up to the box, pixel-sharp, instead of showing a thumbnail
+IMAGE_CSS = ("#arena-image-a img, #arena-image-b img {width: 100%; height: 100%; object-fit: contain; "
+             "image-rendering: pixelated;}")
 LEADERBOARD_COLUMNS = ["rank", "model", "BT rating", "95% CI", "Elo", "votes", "win rate"]
 
 
@@ -78,7 +82,8 @@ def how_to_add_models(pool: list[str]) -> str:
     found = ", ".join(pool) if pool else "none"
     return (f"The arena needs at least two models in its pool (found: {found}). Add models by exporting a student "
             f"into {models_dir()} (a folder with a `studio_model.json` naming its `base`, e.g. "
-            f"`python -m studio prune --recipe vega --teacher assets/demo/teacher --out {models_dir()}/demo-vega-pruned`)"
+            f"`python -m studio prune --recipe vega --teacher assets/demo/teacher "
+            f"--out {models_dir()}/demo-vega-pruned`)"
             f", or set `{POOL_ENV}=model-1,model-2` before starting the app.")
 
 
@@ -195,7 +200,7 @@ def _battle_info(battle: dict) -> str:
     text = (f"**Prompt:** {battle['prompt']}  \n*category {battle['category']} · seed {battle['seed']} · {size}"
             f"{' · ' + details if details else ''}*")
     if battle["source"] == "cache":
-        text += f"  \nℹ️ This battle was {CACHE_NOTE} (no live generation)."
+        text += f"  \n*Note: this battle was {CACHE_NOTE} (no live generation).*"
     return text
 
 
@@ -248,11 +253,11 @@ class ArenaHandlers:
                   f"{r.win_rate:.0%}"] for r in rows]
         if not rows:
             return table, None, "No votes match these filters yet."
-        used = sum(r.votes for r in rows) // 2
         models, matrix = win_rate_matrix(votes, [r.model for r in rows])
-        summary = (f"{used} votes · ratings: Bradley-Terry MLE (mean 1000), 95% CI from 100 bootstrap rounds; "
-                   f"Elo: online, K = 4, in vote order.")
-        return table, plot_win_rate_heatmap(models, matrix, title="Win rate of row over column (ties left out)"), summary
+        summary = (f"{len(votes)} votes · ratings: Bradley-Terry MLE (mean 1000), 95% CI from 100 bootstrap rounds; "
+                   "Elo: online, K = 4, in vote order. Heatmap: share of decisive votes won (ties and both-bad "
+                   "left out).")
+        return table, plot_win_rate_heatmap(models, matrix, title="Win rate, row vs column"), summary
 
     def on_export(self, fmt: str) -> str:
         """All votes as CSV or JSON (model names, sides, vote, prompt, settings, hashed session)."""
@@ -290,17 +295,18 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
     handlers = ArenaHandlers(service)
     categories = [ALL, *service.categories()]
     with gr.Tab("Battle"):
+        gr.HTML(f"<style>{IMAGE_CSS}</style>", padding=False, container=False)
         gr.Markdown("**Blind arena** — two anonymous models draw the same prompt with the same seed. Vote for the "
                     "better image; the names are revealed after your vote (one vote per battle).")
         current = service.pool()
         if len(set(current)) < 2:
-            gr.Markdown(f"⚠️ {how_to_add_models(current)}")
+            gr.Markdown(f"**Note:** {how_to_add_models(current)}")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt (empty = a curated prompt)", lines=1, scale=4,
                                 elem_id="arena-prompt")
             category = gr.Dropdown(categories, value=ALL, label="Category", scale=1, elem_id="arena-category")
-            draw = gr.Button("🎲 Draw a prompt", scale=0, elem_id="arena-draw")
-        battle_btn = gr.Button("⚔️ New battle", variant="primary", elem_id="arena-new-battle")
+            draw = gr.Button("Draw a prompt", scale=0, elem_id="arena-draw")
+        battle_btn = gr.Button("New battle", variant="primary", elem_id="arena-new-battle")
         info = gr.Markdown(elem_id="arena-info")
         with gr.Row():
             images = [gr.Image(label=label, type="filepath", format="png", interactive=False, height=320,
@@ -316,14 +322,14 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
             board_category = gr.Dropdown([*categories, "custom"], value=ALL, label="Category")
             since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="any")
             until = gr.Textbox(label="To, inclusive (YYYY-MM-DD)", placeholder="any")
-            refresh = gr.Button("↻ Refresh", elem_id="arena-refresh")
+            refresh = gr.Button("Refresh", elem_id="arena-refresh")
         summary = gr.Markdown(elem_id="arena-summary")
         table = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, label="Leaderboard",
                              elem_id="arena-leaderboard")
         heatmap = gr.Plot(label="Pairwise win rate", elem_id="arena-heatmap")
         with gr.Row():
             fmt = gr.Radio(["csv", "json"], value="csv", label="Export format")
-            export = gr.Button("⬇ Export votes", elem_id="arena-export")
+            export = gr.Button("Export votes", elem_id="arena-export")
             export_file = gr.File(label="Votes export", interactive=False)
 
     draw.click(handlers.on_draw_prompt, category, prompt, api_name="arena_draw_prompt")
