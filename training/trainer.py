@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -198,8 +199,10 @@ class Trainer:
                               num_training_steps=cfg.steps * acc.num_processes)
         acc._models.clear(), acc._optimizers.clear(), acc._schedulers.clear(), acc._custom_objects.clear()
         self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
-        for _ in range(step):  # a model swapped mid-run continues the schedule where it was
-            self.scheduler.scheduler.step()
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):  # a model swapped mid-run continues the schedule where it was
+                self.scheduler.scheduler.step()
         self.ema = None
         if cfg.ema_decay:
             self.ema = EMAModel(params, decay=cfg.ema_decay)

@@ -113,6 +113,22 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_folder,
     assert not (tmp_path / "final").exists()
 
 
+def test_progressive_stage_with_ema_and_accumulation_resumes_across_the_stage(tiny_folder, tmp_path):
+    stage = {"at_step": 2, "units": ["down_blocks.2.attentions.0.transformer_blocks.1"]}
+    kw = dict(steps=4, checkpoint_every=1, ema_decay=0.9, grad_accum=2, gradient_checkpointing=True, stages=[stage],
+              lr_scheduler="cosine", lr_warmup_steps=1)
+    full = run_distill(tiny_config(tiny_folder, tmp_path / "full", **kw))
+    config = json.loads((full.output / "unet" / "config.json").read_text())
+    assert config["transformer_layers_per_block"] == [1, 1, [1, 2]]  # vega, then one more layer of attention 0
+    names = json.loads((full.output / "name_map.json").read_text())
+    assert names["down_blocks.2.attentions.1.transformer_blocks.1"] == "down_blocks.2.attentions.1.transformer_blocks.9"
+    assert "down_blocks.2.attentions.0.transformer_blocks.1" not in names
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = run_distill(tiny_config(tiny_folder, tmp_path / "resumed", **kw), resume_from="latest")
+    assert [h["loss"] for h in resumed.history] == [full.history[-1]["loss"]]
+
+
 # ---------------------------------------------------------------- feature pairs
 
 def test_layer_pairs_of_the_vega_plan_are_every_kept_resnet_and_transformer_layer():
@@ -178,6 +194,13 @@ def test_toml_config_with_cli_overrides_prints_pairs(tiny_folder, tmp_path, caps
     assert capsys.readouterr().out.splitlines()[3] == "mid_block <- mid_block"
     assert main(["--config", str(toml), "--lr", "-1"]) == 2
     assert "DistillConfig.lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["distill-demo-ssd", "distill-demo-vega", "distill-ssd1b-from-sdxl"])
+def test_shipped_configs_are_valid(tiny_folder, name):
+    from studio.paths import REPO_ROOT
+    cfg = load_config(REPO_ROOT / "configs" / f"{name}.toml", {"teachers": str(tiny_folder), "dataset": "demo"})
+    assert cfg.teachers == [{"path": str(tiny_folder), "weight": 1.0}] and cfg.student in ("ssd-1b", "vega")
 
 
 def test_buckets_and_pixels():
