@@ -4,6 +4,7 @@
     python -m training.distill --config configs/distill-demo-ssd.toml --set steps=10 lr=1e-4   # or --steps 10
     accelerate launch -m training.distill --config configs/distill-ssd1b-from-sdxl.toml
     python -m training.distill bench                 # cost of a KD step vs a plain fine-tuning step
+    python -m training.distill evaluate --student outputs/distill/demo-ssd/final   # evaluator scores vs teacher
 
 Loss (every MSE a mean over its tensor, as in both papers):
     L = λ_task·MSE(ε_S, target) + λ_out·MSE(ε_S, Σ_i w_i ε_Ti) + λ_feat·Σ_l c_l·MSE(f_S^l, Σ_i w_i f_Ti^l)
@@ -499,6 +500,33 @@ def bench(teacher: str | None = None, *, student: str = "ssd-1b", level: str = "
             "kd_step_s": kd, "plain_step_s": plain, "ratio": kd / plain}
 
 
+# ---------------------------------------------------------------- evaluation (demo family)
+
+def evaluate_student(student_dir: str | Path, teacher_dir: str | Path, *, n: int = 100, steps: int = 20,
+                     guidance: float | None = None, split: str = "train", latency: bool = True) -> dict:
+    """``studio.evaluator`` prompt-fidelity of an exported student (its ``unet/`` in the teacher's pipeline) and of
+    the teacher on the same ``n`` (prompt, seed) pairs of the demo ``split``; plus 20-step latencies."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from training.demo_family import eval_prompts, evaluate_pipeline, measure_latency
+
+    student_dir = Path(student_dir)
+    guidance = guidance or _guidance(teacher_dir)  # students keep their teacher's default
+    pipe = StableDiffusionXLPipeline.from_pretrained(teacher_dir)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = eval_prompts(n, split)
+    out = {"n": n, "steps": steps, "guidance": guidance, "split": split, "threads": torch.get_num_threads()}
+    for name, unet in (("teacher", pipe.unet), ("student", UNet2DConditionModel.from_pretrained(student_dir / "unet"))):
+        pipe.unet = unet.eval()
+        report, _ = evaluate_pipeline(pipe, prompts, steps=steps, guidance_scale=guidance)
+        report.pop("per_item", None)
+        report["unet_params"] = sum(p.numel() for p in unet.parameters())
+        if latency:
+            report["latency"] = measure_latency(pipe, steps=steps, guidance_scale=guidance)
+        out[name] = report
+    return out
+
+
 # ---------------------------------------------------------------- CLI
 
 def _value(text: str):
@@ -546,6 +574,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r, indent=1))
         print(f"KD step {r['kd_step_s'] * 1000:.0f} ms vs plain fine-tuning step {r['plain_step_s'] * 1000:.0f} ms: "
               f"ratio {r['ratio']:.2f}x (goal <= 1.3x)")
+        return 0
+    if argv[:1] == ["evaluate"]:
+        p = argparse.ArgumentParser(prog="python -m training.distill evaluate", description=evaluate_student.__doc__)
+        p.add_argument("--student", required=True, help="exported student folder (with unet/)")
+        p.add_argument("--teacher", default="assets/demo/teacher")
+        p.add_argument("--n", type=int, default=100)
+        p.add_argument("--steps", type=int, default=20)
+        p.add_argument("--guidance", type=float, default=None)
+        p.add_argument("--out", default=None, help="write the report as JSON here")
+        a = p.parse_args(argv[1:])
+        r = evaluate_student(a.student, a.teacher, n=a.n, steps=a.steps, guidance=a.guidance)
+        text = json.dumps(r, indent=1)
+        if a.out:
+            Path(a.out).write_text(text + "\n")
+        print(text)
         return 0
     p = argparse.ArgumentParser(prog="python -m training.distill", description=__doc__.splitlines()[0],
                                 epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
