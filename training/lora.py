@@ -1,0 +1,474 @@
+"""LoRA fine-tuning of an SDXL-family model (its UNet, optionally both text encoders) with peft, on the shared Trainer.
+
+    python -m training.lora --config configs/lora-demo-heart.toml --set steps=200      # or --steps 200
+    accelerate launch -m training.lora --config configs/lora-demo-heart.toml
+
+The base model is any registry name (students included: a UNet-only student gets its base's text encoders and VAE
+through ``studio.loading.ModelCache``) or a local folder. Base weights stay frozen; peft ``LoraConfig`` adapters
+(``unet.add_adapter``; Hu et al. 2021, arXiv 2106.09685; init "gaussian" = B zero, so step 0 is the base model) are
+the only parameters the optimizer sees. Loss: MSE to the scheduler's target (epsilon or v) on the noisy VAE latent,
+optional Min-SNR-gamma weighting (arXiv 2303.09556) and offset noise, as in diffusers' ``train_text_to_image_lora_sdxl``.
+Output: ``<output_dir>/pytorch_lora_weights.safetensors`` in diffusers format (``StableDiffusionXLPipeline.
+save_lora_weights``; keys ``unet.`` / ``text_encoder.`` / ``text_encoder_2.``, peft adapter metadata so alpha != rank
+survives, the training config in the safetensors header) plus ``lora_config.json``; plain diffusers loads it with
+``pipe.load_lora_weights(output_dir)``. Checkpoints hold the adapter weights only (same file) plus optimizer state.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training.trainer import NonFiniteLossError, TrainConfig, Trainer
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+CONFIG_NAME = "lora_config.json"
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection (diffusers' default)
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+PREFIXES = ("unet", "text_encoder", "text_encoder_2")
+
+
+# ---------------------------------------------------------------- config
+
+@dataclass
+class LoraTrainConfig(TrainConfig):
+    """What to adapt (the optimisation fields come from TrainConfig). Saved beside and inside every output."""
+
+    base_model: str = "demo-teacher"  # registry name (students included) or a local pipeline / UNet folder
+    dataset: str = ""  # imagefolder with metadata.jsonl, or "hf:<name or path>"
+    caption_column: str = "text"  # metadata column holding the caption
+    rank: int = 4  # LoRA rank r (> 0)
+    alpha: float = 0.0  # lora_alpha; the update is scaled by alpha / rank; 0 = rank (scale 1, diffusers' default)
+    dropout: float = 0.0  # lora_dropout on the adapter input
+    target_modules: list = field(default_factory=lambda: list(UNET_TARGETS))  # UNet module names (peft suffixes)
+    train_text_encoder: bool = False  # also add LoRA to both text encoders
+    text_target_modules: list = field(default_factory=lambda: list(TEXT_TARGETS))
+    init_lora: str = ""  # start from this LoRA (file or folder; same rank and targets)
+    buckets: list = field(default_factory=lambda: [[64, 64]])  # (width, height) training resolutions
+    cache_latents: bool = True  # encode every image once (VAE frozen)
+    cache_text: bool = True  # encode every caption once (text encoders frozen; not used with train_text_encoder)
+    cache_dir: str = ""  # also keep the latent cache on disk here
+    caption_dropout: float = 0.0  # rows trained unconditionally (zero embedding)
+    noise_offset: float = 0.0
+    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting; 0 = off (5 recommended)
+    validation_prompts: list = field(default_factory=list)  # rendered every validate_every steps
+    validation_steps: int = 20  # sampler steps of the validation images
+    validation_guidance: float = 0.0  # CFG scale; 0 = the base model's default
+    output_dir: str = "outputs/models/loras/lora"  # under the models dir, so the Generate tab lists it
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = type(self).__name__
+        if not isinstance(self.base_model, str) or not self.base_model.strip():
+            raise ValueError(f"{name}.base_model: give a registry name or a local model folder")
+        from studio.loading import resolve_spec
+
+        try:
+            resolve_spec(self.base_model)
+        except ValueError as err:
+            raise ValueError(f"{name}.base_model: {err}") from None
+        if not self.dataset:
+            raise ValueError(f"{name}.dataset: give an imagefolder (metadata.jsonl) or 'hf:<name>'")
+        if not self.dataset.startswith("hf:") and not (Path(self.dataset) / "metadata.jsonl").exists():
+            raise ValueError(f"{name}.dataset: {self.dataset!r} is not an imagefolder with metadata.jsonl "
+                             f"(lines {{\"file_name\": ..., \"{self.caption_column}\": ...}}) nor 'hf:<name>'")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ValueError(f"{name}.rank must be an integer > 0; got {self.rank!r}")
+        if self.alpha < 0:
+            raise ValueError(f"{name}.alpha must be >= 0 (0 = rank); got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"{name}.dropout must be in [0, 1); got {self.dropout}")
+        for field_name in ("target_modules", "text_target_modules"):
+            value = getattr(self, field_name)
+            if isinstance(value, str):  # CLI shorthand: "to_q,to_k"
+                value = [v.strip() for v in value.split(",") if v.strip()]
+                setattr(self, field_name, value)
+            if not value or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{name}.{field_name} must be a non-empty list of module names; got {value!r}")
+        if self.init_lora and not Path(self.init_lora).exists():
+            raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
+        if not self.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
+                                   for b in self.buckets):
+            raise ValueError(f"{name}.buckets: each bucket is [width, height], positive multiples of 8; "
+                             f"got {self.buckets}")
+        self.buckets = [list(b) for b in self.buckets]
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"{name}.caption_dropout must be in [0, 1); got {self.caption_dropout}")
+        for field_name in ("noise_offset", "snr_gamma", "validation_guidance"):
+            if getattr(self, field_name) < 0:
+                raise ValueError(f"{name}.{field_name} must be >= 0; got {getattr(self, field_name)}")
+        if self.validation_steps < 1:
+            raise ValueError(f"{name}.validation_steps must be >= 1; got {self.validation_steps}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha or float(self.rank)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> LoraTrainConfig:
+    """A LoraTrainConfig from a TOML or JSON file plus ``overrides`` by field name (a saved config.json works)."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+        data = data.get("config", data)
+    return LoraTrainConfig.from_dict({**data, **(overrides or {})})
+
+
+# ---------------------------------------------------------------- base model and LoRA files
+
+def load_base(name_or_path: str):
+    """A fresh fp32 CPU StableDiffusionXLPipeline for ``name_or_path`` (UNet-only students get their base's parts)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from studio.loading import ModelCache, Runtime, resolve_spec
+    from studio.registry import ModelSpec, _read_spec_file
+
+    spec = resolve_spec(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "model_index.json").exists() and _read_spec_file(path).get("base"):
+        spec = ModelSpec(spec.name, spec.source, base=_read_spec_file(path)["base"])  # the folder names its base
+    cache = ModelCache(budget_bytes=1 << 62, runtime=Runtime(torch.device("cpu"), torch.float32))
+    pipe = cache.get(spec)
+    pipe = StableDiffusionXLPipeline(**{k: v for k, v in pipe.components.items() if k in (
+        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lora_weight_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / LORA_WEIGHT_NAME if path.is_dir() else path
+
+
+def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None = None) -> Path:
+    """Write the ``default`` adapters of ``unet`` (and text encoders) in diffusers format; returns the file."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def layers(model):
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name="default"))
+
+    def meta(model):
+        return model.peft_config["default"].to_dict()
+
+    kwargs = dict(unet_lora_layers=layers(unet), unet_lora_adapter_metadata=meta(unet))
+    for name, te in zip(("text_encoder", "text_encoder_2"), text_encoders):
+        kwargs |= {f"{name}_lora_layers": layers(te), f"{name}_lora_adapter_metadata": meta(te)}
+    folder = Path(folder)
+    StableDiffusionXLPipeline.save_lora_weights(folder, **kwargs, weight_name=LORA_WEIGHT_NAME,
+                                                safe_serialization=True)
+    file = folder / LORA_WEIGHT_NAME
+    if config is not None:  # the training config inside the artifact, next to diffusers' adapter metadata
+        with safe_open(str(file), framework="pt") as fh:
+            header, tensors = dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+        save_file(tensors, str(file), metadata=header | {"studio_lora_config": json.dumps(config)})
+    return file
+
+
+def load_lora_into(path: str | Path, unet, text_encoders=()) -> None:
+    """Copy a diffusers-format LoRA file (ours: a checkpoint, an output, ``init_lora``) into the ``default``
+    adapters of ``unet`` / text encoders; ValueError for a corrupt file or one made for another architecture."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = lora_weight_file(path)
+    try:
+        state = load_file(str(file))
+    except Exception as err:
+        raise ValueError(f"LoRA {str(path)!r} is not a valid .safetensors file ({err})") from err
+    models = dict(zip(PREFIXES, (unet, *text_encoders)))
+    unknown = sorted({k.split(".")[0] for k in state} - set(models))
+    if unknown or not state:
+        raise ValueError(f"LoRA {str(path)!r} has no weights for this run's adapters (prefixes {unknown or 'none'}; "
+                         f"expected {list(models)})")
+    for prefix, model in models.items():
+        sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        sub = convert_unet_state_dict_to_peft(sub) if prefix == "unet" else \
+            convert_state_dict_to_peft(convert_state_dict_to_diffusers(sub))
+        try:
+            result = set_peft_model_state_dict(model, sub, adapter_name="default")
+        except RuntimeError as err:
+            raise ValueError(f"LoRA {str(path)!r} does not fit this model's architecture or rank ({prefix}): "
+                             f"{str(err).splitlines()[0]}") from err
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise ValueError(f"LoRA {str(path)!r} does not fit this model's architecture or targets ({prefix}): "
+                             f"{len(result.unexpected_keys)} unexpected and {len(missing)} missing LoRA tensors, e.g. "
+                             f"{(list(result.unexpected_keys) + missing)[:2]}")
+
+
+# ---------------------------------------------------------------- the LoRA task
+
+class LoraModules(torch.nn.Module):
+    """What the Trainer optimises: the UNet (and text encoders) carrying the adapters; forward = noise prediction.
+    With text-encoder LoRA the captions are encoded inside forward, with gradients."""
+
+    def __init__(self, pipe, train_text_encoder: bool):
+        super().__init__()
+        self.unet = pipe.unet
+        self.text_encoders = torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2] if train_text_encoder
+                                                 else [])
+        self._encode_prompt = pipe.encode_prompt  # a bound method, not a submodule
+
+    def enable_gradient_checkpointing(self):
+        self.unet.enable_gradient_checkpointing()
+        for te in self.text_encoders:
+            te.gradient_checkpointing_enable()
+
+    def forward(self, noisy, t, batch: dict):
+        embeds, pooled = batch["prompt_embeds"], batch["pooled"]
+        if len(self.text_encoders):
+            keep = (pooled.abs().sum(-1) > 0).to(noisy.dtype)  # dropped captions arrive as zero embeddings
+            embeds, _, pooled, _ = self._encode_prompt(batch["captions"], device=noisy.device,
+                                                       do_classifier_free_guidance=False)
+            embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
+        cond = {"text_embeds": pooled, "time_ids": batch["time_ids"]}
+        return self.unet(noisy, t, encoder_hidden_states=embeds, added_cond_kwargs=cond).sample
+
+
+class LoraTask:
+    """Base pipeline + peft adapters + data + the denoising loss; plugs into ``training.trainer.Trainer``."""
+
+    def __init__(self, cfg: LoraTrainConfig, *, device: torch.device | str = "cpu", process_index: int = 0,
+                 items: list | None = None):
+        from diffusers import DDPMScheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        from training.data import SDXLBatches, load_items
+
+        self.cfg, self.device, self.process_index = cfg, torch.device(device), process_index
+        self.pipe = pipe = load_base(cfg.base_model)
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            m.requires_grad_(False).eval()
+        self.base_params = sum(p.numel() for p in pipe.unet.parameters())
+        self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2] if cfg.train_text_encoder else []
+        if cfg.train_text_encoder:
+            _check_text_encoder_lora_support()
+        targets = [(pipe.unet, cfg.target_modules)] + [(te, cfg.text_target_modules) for te in self.text_encoders]
+        for model, modules in targets:
+            try:
+                model.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.dropout,
+                                             init_lora_weights="gaussian", target_modules=list(modules)))
+            except ValueError as err:
+                raise ValueError(f"LoraTrainConfig target modules {list(modules)} do not fit "
+                                 f"{type(model).__name__} of {cfg.base_model!r}: {err}") from err
+        if cfg.init_lora:
+            load_lora_into(cfg.init_lora, pipe.unet, self.text_encoders)
+        low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        frozen_dtype = low if low is not None and self.device.type == "cuda" else torch.float32
+        for m in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+            m.to(self.device)
+            if frozen_dtype != torch.float32:
+                m.to(frozen_dtype)
+        cast_training_params([pipe.unet, *self.text_encoders], torch.float32)  # adapters train in fp32
+        pipe.vae.to(self.device)
+        self.model = LoraModules(pipe, cfg.train_text_encoder)
+        self.lora_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.guidance = cfg.validation_guidance or _default_guidance(cfg.base_model)
+        items = items if items is not None else load_items(cfg.dataset, caption_column=cfg.caption_column)
+        empty = [str(it.image) for it in items if not str(it.text).strip()]
+        if empty:
+            raise ValueError(f"dataset {cfg.dataset!r}: {len(empty)} image(s) have an empty "
+                             f"'{cfg.caption_column}' caption, e.g. {empty[:2]}")
+        self.data = SDXLBatches(items, pipe, buckets=[tuple(b) for b in cfg.buckets], cache_latents=cfg.cache_latents,
+                                cache_text=cfg.cache_text or cfg.train_text_encoder, cache_dir=cfg.cache_dir or None,
+                                caption_dropout=cfg.caption_dropout, device=self.device)
+
+    # checkpoints: adapter weights only (accelerate hooks), in the output's format
+    def register_hooks(self, accelerator) -> None:
+        def save_hook(models, weights, output_dir):
+            if weights:
+                weights.pop()  # the full model state: the LoRA file below replaces it
+            if accelerator.is_main_process:
+                save_lora(output_dir, self.pipe.unet, self.text_encoders)
+
+        def load_hook(models, input_dir):
+            if models:
+                models.pop()
+            load_lora_into(input_dir, self.pipe.unet, self.text_encoders)
+
+        accelerator.register_save_state_pre_hook(save_hook)
+        accelerator.register_load_state_pre_hook(load_hook)
+
+    # loss
+    def loss(self, model, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from diffusers.training_utils import compute_snr
+
+        from training.data import SDXLBatches
+
+        cfg = self.cfg
+        gen = SDXLBatches.generator(cfg.seed, step, micro, self.process_index)
+        batch = self.data.batch(gen, cfg.batch_size)
+        lat = batch["latents"]
+        b = len(lat)
+        noise = torch.randn(lat.shape, generator=gen)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=gen)
+        noise, t = noise.to(self.device), t.to(self.device)
+        noisy = self.noise_sched.add_noise(lat, noise, t)
+        v_pred = self.noise_sched.config.prediction_type == "v_prediction"
+        target = self.noise_sched.get_velocity(lat, noise, t) if v_pred else noise
+        pred = model(noisy, t, batch)
+        if not cfg.snr_gamma:
+            return F.mse_loss(pred.float(), target.float()), {}
+        snr = compute_snr(self.noise_sched, t)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if v_pred else snr)
+        per_row = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_row * weight).mean(), {"mse": per_row.mean().item()}
+
+    # validation and export
+    def render(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None,
+               seed: int | None = None) -> list:
+        """Images of ``prompts`` through the base pipeline with the adapters as trained (one seed per prompt)."""
+        w, h = self.cfg.buckets[0]
+        seed = self.cfg.seed if seed is None else seed
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        return self.pipe(list(prompts), num_inference_steps=steps or self.cfg.validation_steps,
+                         guidance_scale=self.guidance if guidance is None else guidance, width=w, height=h,
+                         generator=gens).images
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        """A row of validation images; evaluator accuracy over the prompts it can parse (demo prompts)."""
+        from PIL import Image
+
+        from studio.evaluator import evaluate_batch, parse_prompt
+
+        prompts = list(self.cfg.validation_prompts)
+        if not prompts:
+            return {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        images = self.render(prompts)
+        w, h = images[0].size
+        grid = Image.new("RGB", (w * len(images), h))
+        for i, im in enumerate(images):
+            grid.paste(im, (i * w, 0))
+        grid.save(out_dir / f"step-{step:06d}.png")
+        scored = []
+        for im, p in zip(images, prompts):
+            try:
+                parse_prompt(p)
+                scored.append((im, p))
+            except ValueError:
+                pass
+        if not scored:
+            return {}
+        return {"val_all": evaluate_batch(*map(list, zip(*scored)))["accuracy"]["all"]}
+
+    def export(self, out_dir: Path) -> Path:
+        """``<output_dir>/pytorch_lora_weights.safetensors`` + ``lora_config.json`` (``out_dir`` is unused: the
+        LoRA sits at the top of the output folder, where diffusers' ``load_lora_weights(output_dir)`` finds it)."""
+        folder = Path(self.cfg.output_dir)
+        file = save_lora(folder, self.pipe.unet, self.text_encoders, config=self.cfg.to_dict())
+        unet_bytes = sum(p.numel() * p.element_size() for p in self.pipe.unet.parameters()
+                         if not p.requires_grad)
+        (folder / CONFIG_NAME).write_text(json.dumps(
+            {"config": self.cfg.to_dict(), "base_model": self.cfg.base_model, "rank": self.cfg.rank,
+             "alpha": self.cfg.lora_alpha, "lora_params": self.lora_params, "unet_params": self.base_params,
+             "file_bytes": file.stat().st_size, "unet_bytes": unet_bytes}, indent=1) + "\n")
+        return folder
+
+
+def _check_text_encoder_lora_support() -> None:
+    """transformers' peft integration (used to add *and* to load text-encoder LoRAs) may need a newer peft."""
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION, check_peft_version
+    except ImportError:
+        return
+    try:
+        check_peft_version(min_version=MIN_PEFT_VERSION)
+    except ValueError as err:
+        import peft
+
+        raise ValueError(f"LoraTrainConfig.train_text_encoder: text-encoder LoRA needs peft >= {MIN_PEFT_VERSION} with "
+                         f"this transformers (installed: peft {peft.__version__}); diffusers could not load such a "
+                         f"LoRA either. Upgrade peft or train the UNet only ({err})") from None
+
+
+def _default_guidance(name_or_path: str) -> float:
+    from studio.loading import resolve_spec
+
+    try:
+        return float(resolve_spec(name_or_path).default_guidance)
+    except ValueError:
+        return 5.0
+
+
+def make_trainer(cfg: LoraTrainConfig, *, items: list | None = None) -> Trainer:
+    """A Trainer wired to a LoraTask on the accelerator's device (checkpoints keep only the adapters)."""
+    from training.trainer import make_accelerator
+
+    acc = make_accelerator(cfg)
+    task = LoraTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
+    task.register_hooks(acc)
+    return Trainer(cfg, task, accelerator=acc)
+
+
+def run_lora(cfg: LoraTrainConfig, *, resume_from: str | None = None, on_step=None, should_stop=None,
+             items: list | None = None):
+    """Train per ``cfg``; returns the TrainResult (``result.output`` = the folder holding the LoRA file)."""
+    return make_trainer(cfg, items=items).run(resume_from=resume_from, on_step=on_step, should_stop=should_stop)
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    from training.distill import parse_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m training.lora", description=__doc__.splitlines()[0],
+                                epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
+    p.add_argument("--config", default=None, help="TOML or JSON file with LoraTrainConfig fields")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
+    p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
+    a, extra = p.parse_known_args(argv)
+    from tqdm import tqdm
+
+    try:
+        cfg = load_config(a.config, parse_overrides(a.set, extra))
+        trainer = make_trainer(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    task = trainer.task
+    print(f"LoRA rank {cfg.rank}, alpha {cfg.lora_alpha} (scale {cfg.lora_alpha / cfg.rank:g}): "
+          f"{task.lora_params:,} trainable parameters = {task.lora_params / task.base_params:.2%} of the UNet's "
+          f"{task.base_params:,}", flush=True)
+    bar = tqdm(total=cfg.steps, unit="step", disable=not trainer.accelerator.is_main_process)
+
+    def on_step(step, total, info):
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "val_all")})
+        bar.refresh()
+
+    try:
+        result = trainer.run(resume_from=a.resume, on_step=on_step)
+    except (NonFiniteLossError, ValueError) as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    bar.close()
+    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; LoRA: {result.output}/{LORA_WEIGHT_NAME}; "
+          f"last checkpoint: {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
