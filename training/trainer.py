@@ -52,6 +52,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept (older ones deleted); 0 = keep all
     validate_every: int = 0  # steps between validations; 0 = never (except none at the end)
     seed: int = 0  # seeds init, batches, noise and timesteps
+    max_minutes: float = 0.0  # wall-clock budget of one run; when hit: checkpoint + export, like the last step
     output_dir: str = "outputs/train"
 
     def __post_init__(self):
@@ -71,7 +72,7 @@ class TrainConfig:
                              f"got {self.mixed_precision!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"{type(self).__name__}.ema_decay must be in [0, 1); got {self.ema_decay}")
-        for name in ("weight_decay", "max_grad_norm"):
+        for name in ("weight_decay", "max_grad_norm", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 0; got {getattr(self, name)}")
         if not self.output_dir:
@@ -124,6 +125,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one info dict per step (this run)
     seconds: float = 0.0
     stopped: bool = False  # should_stop() ended the run early
+    out_of_time: bool = False  # max_minutes ended the run early (the student was still exported)
     output: Path | None = None  # what task.export wrote (None when stopped early)
     checkpoint: Path | None = None  # newest checkpoint
 
@@ -296,10 +298,14 @@ class Trainer:
             print(f"resumed from {last_ckpt} at step {self.step}", flush=True)
         previous = len(history)
         t0 = time.time()
-        stopped = False
+        stopped = out_of_time = False
         while self.step < cfg.steps:
             if should_stop is not None and should_stop():
                 stopped = True
+                break
+            if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
+                out_of_time = True
+                print(f"max_minutes={cfg.max_minutes} reached at step {self.step}/{cfg.steps}", flush=True)
                 break
             if hasattr(self.task, "rebuild") and self.task.rebuild(self.step):
                 self._setup(self.step)
@@ -315,12 +321,13 @@ class Trainer:
                 last_ckpt = self.save_checkpoint(history)
             if on_step is not None:
                 on_step(self.step, cfg.steps, info)
-        if stopped:
+        if (stopped or out_of_time) and self.step > previous and (last_ckpt is None or
+                                                                   not last_ckpt.name.endswith(f"-{self.step}")):
             last_ckpt = self.save_checkpoint(history)
         output = None if stopped else self._export()
         if self._writer:
             self._writer.close()
-        return TrainResult(self.step, history[previous:], time.time() - t0, stopped, output, last_ckpt)
+        return TrainResult(self.step, history[previous:], time.time() - t0, stopped, out_of_time, output, last_ckpt)
 
     def _train_step(self, last_ckpt: Path | None) -> dict:
         """One optimizer step over ``grad_accum`` micro-batches; the averaged scalars."""

@@ -129,6 +129,14 @@ def test_progressive_stage_with_ema_and_accumulation_resumes_across_the_stage(ti
     assert [h["loss"] for h in resumed.history] == [full.history[-1]["loss"]]
 
 
+def test_should_stop_saves_a_checkpoint_and_exports_nothing(tiny_folder, tmp_path):
+    done = []
+    result = run_distill(tiny_config(tiny_folder, tmp_path, steps=5, checkpoint_every=0),
+                         on_step=lambda step, total, info: done.append(step), should_stop=lambda: len(done) >= 1)
+    assert result.stopped and result.steps_done == 1 and result.output is None
+    assert result.checkpoint == tmp_path / "checkpoint-1" and read_state(result.checkpoint)["step"] == 1
+
+
 # ---------------------------------------------------------------- feature pairs
 
 def test_layer_pairs_of_the_vega_plan_are_every_kept_resnet_and_transformer_layer():
