@@ -7,7 +7,7 @@ The base model is any registry name (students included: a UNet-only student gets
 through ``studio.loading.ModelCache``) or a local folder. Base weights stay frozen; peft ``LoraConfig`` adapters
 (``unet.add_adapter``; Hu et al. 2021, arXiv 2106.09685; init "gaussian" = B zero, so step 0 is the base model) are
 the only parameters the optimizer sees. Loss: MSE to the scheduler's target (epsilon or v) on the noisy VAE latent,
-optional Min-SNR-gamma weighting (arXiv 2303.09556) and offset noise, as in diffusers' ``train_text_to_image_lora_sdxl``.
+optional Min-SNR-gamma weighting (arXiv 2303.09556) and offset noise, as diffusers' ``train_text_to_image_lora_sdxl``.
 Output: ``<output_dir>/pytorch_lora_weights.safetensors`` in diffusers format (``StableDiffusionXLPipeline.
 save_lora_weights``; keys ``unet.`` / ``text_encoder.`` / ``text_encoder_2.``, peft adapter metadata so alpha != rank
 survives, the training config in the safetensors header) plus ``lora_config.json``; plain diffusers loads it with

@@ -1,9 +1,12 @@
 """Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
 
 UI inputs map to GenerateRequest fields by name (REQUEST_FIELDS); the handler builds the request from that dict.
+A LoRA section (accordion) picks one discovered LoRA, its scale and the selected models it applies to; those inputs
+come after the request fields (``LORA_FIELDS``, the last parameters of ``on_generate``).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 import time
@@ -13,7 +16,8 @@ import gradio as gr
 from studio.compare import MAX_MODELS, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
 from studio.loading import ModelCache
-from studio.paths import data_dir, model_roots
+from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
+from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import default_model, list_models
 from studio.schedulers import SCHEDULERS
 
@@ -23,6 +27,7 @@ SIZE_PRESETS = {
     "1216×832": (1216, 832), "832×1216": (832, 1216), "1344×768": (1344, 768), "768×1344": (768, 1344),
     "512×512": (512, 512), "64×64 (demo family)": (64, 64),
 }
+LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's trailing (non-request) parameters
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
 
 
@@ -59,6 +64,37 @@ def request_from_values(values: dict) -> GenerateRequest:
     return GenerateRequest(**values)
 
 
+def find_loras() -> list[tuple[str, str]]:
+    """(label, path) of LoRAs: ``*.safetensors`` under ``models_dir()/loras`` and ``assets/demo/loras``, plus trained
+    LoRA output folders (``pytorch_lora_weights.safetensors``) anywhere under the models dir; checkpoints skipped."""
+    found: dict[str, str] = {}
+    sources = [(DEMO_DIR / "loras", "demo", "*.safetensors"), (models_dir() / "loras", "models", "*.safetensors"),
+               (models_dir(), "models", LORA_WEIGHT_NAME)]
+    for root, tag, pattern in sources:
+        if not root.is_dir():
+            continue
+        for file in sorted(root.rglob(pattern)):
+            if any(part.startswith("checkpoint-") for part in file.relative_to(root).parts):
+                continue
+            label = file.parent.name if file.name == LORA_WEIGHT_NAME else file.stem
+            found.setdefault(str(file.parent if file.name == LORA_WEIGHT_NAME else file), f"{label} ({tag})")
+    return [(label, path) for path, label in found.items()]
+
+
+def lora_map(models: list[str], lora: str | None, scale: float, lora_models: list[str] | None
+             ) -> dict[str, list[LoraRef]]:
+    """The ``loras`` argument of iter_side_by_side: ``lora`` at ``scale`` on ``lora_models`` (empty = every selected
+    model); {} without a LoRA. ValueError for a target that is not among the selected models."""
+    if not lora:
+        return {}
+    targets = [m for m in (lora_models or []) if m] or list(models)
+    unknown = [m for m in targets if m not in models]
+    if unknown:
+        raise ValueError(f"LoRA target model(s) {unknown} are not among the selected models {list(models)}")
+    ref = LoraRef(str(lora), float(scale if scale is not None else 1.0))
+    return {m: [ref] for m in targets}
+
+
 class GenerateHandlers:
     """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
 
@@ -67,16 +103,19 @@ class GenerateHandlers:
 
     def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
-                    init_image, strength: float, request: gr.Request, progress=gr.Progress()):
+                    init_image, strength: float, request: gr.Request, progress=gr.Progress(),
+                    lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
-        The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names).
+        The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
+        the last three (``LORA_FIELDS``) pick an optional LoRA, its scale and the models it applies to.
         """
         try:
             models = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
                                            height=height, init_image=init_image, strength=strength))
+            loras = lora_map(models, lora, lora_scale, lora_models)
         except ValueError as err:
             raise gr.Error(str(err)) from err
         stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
@@ -88,8 +127,8 @@ class GenerateHandlers:
             progress((step, total), desc=f"{info['model']} ({len(results) + 1}/{len(models)})")
 
         try:
-            for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), on_step=on_step,
-                                            should_stop=stop.is_set):
+            for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
+                                            on_step=on_step, should_stop=stop.is_set):
                 results.append(result)
                 files += [str(p) for p in result.save(out_dir)]
                 yield _outputs(models, results, files)
@@ -114,9 +153,16 @@ def _outputs(models, results, files):
 
 
 def handler_fields() -> list[str]:
-    """The request fields on_generate takes, in its signature's order (inputs are wired by these names)."""
+    """The request fields on_generate takes, in its signature's order (inputs are wired by these names): the
+    parameters after ``models`` up to the first one that is not a GenerateRequest field."""
+    names = {f.name for f in dataclasses.fields(GenerateRequest)}
     params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
-    return params[params.index("models") + 1:params.index("request")]
+    out = []
+    for name in params[params.index("models") + 1:]:
+        if name not in names:
+            break
+        out.append(name)
+    return out
 
 
 def on_cancel(request: gr.Request) -> str:
@@ -129,6 +175,27 @@ def on_list_models() -> dict:
     return gr.Dropdown(choices=[s.name for s in list_models()])
 
 
+def on_list_loras() -> dict:
+    """Discovered LoRAs (a LoRA trained while the app runs appears without a restart)."""
+    return gr.Dropdown(choices=[("none", "")] + find_loras())
+
+
+def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Component]:
+    """The LoRA accordion: which LoRA, its scale, the selected models it applies to (keyed by LORA_FIELDS)."""
+    w = {}
+    with gr.Accordion("LoRA", open=False):
+        with gr.Row():
+            w["lora"] = gr.Dropdown([("none", "")] + find_loras(), value="", label="LoRA", allow_custom_value=True,
+                                    info="assets/demo/loras, <models dir>/loras and trained LoRA folders", scale=4)
+            refresh = gr.Button("↻ LoRAs", scale=0)
+        with gr.Row():
+            w["lora_scale"] = gr.Slider(-MAX_SCALE, MAX_SCALE, value=1.0, step=0.05, label="LoRA scale (0 = off)")
+            w["lora_models"] = gr.Dropdown(model_names, value=[], multiselect=True, allow_custom_value=True,
+                                           label="Apply to (empty = every selected model)")
+    refresh.click(on_list_loras, None, w["lora"], api_name="list_loras")
+    return w
+
+
 def build_generate_tab(cache: ModelCache) -> None:
     names = [s.name for s in list_models()]
     with gr.Row():
@@ -136,6 +203,7 @@ def build_generate_tab(cache: ModelCache) -> None:
                              label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
         refresh = gr.Button("↻ models", scale=0)
     widgets = build_request_widgets()
+    lora_widgets = build_lora_widgets(names)
     with gr.Row():
         go = gr.Button("Generate", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
@@ -150,9 +218,12 @@ def build_generate_tab(cache: ModelCache) -> None:
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
-    event = go.click(GenerateHandlers(cache).on_generate, [models, *(widgets[name] for name in handler_fields())],
-                     [*galleries, stats, files, seed_used], api_name="generate", concurrency_id="gpu",
-                     concurrency_limit=1)
+    inputs = [models, *(widgets[name] for name in handler_fields()), *(lora_widgets[n] for n in LORA_FIELDS)]
+    event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
+                     api_name="generate", concurrency_id="gpu", concurrency_limit=1)
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, models, api_name="list_models")
+    models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
+                                                     value=[m for m in picked or [] if m in (chosen or [])]),
+                  [models, lora_widgets["lora_models"]], lora_widgets["lora_models"], api_name=False)

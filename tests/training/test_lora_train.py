@@ -1,5 +1,6 @@
 """training.lora on the tiny SDXL-layout pipeline (32 px, a few CPU steps): only adapters train, the file loads in
-plain diffusers and changes the image (scale 0 = base), resume replays the next step exactly, bad inputs fail clearly."""
+plain diffusers and changes the image (scale 0 = base), resume replays the next step exactly, bad inputs fail
+clearly."""
 import json
 
 import numpy as np

@@ -74,3 +74,37 @@ def test_bad_input_is_reported_and_the_app_keeps_serving(client):
 def test_list_models_endpoint_sees_exported_models(client):
     choices = client.predict(api_name="/list_models")
     assert choices is not None
+
+
+def test_lora_parameters_come_last_and_map_to_models(tmp_path):
+    import inspect
+
+    from studio.lora import LoraRef
+    from studio.ui.generate_tab import LORA_FIELDS, GenerateHandlers, lora_map
+
+    params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
+    assert tuple(params[-len(LORA_FIELDS):]) == LORA_FIELDS
+    assert lora_map(["a", "b"], "", 1.0, ["a"]) == {}
+    assert lora_map(["a", "b"], "x.safetensors", 0.5, []) == {m: [LoraRef("x.safetensors", 0.5)] for m in "ab"}
+    assert lora_map(["a", "b"], "x.safetensors", 1.0, ["b"]) == {"b": [LoraRef("x.safetensors", 1.0)]}
+    with pytest.raises(ValueError, match="not among the selected models"):
+        lora_map(["a"], "x.safetensors", 1.0, ["c"])
+
+
+def test_generate_with_a_lora_on_one_of_two_models_through_the_api(client):
+    from studio.paths import models_dir
+    from tests.conftest import make_tiny_pipeline
+    from tests.studio.test_lora import save_random_lora
+
+    folder = models_dir() / "loras" / "tiny-style"
+    file = save_random_lora(make_tiny_pipeline(), folder)
+    choices = client.predict(api_name="/list_loras")
+    paths = [c[1] if isinstance(c, (list, tuple)) else c for c in choices["choices"]] if isinstance(choices, dict) \
+        else choices
+    assert str(folder) in str(paths)
+    *galleries, stats, files, seed = call_generate(client, ["tiny-base", "tiny-student"], lora=str(file),
+                                                   lora_scale=0.8, lora_models=["tiny-base"])
+    assert len(files) == 2
+    with_lora, _ = read_png(files[0])
+    without, _ = read_png(files[1])
+    assert with_lora["Lora hashes"].startswith("pytorch_lora_weights: ") and "Lora hashes" not in without
