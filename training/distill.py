@@ -18,127 +18,17 @@ import argparse
 import json
 import re
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from training.trainer import NonFiniteLossError, TrainConfig, Trainer
+from training.distill_config import FEATURE_LEVELS, DistillConfig, load_config
+from training.trainer import NonFiniteLossError, Trainer
 
-FEATURE_LEVELS = ("layer", "block")
+__all__ = ["DistillConfig", "DistillTask", "FeatureHooks", "feature_pairs", "load_config", "make_trainer",
+           "run_distill"]
 _LAYER_RE = re.compile(r"\.(resnets|transformer_blocks)\.\d+$")
-
-
-# ---------------------------------------------------------------- config
-
-@dataclass
-class DistillConfig(TrainConfig):
-    """What to distill (the optimisation fields come from TrainConfig). Saved in every checkpoint and output."""
-
-    teachers: list = field(default_factory=lambda: [{"path": "assets/demo/teacher", "weight": 1.0}])  # pipelines
-    student: str = "ssd-1b"  # removal recipe applied to the (first) teacher, or an exported student folder
-    student_keep: str = "spread"  # which transformer layers a recipe keeps: "spread" | "first"
-    base_name: str = ""  # registry name of the teacher, written to the output's studio_model.json
-    dataset: str = "demo"  # "demo" (synthetic shapes), an imagefolder (metadata.jsonl) or "hf:<name/path>"
-    dataset_count: int = 1024  # images drawn from the demo generator
-    caption_column: str = "text"
-    buckets: list = field(default_factory=lambda: [[64, 64]])  # (width, height) training resolutions
-    cache_latents: bool = True  # encode every image once (VAE frozen)
-    cache_text: bool = True  # encode every caption once (text encoders frozen)
-    cache_dir: str = ""  # also keep the latent cache on disk here
-    caption_dropout: float = 0.1  # rows trained unconditionally (zero embedding), keeps CFG working
-    noise_offset: float = 0.0
-    lambda_task: float = 1.0
-    lambda_out: float = 0.5  # SSD-1B / segmind 0.5; BK-SDM 1
-    lambda_feat: float = 0.5
-    feature_level: str = "layer"  # "layer" (SSD-1B) | "block" (BK-SDM)
-    feature_weights: dict = field(default_factory=dict)  # student module name -> weight (others 1)
-    stages: list = field(default_factory=list)  # progressive removal: [{at_step, units=[...]} or {at_step, recipe}]
-    validation_prompts: list = field(default_factory=lambda: [
-        "a red circle on a blue background", "a yellow star on a black background",
-        "a white square on a green background", "a cyan cross on a purple background"])
-    validation_steps: int = 20  # sampler steps of the validation images
-    validation_guidance: float = 0.0  # CFG scale; 0 = the teacher's default
-    overfit_batch: bool = False  # reuse step 0's batch, noise and timesteps every step (sanity check)
-    output_dir: str = "outputs/distill"
-
-    def __post_init__(self):
-        super().__post_init__()
-        from studio.removal import RECIPES
-
-        if isinstance(self.teachers, str):  # CLI shorthand: "path[@weight],path2[@weight]"
-            self.teachers = [dict(zip(("path", "weight"), t.split("@"))) for t in self.teachers.split(",")]
-        if not self.teachers:
-            raise ValueError("DistillConfig.teachers: give at least one teacher pipeline folder")
-        teachers = []
-        for t in self.teachers:
-            t = {"path": t} if isinstance(t, str) else dict(t)
-            if set(t) - {"path", "weight"} or "path" not in t:
-                raise ValueError(f"DistillConfig.teachers: each entry is {{path, weight}}; got {t}")
-            t["weight"] = float(t.get("weight", 1.0))
-            if not (Path(t["path"]) / "model_index.json").exists():
-                raise ValueError(f"DistillConfig.teachers: {t['path']!r} is not a diffusers pipeline folder "
-                                 f"(no model_index.json)")
-            if t["weight"] <= 0:
-                raise ValueError(f"DistillConfig.teachers: weight must be > 0; got {t['weight']} for {t['path']}")
-            teachers.append(t)
-        self.teachers = teachers
-        if self.student not in RECIPES and not Path(self.student).is_dir():
-            raise ValueError(f"DistillConfig.student: {self.student!r} is neither a recipe ({', '.join(RECIPES)}) "
-                             f"nor an existing student folder")
-        if self.student_keep not in ("spread", "first"):
-            raise ValueError(f"DistillConfig.student_keep must be 'spread' or 'first'; got {self.student_keep!r}")
-        if self.dataset == "demo":
-            if self.dataset_count < 1:
-                raise ValueError(f"DistillConfig.dataset_count must be >= 1; got {self.dataset_count}")
-        elif not self.dataset.startswith("hf:") and not (Path(self.dataset) / "metadata.jsonl").exists():
-            raise ValueError(f"DistillConfig.dataset: {self.dataset!r} is not 'demo', 'hf:<name>' or an imagefolder "
-                             f"with metadata.jsonl")
-        if not self.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
-                                   for b in self.buckets):
-            raise ValueError(f"DistillConfig.buckets: each bucket is [width, height], positive multiples of 8; "
-                             f"got {self.buckets}")
-        self.buckets = [list(b) for b in self.buckets]
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"DistillConfig.caption_dropout must be in [0, 1); got {self.caption_dropout}")
-        for name in ("noise_offset", "lambda_task", "lambda_out", "lambda_feat", "validation_guidance"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DistillConfig.{name} must be >= 0; got {getattr(self, name)}")
-        if not (self.lambda_task or self.lambda_out or self.lambda_feat):
-            raise ValueError("DistillConfig.lambda_task/lambda_out/lambda_feat: at least one must be > 0")
-        if self.feature_level not in FEATURE_LEVELS:
-            raise ValueError(f"DistillConfig.feature_level must be one of {FEATURE_LEVELS}; got {self.feature_level!r}")
-        if any(not isinstance(v, (int, float)) or v < 0 for v in self.feature_weights.values()):
-            raise ValueError(f"DistillConfig.feature_weights: weights must be numbers >= 0; got {self.feature_weights}")
-        last = 0
-        for s in self.stages:
-            if set(s) - {"at_step", "units", "recipe"} or "at_step" not in s or ("units" in s) == ("recipe" in s):
-                raise ValueError(f"DistillConfig.stages: each stage is {{at_step, units}} or {{at_step, recipe}}; "
-                                 f"got {s}")
-            if not last < s["at_step"] < self.steps:
-                raise ValueError(f"DistillConfig.stages: at_step must increase within (0, steps={self.steps}); "
-                                 f"got {s['at_step']}")
-            if "recipe" in s and s["recipe"] not in RECIPES:
-                raise ValueError(f"DistillConfig.stages: unknown recipe {s['recipe']!r}; allowed: {', '.join(RECIPES)}")
-            last = s["at_step"]
-        if self.validation_steps < 1:
-            raise ValueError(f"DistillConfig.validation_steps must be >= 1; got {self.validation_steps}")
-
-
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DistillConfig:
-    """A DistillConfig from a TOML or JSON file (``.toml`` via stdlib tomllib) plus ``overrides`` by field name."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if path.suffix == ".toml":
-            import tomllib
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-        data = data.get("config", data)  # a saved config.json / trainer_state.json wraps it
-    return DistillConfig.from_dict({**data, **(overrides or {})})
 
 
 # ---------------------------------------------------------------- feature pairs and hooks
@@ -458,75 +348,6 @@ def run_distill(cfg: DistillConfig, *, resume_from: str | None = None, on_step=N
     return make_trainer(cfg, items=items).run(resume_from=resume_from, on_step=on_step, should_stop=should_stop)
 
 
-# ---------------------------------------------------------------- benchmark
-
-def bench(teacher: str | None = None, *, student: str = "ssd-1b", level: str = "layer", batch_size: int = 4,
-          steps: int = 6, out: str | None = None) -> dict:
-    """Median seconds of a KD step (teacher forward + hooks + student step) and of a plain fine-tuning step of the
-    same student, measured alternately in one process; ``ratio`` = KD / plain."""
-    import statistics
-    import tempfile
-
-    from studio.paths import DEMO_DIR
-
-    tmp = Path(out or tempfile.mkdtemp(prefix="distill-bench-"))
-    if teacher is None:
-        teacher = str(DEMO_DIR / "teacher")
-        if not (Path(teacher) / "model_index.json").exists():
-            from studio.build import build_sdxl_pipeline
-            from training.demo_family import TEACHER_ARCH, demo_tokenizer
-
-            teacher = str(tmp / "random-teacher")
-            build_sdxl_pipeline(TEACHER_ARCH, demo_tokenizer()).save_pretrained(teacher)
-    common = dict(teachers=[{"path": teacher}], student=student, feature_level=level, batch_size=batch_size,
-                  steps=steps + 1, dataset_count=64, validate_every=0, lr=1e-5)
-    trainers = {name: make_trainer(DistillConfig(**common, **lam, output_dir=str(tmp / name)))
-                for name, lam in (("kd", {}), ("plain", {"lambda_out": 0.0, "lambda_feat": 0.0}))}
-    times = {name: [] for name in trainers}
-    for tr in trainers.values():
-        tr.prepare()
-        tr.train_step()  # warm-up
-    for _ in range(steps):
-        for name, tr in trainers.items():
-            t0 = time.perf_counter()
-            tr.train_step()
-            times[name].append(time.perf_counter() - t0)
-    kd, plain = (statistics.median(times[n]) for n in ("kd", "plain"))
-    task = trainers["kd"].task
-    return {"teacher": teacher, "student": student, "feature_level": level, "pairs": len(task.pairs),
-            "batch_size": batch_size, "device": str(task.device), "threads": torch.get_num_threads(),
-            "teacher_params": sum(p.numel() for p in task.teachers[0][0].parameters()),
-            "student_params": sum(p.numel() for p in task.model.parameters()),
-            "kd_step_s": kd, "plain_step_s": plain, "ratio": kd / plain}
-
-
-# ---------------------------------------------------------------- evaluation (demo family)
-
-def evaluate_student(student_dir: str | Path, teacher_dir: str | Path, *, n: int = 100, steps: int = 20,
-                     guidance: float | None = None, split: str = "train", latency: bool = True) -> dict:
-    """``studio.evaluator`` prompt-fidelity of an exported student (its ``unet/`` in the teacher's pipeline) and of
-    the teacher on the same ``n`` (prompt, seed) pairs of the demo ``split``; plus 20-step latencies."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-
-    from training.demo_family import eval_prompts, evaluate_pipeline, measure_latency
-
-    student_dir = Path(student_dir)
-    guidance = guidance or _guidance(teacher_dir)  # students keep their teacher's default
-    pipe = StableDiffusionXLPipeline.from_pretrained(teacher_dir)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = eval_prompts(n, split)
-    out = {"n": n, "steps": steps, "guidance": guidance, "split": split, "threads": torch.get_num_threads()}
-    for name, unet in (("teacher", pipe.unet), ("student", UNet2DConditionModel.from_pretrained(student_dir / "unet"))):
-        pipe.unet = unet.eval()
-        report, _ = evaluate_pipeline(pipe, prompts, steps=steps, guidance_scale=guidance)
-        report.pop("per_item", None)
-        report["unet_params"] = sum(p.numel() for p in unet.parameters())
-        if latency:
-            report["latency"] = measure_latency(pipe, steps=steps, guidance_scale=guidance)
-        out[name] = report
-    return out
-
-
 # ---------------------------------------------------------------- CLI
 
 def _value(text: str):
@@ -563,20 +384,24 @@ def parse_overrides(pairs: list[str], extra: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        p = argparse.ArgumentParser(prog="python -m training.distill bench", description=bench.__doc__)
+        p = argparse.ArgumentParser(prog="python -m training.distill bench",
+                                    description="cost of a KD step vs a plain fine-tuning step")
         p.add_argument("--teacher", default=None, help="pipeline folder (default: the demo teacher, else random)")
         p.add_argument("--student", default="ssd-1b")
         p.add_argument("--level", default="layer", choices=FEATURE_LEVELS)
         p.add_argument("--batch-size", type=int, default=4)
         p.add_argument("--steps", type=int, default=6)
         a = p.parse_args(argv[1:])
+        from training.distill_eval import bench
+
         r = bench(a.teacher, student=a.student, level=a.level, batch_size=a.batch_size, steps=a.steps)
         print(json.dumps(r, indent=1))
         print(f"KD step {r['kd_step_s'] * 1000:.0f} ms vs plain fine-tuning step {r['plain_step_s'] * 1000:.0f} ms: "
               f"ratio {r['ratio']:.2f}x (goal <= 1.3x)")
         return 0
     if argv[:1] == ["evaluate"]:
-        p = argparse.ArgumentParser(prog="python -m training.distill evaluate", description=evaluate_student.__doc__)
+        p = argparse.ArgumentParser(prog="python -m training.distill evaluate",
+                                    description="evaluator scores of a student vs its teacher")
         p.add_argument("--student", required=True, help="exported student folder (with unet/)")
         p.add_argument("--teacher", default="assets/demo/teacher")
         p.add_argument("--n", type=int, default=100)
@@ -584,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--guidance", type=float, default=None)
         p.add_argument("--out", default=None, help="write the report as JSON here")
         a = p.parse_args(argv[1:])
+        from training.distill_eval import evaluate_student
+
         r = evaluate_student(a.student, a.teacher, n=a.n, steps=a.steps, guidance=a.guidance)
         text = json.dumps(r, indent=1)
         if a.out:
