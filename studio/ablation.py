@@ -499,6 +499,13 @@ def _sweep_row(unit: str, cost: dict, full: tuple[list[Image.Image], float], ima
             "latency_ratio": latency / full_latency}
 
 
+def short_label(unit: str) -> str:
+    """Compact name of a unit: ``d2 a1.3`` (down_blocks.2, attention 1, layer 3), ``mid r0``, ``u0 a2``."""
+    block, slot = _slot(unit)
+    short = "mid" if block == "mid_block" else block[0] + block.split(".")[-1]
+    return f"{short} {slot}" if not unit.startswith("levels") else unit
+
+
 def _slot(unit: str) -> tuple[str, str]:
     """(block, short label) of a unit for the heatmap: r1 resnet, a0 attention, a0.3 transformer layer."""
     form, g = parse_unit(unit)

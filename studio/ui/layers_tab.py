@@ -16,14 +16,14 @@ import time
 import gradio as gr
 
 from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, model_facts,
-                             model_rows, plan_cost, plot_sweep, removable_units, sweep, sweep_dir)
+                             model_rows, plan_cost, plot_sweep, removable_units, short_label, sweep, sweep_dir)
 from studio.blocks import plot_block_map
 from studio.generation import MAX_STEPS, GenerationCancelled
 from studio.loading import ModelCache
 from studio.registry import default_model, list_models
 from studio.removal import RECIPES
 
-MAP_COLUMNS = ["unit", "kind", "latent side", "params", "% of UNet params", "MACs / forward", "% of UNet MACs"]
+MAP_COLUMNS = ["unit", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # MACs: one batch-1 UNet forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
 NO_RECIPE = "(none)"
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, the sweep polls it
@@ -87,7 +87,7 @@ class LayersHandlers:
                   r.macs, round(100 * r.macs / max(macs, 1), 2)] for r in rows if r.depth <= 2]
         fig = plot_block_map(rows, title=f"{model} at {size}²: {_fmt(params)} params, {_fmt(macs)} MACs per UNet "
                                          f"forward")
-        units = removable_units(unet_config, groups=True)
+        units = _unit_choices(unet_config)
         info = (f"**{model}** at {size}×{size} px: UNet {params:,} params, {_fmt(macs)}MACs per forward (batch 1). "
                 f"{len(units)} units can be removed one by one.")
         return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
@@ -103,12 +103,12 @@ class LayersHandlers:
             plan = config_plan(config, unet_config)
             cost = plan_cost(unet_config, plan, resolution=config.resolution or native, vae_scale_factor=factor)
         except ValueError as err:
-            return f"⚠️ **Invalid plan**: {err}"
+            return f"Removing all ticked units together: **invalid plan**: {err}"
         kept = cost["student_params"] / cost["params"]
-        head = ("✅ **config-expressible**: a real, smaller diffusers UNet — can be exported as a student"
+        head = ("**Config-expressible**: a real, smaller diffusers UNet; it can be exported as a student"
                 if cost["kind"] == "config" else
-                "⚙️ **runtime-only**: no diffusers config says this; it is simulated by skipping modules (no export)")
-        return (f"{head}. {len(plan.units)} units; params {cost['params']:,} → {cost['student_params']:,} "
+                "**Runtime-only**: no diffusers config says this; it is simulated by skipping modules (no export)")
+        return (f"Removing all ticked units together: {head}. {len(plan.units)} units; params {cost['params']:,} → {cost['student_params']:,} "
                 f"({kept:.1%} kept, −{_fmt(cost['delta_params'])}); MACs per forward −{_fmt(cost['delta_macs'])} "
                 f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).")
 
@@ -136,7 +136,7 @@ class LayersHandlers:
              f"−{c['delta_params']:,} ({c['delta_params'] / c['params']:.1%})"],
             ["MACs / UNet forward", _fmt(c["macs"]), _fmt(c["student_macs"]),
              f"−{c['delta_macs'] / max(c['macs'], 1):.1%}"],
-            ["latency (s, all images)", f"{cmp.full_latency_s:.2f}", f"{cmp.ablated_latency_s:.2f}",
+            ["latency (s, wall time, all images)", f"{cmp.full_latency_s:.2f}", f"{cmp.ablated_latency_s:.2f}",
              f"×{cmp.latency_ratio:.2f}"],
             ["SSIM to full image", "1", f"{r['ssim']:.4f}", f"damage {1 - r['ssim']:.4f}"],
             ["PSNR to full image (dB)", "∞", f"{r['psnr']:.2f}" if r["psnr"] != float("inf") else "∞", ""],
@@ -188,10 +188,15 @@ def on_cancel(request: gr.Request) -> str:
 
 # ---------------------------------------------------------------- layout
 
-def _initial_units(model: str) -> list[str]:
+def _unit_choices(unet_config: dict) -> list[tuple[str, str]]:
+    """(compact label, unit id) of every unit removable on its own, whole attentions and mid block included."""
+    return [(short_label(u), u) for u in removable_units(unet_config, groups=True)]
+
+
+def _initial_units(model: str) -> list[tuple[str, str]]:
     """The default model's removable units, so the API works before /layers_map (empty if its config is absent)."""
     try:
-        return removable_units(model_facts(model)[0], groups=True)
+        return _unit_choices(model_facts(model)[0])
     except ValueError:
         return []
 
@@ -205,17 +210,19 @@ def build_layers_tab(cache: ModelCache) -> None:
         w["resolution"] = gr.Number(value=0, precision=0, label="Resolution (px, 0 = native)", scale=1)
         show = gr.Button("Show block map", scale=1)
     info = gr.Markdown("Choose a model and press **Show block map**.")
-    with gr.Row():
-        table = gr.Dataframe(headers=MAP_COLUMNS, interactive=False, label="Block map", max_height=420, scale=3)
-        plot = gr.Plot(label="Params and MACs per block", scale=2)
+    table = gr.Dataframe(headers=MAP_COLUMNS, interactive=False, label="Block map (down to transformer layers)",
+                         max_height=360, column_widths=["34%", "14%", "8%", "11%", "11%", "11%", "11%"])
+    with gr.Accordion("Params and MACs per block (chart)", open=True):
+        plot = gr.Plot(show_label=False)
     gr.Markdown("### Remove units")
     with gr.Row():
         w["recipe"] = gr.Dropdown([NO_RECIPE, *RECIPES], value=NO_RECIPE, label="Recipe (SDXL-layout models)",
                                   scale=1)
         plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.")
-    with gr.Accordion("Units (r = resnet; attention = whole stack; transformer_blocks.k = one layer)", open=True):
-        w["units"] = gr.CheckboxGroup(choices=_initial_units(w["model"].value), elem_id="layers-units",
-                                      label="Removable units (run-time skippable one by one)")
+    w["units"] = gr.CheckboxGroup(
+        choices=_initial_units(w["model"].value), elem_id="layers-units", label="Units to remove",
+        info="d/u = down/up block, mid = mid block; r1 = resnet 1, a0 = attention 0 (whole stack), a0.3 = its "
+             "transformer layer 3; 'mid all' = the whole mid block. Each can be removed on its own.")
     with gr.Row():
         w["prompts"] = gr.Textbox(value="a red circle on a blue background", lines=2, scale=3,
                                   label="Prompts (one per line; the demo grammar gets evaluator scores)")

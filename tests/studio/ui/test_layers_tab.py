@@ -49,14 +49,14 @@ def test_map_and_plan(client):
     rows = table["data"]
     assert rows[0][0] == "conv_in" and any(r[0].strip() == LAYER for r in rows)
     assert "tiny-base" in info and "32×32" in info and plot is not None
-    choices = [c[0] if isinstance(c, (list, tuple)) else c for c in units["choices"]]
-    assert LAYER in choices and "mid_block" in choices
+    choices = dict((value, label) for label, value in units["choices"])
+    assert choices[LAYER] == "d2 a1.3" and choices["mid_block"] == "mid all"
     kind = client.predict("tiny-base", [LAYER], "(none)", 0, api_name="/layers_plan")
-    assert "config-expressible" in kind
+    assert "Config-expressible" in kind
     kind = client.predict("tiny-base", ["mid_block.attentions.0"], "(none)", 0, api_name="/layers_plan")
-    assert "runtime-only" in kind
+    assert "Runtime-only" in kind
     every = [f"down_blocks.1.attentions.0.transformer_blocks.{k}" for k in (0, 1)]  # a stack must keep one layer
-    assert "Invalid plan" in client.predict("tiny-base", every, "(none)", 0, api_name="/layers_plan")
+    assert "invalid plan" in client.predict("tiny-base", every, "(none)", 0, api_name="/layers_plan")
 
 
 def test_compare_and_export(client):
