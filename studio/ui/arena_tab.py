@@ -295,7 +295,6 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
     handlers = ArenaHandlers(service)
     categories = [ALL, *service.categories()]
     with gr.Tab("Battle"):
-        gr.HTML(f"<style>{IMAGE_CSS}</style>", padding=False, container=False)
         gr.Markdown("**Blind arena** — two anonymous models draw the same prompt with the same seed. Vote for the "
                     "better image; the names are revealed after your vote (one vote per battle).")
         current = service.pool()
@@ -317,6 +316,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         battle_id = gr.State(None)  # server side: never sent to the browser
         vote_choice = gr.Radio(list(VOTES), value="A", visible=False, label="vote")  # API input of arena_vote
         vote_api = gr.Button(visible=False)
+        gr.HTML(f"<style>{IMAGE_CSS}</style>", padding=False, container=False)  # last: its empty block adds a gap
     with gr.Tab("Leaderboard") as board_tab:
         with gr.Row():
             board_category = gr.Dropdown([*categories, "custom"], value=ALL, label="Category")
@@ -330,7 +330,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         with gr.Row():
             fmt = gr.Radio(["csv", "json"], value="csv", label="Export format")
             export = gr.Button("Export votes", elem_id="arena-export")
-            export_file = gr.File(label="Votes export", interactive=False)
+            export_file = gr.File(label="Votes export", interactive=False, height=120)
 
     draw.click(handlers.on_draw_prompt, category, prompt, api_name="arena_draw_prompt")
     battle_btn.click(handlers.on_battle, [prompt, category], [*images, info, reveal, *vote_btns.values(), battle_id],
