@@ -255,12 +255,23 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(info), extrasaction="ignore")
-            if new:
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                if set(info) - set(header):
+                    rows = list(reader)
+        else:
+            header = []
+        if set(info) - set(header):  # new columns (first row, validation scores): rewrite with the wider header
+            header = header + [k for k in info if k not in header]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=header)
                 w.writeheader()
-            w.writerow(info)
+                w.writerows(rows)
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=header).writerow(info)
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -53,8 +53,11 @@ def test_four_step_run_writes_checkpoint_log_validation_and_student(four_steps):
     assert state["step"] == 4 and state["config"] == cfg.to_dict() and len(state["history"]) == 4
     assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= \
         {p.name for p in (out / "checkpoint-4").iterdir()}
-    rows = (out / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss,task,out,feat,lr") and len(rows) == 5
+    import csv
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert list(rows[0])[:6] == ["step", "loss", "task", "out", "feat", "lr"] and len(rows) == 4
+    assert rows[0]["val_student_all"] == "" and float(rows[3]["val_student_all"]) >= 0
+    assert [float(r["loss"]) for r in rows] == [h["loss"] for h in result.history]
     assert (out / "validation" / "step-000004.png").exists() and "val_student_all" in result.history[-1]
     final = result.output
     assert (final / "unet" / "diffusion_pytorch_model.safetensors").exists()
