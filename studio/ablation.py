@@ -399,9 +399,13 @@ def _run_pairs(pipe, plan: RemovalPlan | None, config: AblationConfig, tick, sho
         return run(pipe)
 
 
+def _full_folder(base: dict) -> Path:
+    return sweep_dir() / f"full-{_key(base)}"
+
+
 def _full_reference(pipe, config: AblationConfig, base: dict, tick, should_stop) -> tuple[list[Image.Image], float]:
     """The full model's images and summed latency for the config's pairs, cached as PNGs under sweeps/."""
-    folder = sweep_dir() / f"full-{_key(base)}"
+    folder = _full_folder(base)
     meta = folder / "meta.json"
     n = len(_pairs(config))
     if meta.is_file():
@@ -445,12 +449,13 @@ def sweep(pipe: StableDiffusionXLPipeline, config: AblationConfig, *, model_name
     base = {"v": CACHE_VERSION, "model": model_name, "weights": weights_fingerprint(pipe.unet),
             "prompts": config.prompts, "seeds": config.seeds, "steps": config.steps, "guidance": config.guidance,
             "resolution": resolution}
-    costs = {u: plan_cost(unet_config, RemovalPlan({u}), resolution=resolution,
-                          vae_scale_factor=pipe.vae_scale_factor, text_tokens=_text_tokens(pipe)) for u in units}
     files = {u: sweep_dir() / f"{_key(base, u)}.json" for u in units}
     todo = [u for u in units if not files[u].is_file()]
+    costs = {u: plan_cost(unet_config, RemovalPlan({u}), resolution=resolution,  # validates every new unit
+                          vae_scale_factor=pipe.vae_scale_factor, text_tokens=_text_tokens(pipe)) for u in todo}
     pairs = _pairs(config)
-    total = (len(todo) + 1) * len(pairs) * config.steps if todo else 0
+    full_cached = (_full_folder(base) / "meta.json").is_file()
+    total = (len(todo) + (not full_cached)) * len(pairs) * config.steps if todo else 0
     done = [0]
 
     def tick(step, steps, info):

@@ -112,6 +112,9 @@ class TestSweep:
         second = sweep(pipe, tiny_config(), units=units, model_name="tiny-sweep", on_step=lambda *a: calls.append(a))
         assert calls == [] and second.cached == 3 and second.computed == 0  # nothing generated
         assert second.rows == first.rows
+        third = sweep(pipe, tiny_config(), units=units + ["mid_block.resnets.0"], model_name="tiny-sweep",
+                      on_step=lambda s, n, info: calls.append((s, n)))
+        assert third.computed == 1 and calls[-1] == (2, 2)  # the full model's images come from the cache too
         other = sweep(pipe, tiny_config(guidance=2.0), units=units[:1], model_name="tiny-sweep")
         assert other.computed == 1  # another guidance is another cache key
         csv = first.to_csv(tmp_path / "sweep.csv").read_text().splitlines()
