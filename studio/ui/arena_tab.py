@@ -10,6 +10,7 @@ server-side `gr.State`. Votes are stored in ``data_dir()/arena/votes.db``; a bat
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import threading
@@ -121,6 +122,10 @@ class ArenaService:
     def has_cache(self) -> bool:
         return (self.cache_dir / CACHE_INDEX).is_file()
 
+    def cached_models(self) -> set[str]:
+        index = json.loads((self.cache_dir / CACHE_INDEX).read_text(encoding="utf-8"))
+        return {m for e in index["entries"] for m in e["images"]}
+
     def pool(self) -> list[str]:
         return list(self.fixed_pool) if self.fixed_pool is not None else default_pool()
 
@@ -132,6 +137,9 @@ class ArenaService:
             raise ArenaError("Live generation is off and there is no battle cache yet; build one with "
                              f"`python -m studio arena-cache --cache-dir {self.cache_dir} --models "
                              f"{' '.join(pool) or 'MODEL-1 MODEL-2'}`.")
+        if not self.config.live and self.fixed_pool is None:  # cache only: battle what the cache holds
+            cached = self.cached_models()
+            pool = [m for m in pool if m in cached] if len(set(pool) & cached) >= 2 else sorted(cached)
         if len(set(pool)) < 2:
             raise ArenaError(how_to_add_models(pool))
         key = (tuple(pool), cache_dir)

@@ -120,7 +120,8 @@ def test_cache_only_battles_need_no_model(family, tmp_path):
     models = ModelCache()
     demo = gr.Blocks()
     with demo:
-        build_arena_tab(models, pool=POOL, db_path=tmp_path / "votes.db", cache_dir=tmp_path / "cache",
+        # no pool given and none in the registry's demo family: cache-only battles use the cache's models
+        build_arena_tab(models, db_path=tmp_path / "votes.db", cache_dir=tmp_path / "cache",
                         config=ArenaConfig(live=False, votes_per_minute=None, battles_per_minute=None))
     client = serve(demo)
     try:
