@@ -9,6 +9,7 @@ from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui.arena_tab import build_arena_tab
 from studio.ui.generate_tab import build_generate_tab
+from studio.ui.jobs_tab import build_jobs_tab
 from studio.ui.layers_tab import build_layers_tab
 
 INTRO = ("**SDXL-family studio** — generate with SDXL, SSD-1B, Vega and the embedded demo family side by side. "
@@ -25,6 +26,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             build_arena_tab(cache)
         with gr.Tab("Layers"):
             build_layers_tab(cache)
+        with gr.Tab("Train"):
+            build_jobs_tab(cache)
     return demo
 
 

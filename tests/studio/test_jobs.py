@@ -1,0 +1,166 @@
+"""studio.jobs: pure helpers (transitions, log tail, end-of-run summary, metrics/ETA) and the runner driving real
+``python -m training.distill`` subprocesses on the tiny pipeline (queue, restart + re-attach, kill -9, resume,
+cancel, output registration, refusal of bad configs before any process starts)."""
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from studio.jobs import (JobRunner, check_transition, estimate_progress, read_metrics, summarize_end, tail_lines,
+                         validate_config)
+
+
+def tiny_job(teacher, **overrides) -> dict:
+    """A few-step distillation of the tiny pipeline at 32 px (seconds per step on one CPU thread)."""
+    base = dict(teachers=[{"path": str(teacher)}], student="vega", buckets=[[32, 32]], dataset_count=8, steps=4,
+                batch_size=1, checkpoint_every=0, validation_prompts=["a red circle on a blue background"],
+                validation_steps=2, validate_every=0)
+    return base | overrides
+
+
+def wait_until(runner, predicate, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runner.poll()
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; jobs: {runner.list()}")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+@pytest.mark.parametrize("old,new,ok", [
+    ("queued", "running", True), ("queued", "cancelled", True), ("running", "finished", True),
+    ("running", "failed", True), ("running", "cancelled", True), ("failed", "queued", True),
+    ("cancelled", "queued", True), ("finished", "queued", False), ("queued", "finished", False),
+    ("failed", "running", False), ("cancelled", "finished", False)])
+def test_status_transitions(old, new, ok):
+    if ok:
+        check_transition(old, new)
+    else:
+        with pytest.raises(ValueError, match=f"a {old} job cannot become {new}"):
+            check_transition(old, new)
+
+
+def test_tail_lines_collapses_progress_bar_updates():
+    text = "a\nb\n  0%| 0/4\r 25%| 1/4\r 50%| 2/4\nerror: boom\n\n"
+    assert tail_lines(text, 2) == [" 50%| 2/4", "error: boom"]
+    assert tail_lines(text, 10) == ["a", "b", " 50%| 2/4", "error: boom"]
+    assert tail_lines("", 3) == []
+
+
+@pytest.mark.parametrize("rc,stopped,tail,output,status,words", [
+    (0, False, ["done: 4 steps in 2s; student: x"], True, "finished", ["done: 4 steps"]),
+    (-2, True, ["KeyboardInterrupt"], False, "cancelled", ["cancelled by the user"]),
+    (-9, False, ["step 3"], False, "failed", ["SIGKILL", "out-of-memory killer"]),
+    (2, False, ["error: DistillConfig.steps must be an integer >= 1"], False, "failed",
+     ["config was rejected", "DistillConfig.steps"]),
+    (3, False, ["error: non-finite loss (nan) at step 3"], False, "failed", ["non-finite loss", "lower lr"]),
+    (1, False, ["Traceback", "torch.OutOfMemoryError: CUDA out of memory. Tried"], False, "failed",
+     ["exit code 1", "out of memory", "torch.OutOfMemoryError"]),
+    (1, False, ["FileNotFoundError: [Errno 2] No such file or directory: 'x'"], False, "failed",
+     ["a file or folder is missing"]),
+    (None, False, ["done: 4 steps in 2s"], True, "finished", ["done:"]),
+    (None, False, ["  3/40"], False, "failed", ["no runner was attached"]),
+])
+def test_end_of_run_summary(rc, stopped, tail, output, status, words):
+    """kohya #3585: a non-zero exit says why (exit code/signal + classified reason + the error line)."""
+    got, message = summarize_end(rc, user_stopped=stopped, log_tail=tail, output_exists=output)
+    assert got == status
+    for w in words:
+        assert w in message
+
+
+def test_metrics_keep_the_replayed_step_and_eta_uses_the_latest_run(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr,seconds\n1,1.0,0.1,1.0\n2,0.9,0.1,2.0\n3,0.8,0.1,3.0\n"  # killed after step 3
+                   "3,0.7,0.1,0.5\n4,0.6,0.1,1.0\n5,0.5,0.1,1.5\n6,0.4")  # resumed from 2; last line half-written
+    rows = read_metrics(log)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2]["loss"] == 0.7
+    p = estimate_progress(rows, 10)
+    assert p["step"] == 5 and p["loss"] == 0.5
+    assert p["sec_per_step"] == pytest.approx(0.5) and p["eta_s"] == pytest.approx(2.5)
+    assert estimate_progress([], 10)["eta_s"] is None
+
+
+# ---------------------------------------------------------------- refusals (no process starts)
+
+def test_bad_configs_are_refused_before_any_process_starts(tiny_folder, tmp_path):
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    for cfg, message in [({"steps": 0}, "steps must be an integer >= 1"),
+                         ({"student": "nope"}, "neither a recipe"),
+                         ({"bogus": 1}, "unknown field"),
+                         ({"teachers": [{"path": str(tmp_path / "missing")}]}, "not a diffusers pipeline folder")]:
+        with pytest.raises(ValueError, match=message):
+            runner.submit("distill", tiny_job(tiny_folder) | cfg)
+    with pytest.raises(ValueError, match="unknown job kind"):
+        runner.submit("dreambooth", {})
+    assert runner.list() == [] and not list((tmp_path / "jobs").glob("*/config.json"))
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == children
+    assert validate_config("distill", tiny_job(tiny_folder))["steps"] == 4
+
+
+# ---------------------------------------------------------------- real subprocesses
+
+@pytest.fixture(scope="module")
+def teacher(family):
+    """The tiny pipeline registered as "tiny-base", so finished students name it as their base."""
+    return family["base"]
+
+
+def test_queue_restart_kill_resume_cancel_and_registration(teacher, tmp_path):
+    """One slot: job 1 runs, 2 and 3 queue. Cancel 3 while queued; restart the runner (re-attach to 1); 1 finishes
+    and is registered; 2 starts only then; kill -9 of 2 is reported as failed with the reason; resume continues
+    from its newest checkpoint; cancel stops it."""
+    from studio.registry import list_models
+
+    root = tmp_path / "jobs"
+    first = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})
+    j1 = first.submit("distill", tiny_job(teacher, steps=3), name="Tiny Student 1")
+    j2 = first.submit("distill", tiny_job(teacher, steps=40, checkpoint_every=2))
+    j3 = first.submit("distill", tiny_job(teacher))
+    assert [first.status(j).status for j in (j1, j2, j3)] == ["running", "queued", "queued"]
+    assert first.cancel(j3).status == "cancelled" and first.status(j3).runs == 0
+    pid = first.status(j1).pid
+
+    runner = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})  # "restart" the studio
+    assert runner.status(j1).status == "running" and runner.status(j1).pid == pid
+    del first
+    wait_until(runner, lambda: runner.status(j1).status != "running", what="job 1 to end")
+    done = runner.status(j1)
+    assert done.status == "finished", (done.message, runner.log_tail(j1))
+    assert done.name == "tiny-student-1" and "registered as tiny-student-1" in done.message
+    spec = next(s for s in list_models() if s.name == "tiny-student-1")
+    assert spec.base == "tiny-base" and os.path.isfile(os.path.join(spec.source, "unet", "config.json"))
+    assert runner.metrics(j1)[-1]["step"] == 3 and runner.progress(j1)["step"] == 3
+
+    ckpt = root / j2 / "train" / "checkpoint-2" / "trainer_state.json"  # complete checkpoint
+    wait_until(runner, lambda: ckpt.exists(), what="job 2's first checkpoint")
+    second = runner.status(j2)
+    assert second.status == "running" and second.started >= done.ended
+    os.kill(second.pid, signal.SIGKILL)
+    wait_until(runner, lambda: runner.status(j2).status != "running", what="job 2 to be reaped")
+    failed = runner.status(j2)
+    assert failed.status == "failed" and failed.returncode == -9
+    assert "SIGKILL" in failed.message and "resume continues from checkpoint-" in failed.message
+
+    assert runner.resume(j2).status == "running"
+    wait_until(runner, lambda: any("resumed from" in line for line in runner.log_tail(j2, 200)),
+               what="job 2 to resume")  # the trainer's line, after the progress bar's first frame
+    line = next(line for line in runner.log_tail(j2, 200) if "resumed from" in line)
+    step = int(line.rsplit(" ", 1)[1])
+    assert step >= 2 and f"checkpoint-{step}" in line
+    assert "--resume latest" in " ".join(runner.status(j2).command)
+    cancelled = runner.cancel(j2, wait_s=60)
+    assert cancelled.status == "cancelled" and cancelled.runs == 2, cancelled.message
+    steps = [r["step"] for r in runner.metrics(j2)]
+    assert steps == list(range(1, len(steps) + 1))
+    assert runner.resume(j3).status == "running"  # a queued-then-cancelled job can still run
+    runner.cancel(j3, wait_s=60)
+    runner.delete(j3)
+    assert [j.id for j in runner.list()] == [j1, j2]

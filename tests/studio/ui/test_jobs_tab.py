@@ -1,0 +1,119 @@
+"""Train tab: field map, pure formatting, and the named endpoints through gradio_client on a live localhost server
+(preset, validate, refused bad config, submit a tiny distillation, cancel, resume, status with loss/log/outputs,
+delete)."""
+import dataclasses
+import json
+import socket
+import time
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+
+from studio.jobs import PRESETS, JobRunner
+from studio.ui.jobs_tab import COMMON_FIELDS, build_jobs_tab, cli_for, on_config_edit, on_field, plot_frame
+from training.trainer import TrainConfig
+
+
+def test_common_fields_are_train_config_fields():
+    assert set(COMMON_FIELDS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_field_widgets_and_json_editor_map_by_name():
+    text = on_field(json.dumps({"steps": 5, "student": "vega"}), 7, 0.01, None, 2, 3, 1.5)
+    assert json.loads(text) == {"steps": 7, "student": "vega", "lr": 0.01, "checkpoint_every": 2,
+                                "validate_every": 3, "max_minutes": 1.5}
+    values = on_config_edit(json.dumps({"steps": 9, "lr": 0.5}))
+    assert values[:2] == (9, 0.5) and len(values) == len(COMMON_FIELDS)
+
+
+def test_cli_snippet_and_plot_frame():
+    snippet = cli_for("distill", {"steps": 3})
+    assert "cat > job.json" in snippet and snippet.rstrip().endswith("-m training.distill --config job.json")
+    frame = plot_frame([{"step": 1, "loss": 2.0, "task": 1.0, "lr": 0.1}, {"step": 2, "loss": 1.5}])
+    assert list(frame.columns) == ["step", "value", "series"] and len(frame) == 3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(family, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-jobs")
+    runner = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})
+    with gr.Blocks() as demo:
+        build_jobs_tab(None, runner=runner, watch=False)
+    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
+                                    allowed_paths=[str(root)])
+    yield Client(url, verbose=False), runner, family["base"]
+    demo.close()
+
+
+def wait_status(client, job_id, done, timeout=150):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        client.predict(api_name="/jobs_list")  # polls the runner (the page's timer does the same)
+        summary, *rest = client.predict(job_id, api_name="/jobs_status")
+        if done(summary):
+            return summary, *rest
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last summary: {summary}")
+
+
+def test_preset_and_validation_before_launch(app):
+    client, runner, teacher = app
+    kind, config_text, *fields, check_md, cli = client.predict(next(iter(PRESETS)), api_name="/jobs_preset")
+    config = json.loads(config_text)
+    assert kind == "distill" and config["student"] == "vega" and fields[0] == config["steps"]
+    assert check_md.startswith(("✅", "❌")) and "python -m training.distill --config job.json" in cli
+    message, _ = client.predict("distill", "{not json", api_name="/jobs_validate")
+    assert "not valid JSON" in message
+    bad = {"teachers": [{"path": str(teacher)}], "steps": 0}
+    message, _ = client.predict("distill", json.dumps(bad), api_name="/jobs_validate")
+    assert message.startswith("❌") and "steps must be an integer >= 1" in message
+    with pytest.raises(Exception, match="steps must be an integer >= 1"):
+        client.predict("distill", json.dumps(bad), "", api_name="/jobs_submit")
+    assert runner.list() == []
+
+
+def test_submit_cancel_resume_status_and_delete_through_the_api(app):
+    from studio.registry import list_models
+
+    client, runner, teacher = app
+    config = dict(teachers=[{"path": str(teacher)}], student="vega", buckets=[[32, 32]], dataset_count=8, steps=10,
+                  batch_size=1, checkpoint_every=2, validate_every=5, validation_steps=2,
+                  validation_prompts=["a red circle on a blue background"])
+    message, selected, table = client.predict("distill", json.dumps(config), "ui student", api_name="/jobs_submit")
+    job_id = selected if isinstance(selected, str) else selected["value"]
+    assert job_id in message and table["data"][0][0] == job_id
+
+    wait_status(client, job_id, lambda s: "step 0/" not in s, timeout=120)  # the curve has a first point
+    client.predict(job_id, api_name="/jobs_cancel")
+    summary, *_ = wait_status(client, job_id, lambda s: "**cancelled**" in s)
+    assert "cancelled by the user" in summary
+
+    client.predict(job_id, api_name="/jobs_resume")
+    runner.config(job_id)  # the frozen config is unchanged by a resume
+    summary, plot, image, log, files, command = wait_status(client, job_id, lambda s: "**finished**" in s,
+                                                            timeout=200)
+    assert "registered as ui-student" in summary and "ui-student" in [s.name for s in list_models()]
+    assert "--resume latest" in command or "starts over" in runner.status(job_id).message
+    assert {series for _, _, series in plot["data"]} == {"loss", "task", "out", "feat"}
+    assert max(step for step, _, _ in plot["data"]) == 10
+    assert image and image.endswith(".png")
+    assert "done: 10 steps" in log
+    assert any(f.endswith("diffusion_pytorch_model.safetensors") for f in files)
+
+    client.predict(job_id, api_name="/jobs_delete")
+    assert runner.list() == []
+
+
+def test_the_app_has_the_train_tab_with_named_endpoints():
+    from studio.ui import build_app
+
+    names = {fn.api_name for fn in build_app().fns.values()}
+    assert {"jobs_preset", "jobs_validate", "jobs_submit", "jobs_list", "jobs_status", "jobs_cancel", "jobs_resume",
+            "jobs_delete"} <= names
