@@ -33,6 +33,7 @@ LIVE_ENV = "STUDIO_ARENA_LIVE"  # "0": never generate live, serve every battle f
 MAX_LIVE_ENV = "STUDIO_ARENA_MAX_LIVE_S"  # live battles slower than this (mean) fall back to the cache
 CACHE_NOTE = "served from the pre-generated battle cache"
 ALL = "all"
+DEMO_CATEGORY = "shapes"  # the demo family only knows the shapes vocabulary: the default category of its pool
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "bad": "Both are bad"}  # no emoji: not every
 # browser has an emoji font (headless Chromium on Debian shows boxes)
 # demo models draw at 64 px: scale battle images up to the box, pixel-sharp, instead of showing a thumbnail
@@ -302,6 +303,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
     service = ArenaService(cache, pool=pool, db_path=db_path, cache_dir=cache_dir, settings=settings, config=config)
     handlers = ArenaHandlers(service)
     categories = [ALL, *service.categories()]
+    default_category = DEMO_CATEGORY if service.fixed_pool is None and DEMO_CATEGORY in categories else ALL
     with gr.Tab("Battle"):
         gr.Markdown("**Blind arena** — two anonymous models draw the same prompt with the same seed. Vote for the "
                     "better image; the names are revealed after your vote (one vote per battle).")
@@ -311,7 +313,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         with gr.Row():
             prompt = gr.Textbox(label="Prompt (empty = a curated prompt)", lines=1, scale=4,
                                 elem_id="arena-prompt")
-            category = gr.Dropdown(categories, value=ALL, label="Category", scale=1, elem_id="arena-category")
+            category = gr.Dropdown(categories, value=default_category, label="Category", scale=1, elem_id="arena-category")
             draw = gr.Button("Draw a prompt", scale=0, elem_id="arena-draw")
         battle_btn = gr.Button("New battle", variant="primary", elem_id="arena-new-battle")
         info = gr.Markdown(elem_id="arena-info")
