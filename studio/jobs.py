@@ -46,6 +46,7 @@ TRANSITIONS = {  # allowed status changes; "resume" re-queues a failed or cancel
 }
 LOG_FILE, STATUS_FILE, CONFIG_FILE, TRAIN_DIR = "stdout.log", "status.json", "config.json", "train"
 LOSS_KEYS = ("loss", "task", "out", "feat")
+STOP_FILE = "STOP"  # training.trainer.STOP_FILE: the trainer checkpoints and stops when it appears
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -98,10 +99,10 @@ def summarize_end(returncode: int | None, *, user_stopped: bool, log_tail: list[
         output_exists (`bool`): the trainer exported its final output.
     """
     done = next((s[s.index("done:"):] for s in reversed(log_tail) if "done:" in s), "")  # the CLIs' last line
+    if user_stopped and not output_exists:  # a graceful stop exits 0 without exporting
+        return "cancelled", "cancelled by the user"
     if returncode == 0 or (returncode is None and done and output_exists):
         return "finished", done or "finished"
-    if user_stopped:
-        return "cancelled", "cancelled by the user"
     text = "\n".join(log_tail)
     err = _error_line(log_tail)
     if "out of memory" in text.lower() or "OutOfMemoryError" in text:
@@ -283,6 +284,7 @@ class Job:
     runs: int = 0  # processes started (1 + resumes)
     resume: bool = False  # the next start passes --resume latest
     cancel_requested: float | None = None
+    signals_sent: int = 0  # cancel escalation reached: 1 SIGINT, 2 SIGTERM, 3 SIGKILL
     cwd: str = ""
     command: list = field(default_factory=list)
     output: str = ""  # registered model / LoRA folder
@@ -309,12 +311,12 @@ class JobRunner:
     """Persistent job registry + process manager; see the module docstring. Thread-safe; several runners (processes)
     may share one root (mutations hold a file lock)."""
 
-    def __init__(self, root: str | Path | None = None, *, slots: int | None = None, grace_s: float = 20.0,
+    def __init__(self, root: str | Path | None = None, *, slots: int | None = None, grace_s: float = 60.0,
                  env: dict | None = None, register_outputs: bool = True):
         self.root = Path(root) if root is not None else data_dir() / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.slots = slots or default_slots()
-        self.grace_s = grace_s  # cancel: SIGINT, then SIGTERM after grace_s, then SIGKILL after 2 * grace_s
+        self.grace_s = grace_s  # cancel: STOP file; SIGINT, SIGTERM, SIGKILL after 1, 2, 3 x grace_s
         self.env = dict(env or {})
         self.register_outputs = register_outputs
         self._procs: dict[str, subprocess.Popen] = {}
@@ -386,8 +388,9 @@ class JobRunner:
         return job_id
 
     def cancel(self, job_id: str, *, wait_s: float = 0.0) -> Job:
-        """Queued: cancelled now. Running: SIGINT to its process group now, SIGTERM/SIGKILL later (``poll``) if it
-        does not stop; ``wait_s`` > 0 waits (escalating) for the process to end."""
+        """Queued: cancelled now. Running: ``train/STOP``, which the trainer honours at its next step (checkpoint,
+        then exit); if the process is still there after ``grace_s``, SIGINT to its process group, then SIGTERM and
+        SIGKILL ``grace_s`` apart (``poll`` escalates). ``wait_s`` > 0 waits for the process to end."""
         with self._locked():
             job = self.status(job_id)
             if job.status == "queued":
@@ -398,7 +401,8 @@ class JobRunner:
             if job.cancel_requested is None:
                 job.cancel_requested = time.time()
                 self._save(job)
-                self._signal(job, signal.SIGINT)
+                (self.job_dir(job_id) / TRAIN_DIR).mkdir(exist_ok=True)
+                (self.job_dir(job_id) / TRAIN_DIR / STOP_FILE).touch()
         deadline = time.time() + wait_s
         while wait_s and time.time() < deadline and self.poll_job(job_id).status == "running":
             time.sleep(0.2)
@@ -413,7 +417,8 @@ class JobRunner:
             job = self.status(job_id)
             check_transition(job.status, "queued")
             job.resume = bool(checkpoint_dirs(self.job_dir(job_id) / TRAIN_DIR))
-            job.queued_at, job.cancel_requested, job.returncode, job.pid = time.time(), None, None, None
+            job.queued_at, job.cancel_requested, job.signals_sent = time.time(), None, 0
+            job.returncode, job.pid = None, None
             self._set(job, "queued", "resuming from the newest checkpoint" if job.resume
                       else "no checkpoint yet: starts over")
         self.poll()
@@ -503,6 +508,7 @@ class JobRunner:
     # processes
     def _start(self, job: Job) -> None:
         job_dir = self.job_dir(job.id)
+        (job_dir / TRAIN_DIR / STOP_FILE).unlink(missing_ok=True)  # a previous cancel's request
         cmd = command_line(job.kind, job_dir / CONFIG_FILE, resume=job.resume)
         env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])} | self.env
@@ -551,11 +557,11 @@ class JobRunner:
         ended = proc.poll() is not None if proc is not None else not self._alive(job)
         if not ended:
             if job.cancel_requested is not None:
-                late = time.time() - job.cancel_requested
-                if late > 2 * self.grace_s:
-                    self._signal(job, signal.SIGKILL)
-                elif late > self.grace_s:
-                    self._signal(job, signal.SIGTERM)
+                level = min(3, int((time.time() - job.cancel_requested) // self.grace_s))
+                if level > job.signals_sent:  # 1: SIGINT, 2: SIGTERM, 3: SIGKILL, each sent once
+                    self._signal(job, (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[level - 1])
+                    job.signals_sent = level
+                    self._save(job)
             return
         job.returncode = self._returncode(job)
         job.ended = time.time()

@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 STATE_FILE = "trainer_state.json"
+STOP_FILE = "STOP"  # <output_dir>/STOP stops a run like should_stop() (studio.jobs' graceful cancel)
 
 
 # ---------------------------------------------------------------- config
@@ -250,6 +251,14 @@ class Trainer:
         self.accelerator.load_state(str(path))
         return state.get("history", [])
 
+    def _stop_file(self) -> bool:
+        """True when ``<output_dir>/STOP`` exists; on several processes every rank gets the same answer."""
+        flag = (self.out / STOP_FILE).exists()
+        if self.accelerator.num_processes > 1:
+            flag = bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device),
+                                                reduction="sum").item())
+        return flag
+
     # logging
     def _log(self, info: dict) -> None:
         if not self.accelerator.is_main_process:
@@ -311,7 +320,7 @@ class Trainer:
         t0 = time.time()
         stopped = out_of_time = False
         while self.step < cfg.steps:
-            if should_stop is not None and should_stop():
+            if (should_stop is not None and should_stop()) or self._stop_file():
                 stopped = True
                 break
             if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:

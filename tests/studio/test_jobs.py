@@ -160,6 +160,8 @@ def test_queue_restart_kill_resume_cancel_and_registration(teacher, tmp_path):
     assert cancelled.status == "cancelled" and cancelled.runs == 2, cancelled.message
     steps = [r["step"] for r in runner.metrics(j2)]
     assert steps == list(range(1, len(steps) + 1))
+    if cancelled.signals_sent == 0:  # stopped through the STOP file: a checkpoint at the step it stopped
+        assert cancelled.message.endswith(f"resume continues from checkpoint-{steps[-1]}")
     assert runner.resume(j3).status == "running"  # a queued-then-cancelled job can still run
     runner.cancel(j3, wait_s=60)
     runner.delete(j3)

@@ -43,7 +43,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def app(family, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-jobs")
-    runner = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})
+    runner = JobRunner(root, slots=1, grace_s=30, env={"OMP_NUM_THREADS": "1"})
     with gr.Blocks() as demo:
         build_jobs_tab(None, runner=runner, watch=False)
     _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
@@ -84,7 +84,7 @@ def test_submit_cancel_resume_status_and_delete_through_the_api(app):
 
     client, runner, teacher = app
     config = dict(teachers=[{"path": str(teacher)}], student="vega", buckets=[[32, 32]], dataset_count=8, steps=10,
-                  batch_size=1, checkpoint_every=2, validate_every=5, validation_steps=2,
+                  batch_size=1, checkpoint_every=0, validate_every=5, validation_steps=2,
                   validation_prompts=["a red circle on a blue background"])
     message, selected, table = client.predict("distill", json.dumps(config), "ui student", api_name="/jobs_submit")
     job_id = selected if isinstance(selected, str) else selected["value"]
@@ -93,7 +93,9 @@ def test_submit_cancel_resume_status_and_delete_through_the_api(app):
     wait_status(client, job_id, lambda s: "step 0/" not in s, timeout=120)  # the curve has a first point
     client.predict(job_id, api_name="/jobs_cancel")
     summary, *_ = wait_status(client, job_id, lambda s: "**cancelled**" in s)
-    assert "cancelled by the user" in summary
+    step = runner.metrics(job_id)[-1]["step"]
+    assert f"cancelled by the user; resume continues from checkpoint-{step}" in summary  # graceful: STOP file
+    assert runner.status(job_id).returncode == 0 and runner.status(job_id).signals_sent == 0
 
     client.predict(job_id, api_name="/jobs_resume")
     runner.config(job_id)  # the frozen config is unchanged by a resume
