@@ -108,7 +108,8 @@ class LayersHandlers:
         head = ("**Config-expressible**: a real, smaller diffusers UNet; it can be exported as a student"
                 if cost["kind"] == "config" else
                 "**Runtime-only**: no diffusers config says this; it is simulated by skipping modules (no export)")
-        return (f"Removing all ticked units together: {head}. {len(plan.units)} units; params {cost['params']:,} → {cost['student_params']:,} "
+        return (f"Removing all ticked units together: {head}. {len(plan.units)} units; "
+                f"params {cost['params']:,} → {cost['student_params']:,} "
                 f"({kept:.1%} kept, −{_fmt(cost['delta_params'])}); MACs per forward −{_fmt(cost['delta_macs'])} "
                 f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).")
 
