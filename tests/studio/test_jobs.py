@@ -166,3 +166,20 @@ def test_queue_restart_kill_resume_cancel_and_registration(teacher, tmp_path):
     runner.cancel(j3, wait_s=60)
     runner.delete(j3)
     assert [j.id for j in runner.list()] == [j1, j2]
+
+
+def test_lora_job_is_registered_where_the_generate_tab_finds_loras(teacher, tmp_path):
+    from studio.ui.generate_tab import find_loras
+    from training.synthetic import export_imagefolder
+
+    data = export_imagefolder(tmp_path / "shapes", 4, size=32)
+    runner = JobRunner(tmp_path / "jobs", slots=1, env={"OMP_NUM_THREADS": "1"})
+    job_id = runner.submit("lora", dict(base_model=str(teacher), dataset=str(data), buckets=[[32, 32]], steps=2,
+                                        batch_size=1, rank=2, checkpoint_every=0), name="tiny-lora")
+    wait_until(runner, lambda: runner.status(job_id).status != "running", what="the LoRA job")
+    job = runner.status(job_id)
+    assert job.status == "finished", (job.message, runner.log_tail(job_id))
+    assert job.output.endswith("loras/tiny-lora") and "done: 2 steps" in job.message
+    assert os.path.isfile(os.path.join(job.output, "pytorch_lora_weights.safetensors"))
+    assert any(path == job.output for _, path in find_loras())
+    assert [p.name for p in runner.outputs(job_id)][:2] == ["pytorch_lora_weights.safetensors", "lora_config.json"]
