@@ -32,6 +32,7 @@ CONFIG_NAME = "lora_config.json"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection (diffusers' default)
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 PREFIXES = ("unet", "text_encoder", "text_encoder_2")
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------- config
@@ -57,6 +58,7 @@ class LoraTrainConfig(TrainConfig):
     caption_dropout: float = 0.0  # rows trained unconditionally (zero embedding)
     noise_offset: float = 0.0
     snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting; 0 = off (5 recommended)
+    save_dtype: str = "fp32"  # dtype of the exported LoRA file ("fp32" | "fp16" | "bf16"); checkpoints stay fp32
     validation_prompts: list = field(default_factory=list)  # rendered every validate_every steps
     validation_steps: int = 20  # sampler steps of the validation images
     validation_guidance: float = 0.0  # CFG scale; 0 = the base model's default
@@ -105,6 +107,8 @@ class LoraTrainConfig(TrainConfig):
                 raise ValueError(f"{name}.{field_name} must be >= 0; got {getattr(self, field_name)}")
         if self.validation_steps < 1:
             raise ValueError(f"{name}.validation_steps must be >= 1; got {self.validation_steps}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"{name}.save_dtype must be one of {tuple(SAVE_DTYPES)}; got {self.save_dtype!r}")
 
     @property
     def lora_alpha(self) -> float:
@@ -151,8 +155,10 @@ def lora_weight_file(path: str | Path) -> Path:
     return path / LORA_WEIGHT_NAME if path.is_dir() else path
 
 
-def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None = None) -> Path:
-    """Write the ``default`` adapters of ``unet`` (and text encoders) in diffusers format; returns the file."""
+def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None = None,
+              dtype: torch.dtype = torch.float32) -> Path:
+    """Write the ``default`` adapters of ``unet`` (and text encoders) in diffusers format, as ``dtype``; returns
+    the file."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -160,7 +166,8 @@ def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None
     from safetensors.torch import save_file
 
     def layers(model):
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name="default"))
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name="default"))
+        return {k: v.detach().to(dtype) for k, v in state.items()}
 
     def meta(model):
         return model.peft_config["default"].to_dict()
@@ -377,7 +384,8 @@ class LoraTask:
         """``<output_dir>/pytorch_lora_weights.safetensors`` + ``lora_config.json`` (``out_dir`` is unused: the
         LoRA sits at the top of the output folder, where diffusers' ``load_lora_weights(output_dir)`` finds it)."""
         folder = Path(self.cfg.output_dir)
-        file = save_lora(folder, self.pipe.unet, self.text_encoders, config=self.cfg.to_dict())
+        file = save_lora(folder, self.pipe.unet, self.text_encoders, config=self.cfg.to_dict(),
+                         dtype=SAVE_DTYPES[self.cfg.save_dtype])
         unet_bytes = sum(p.numel() * p.element_size() for p in self.pipe.unet.parameters()
                          if not p.requires_grad)
         (folder / CONFIG_NAME).write_text(json.dumps(

@@ -118,9 +118,13 @@ def test_cli_with_toml_and_text_encoder_lora(tiny_folder, data, tmp_path):
     cfg = tmp_path / "lora-tiny.toml"
     cfg.write_text(f'base_model = "{tiny_folder}"\ndataset = "{data}"\nbuckets = [[32, 32]]\nrank = 2\n'
                    f'batch_size = 2\nsteps = 3\noutput_dir = "{tmp_path / "cli"}"\n')
-    assert main(["--config", str(cfg), "--steps", "1"]) == 0
+    assert main(["--config", str(cfg), "--steps", "1", "--save_dtype", "fp16"]) == 0
     keys = load_file(tmp_path / "cli" / LORA_WEIGHT_NAME)
-    assert {k.split(".")[0] for k in keys} == {"unet"}
+    assert {k.split(".")[0] for k in keys} == {"unet"} and {v.dtype for v in keys.values()} == {torch.float16}
+    assert load_file(tmp_path / "cli" / "checkpoint-1" / LORA_WEIGHT_NAME)["unet." + next(iter(
+        k[5:] for k in keys))].dtype == torch.float32  # checkpoints keep full precision
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_folder)
+    plain.load_lora_weights(str(tmp_path / "cli"))
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())["config"]
     assert saved["steps"] == 1 and saved["rank"] == 2 and saved["train_text_encoder"] is False
     try:
