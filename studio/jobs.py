@@ -130,22 +130,44 @@ def summarize_end(returncode: int | None, *, user_stopped: bool, log_tail: list[
     return "failed", "; ".join(s for s in (head, hint, err) if s)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a trainer ``log.csv`` as numbers, one per step (a resumed run's replayed steps replace the old)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    by_step: dict[int, dict] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if None in row.values():
-                continue  # a half-written last line
+class MetricsLog:
+    """Rows of a trainer ``log.csv`` as numbers, one per step (a resumed run's replayed steps replace the old ones).
+    Reads incrementally: only appended complete lines are parsed; a changed header (the trainer rewrites the file
+    when columns appear) or a shorter file means a full re-read."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.header, self.offset, self.by_step, self._rows = b"", 0, {}, []
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            self.header, self.offset, self.by_step, self._rows = b"", 0, {}, []
+            return []
+        with open(self.path, "rb") as f:
+            header = f.readline()
+            size = f.seek(0, os.SEEK_END)
+            if header != self.header or size < self.offset:
+                self.header, self.offset, self.by_step = header, len(header), {}
+            if size == self.offset:
+                return self._rows
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        chunk = chunk[:chunk.rfind(b"\n") + 1]  # complete lines only; a half-written one waits
+        self.offset += len(chunk)
+        names = next(csv.reader([header.decode("utf-8", "replace")]), [])
+        for values in csv.reader(chunk.decode("utf-8", "replace").splitlines()):
             try:
-                parsed = {k: float(v) for k, v in row.items() if k and v not in (None, "")}
-                by_step[int(parsed["step"])] = parsed | {"step": int(parsed["step"])}
+                row = {k: float(v) for k, v in zip(names, values, strict=True) if v != ""}
+                self.by_step[int(row["step"])] = row | {"step": int(row["step"])}
             except (KeyError, ValueError):
                 continue
-    return [by_step[s] for s in sorted(by_step)]
+        self._rows = [self.by_step[s] for s in sorted(self.by_step)]
+        return self._rows
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """``MetricsLog(path).rows()`` once."""
+    return MetricsLog(path).rows()
 
 
 def estimate_progress(rows: list[dict], total: int, window: int = 20) -> dict:
@@ -320,6 +342,7 @@ class JobRunner:
         self.env = dict(env or {})
         self.register_outputs = register_outputs
         self._procs: dict[str, subprocess.Popen] = {}
+        self._metrics: dict[str, MetricsLog] = {}
         self._lock = threading.RLock()
         self._watcher: threading.Thread | None = None
         self.poll()  # re-attach to or fail the jobs of an earlier runner, start queued ones
@@ -431,6 +454,7 @@ class JobRunner:
             if job.status == "running":
                 raise ValueError(f"job {job_id} is running; cancel it first")
             self._procs.pop(job_id, None)
+            self._metrics.pop(job_id, None)
             shutil.rmtree(self.job_dir(job_id))
 
     def poll(self) -> list[Job]:
@@ -477,7 +501,11 @@ class JobRunner:
         return read_log_tail(self.job_dir(job_id) / LOG_FILE, n)
 
     def metrics(self, job_id: str) -> list[dict]:
-        return read_metrics(self.job_dir(job_id) / TRAIN_DIR / "log.csv")
+        """The job's CSV rows (kept per job and read incrementally: the page asks every few seconds)."""
+        path = self.job_dir(job_id) / TRAIN_DIR / "log.csv"
+        with self._lock:
+            log = self._metrics.setdefault(job_id, MetricsLog(path))
+            return log.rows()
 
     def progress(self, job_id: str) -> dict:
         return estimate_progress(self.metrics(job_id), int(self.config(job_id).get("steps", 0)))

@@ -20,6 +20,7 @@ COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind
     "validate_every": "Validate every", "max_minutes": "Max minutes (0 = no limit)"}
 JOB_COLUMNS = ["id", "type", "name", "status", "step", "loss", "ETA", "message"]
 PLOT_COLUMNS = ["step", "value", "series"]
+LOG_LINES = 14  # the log box shows the whole tail
 
 
 # ---------------------------------------------------------------- pure formatting
@@ -41,12 +42,16 @@ def cli_for(kind: str, config: dict) -> str:
     return f"cat > job.json <<'EOF'\n{body}\nEOF\n{cmd}"
 
 
-def plot_frame(rows: list[dict]):
-    """Long-format frame (step, value, series) of the loss terms for gr.LinePlot."""
+def plot_frame(rows: list[dict], max_points: int = 1500):
+    """Long-format frame (step, value, series) of the loss terms for gr.LinePlot (long runs thinned to about
+    ``max_points`` steps, the last one kept)."""
     import pandas as pd
 
+    if len(rows) > max_points:
+        rows = rows[::-(-len(rows) // max_points)] + rows[-1:]
     data = [(r["step"], r[k], k) for r in rows for k in LOSS_KEYS if k in r]
-    return pd.DataFrame(data, columns=PLOT_COLUMNS)
+    # typed even when empty: an untyped (object) column makes the plot's axes nominal, and they stay so
+    return pd.DataFrame(data, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "series": "str"})
 
 
 def job_rows(runner: JobRunner) -> list[list]:
@@ -88,7 +93,7 @@ class JobsHandlers:
         try:
             config = parse_config(config_text)
         except ValueError as e:
-            return f"❌ {e}", ""
+            return f"✗ {e}", ""
         return check_text(kind, config), cli_for(kind, config)
 
     def on_submit(self, kind: str, config_text: str, name: str):
@@ -98,7 +103,7 @@ class JobsHandlers:
         except ValueError as e:
             raise gr.Error(str(e)) from e
         job = self.runner.status(job_id)
-        return (f"✅ queued **{job_id}** ({job.status})", gr.Dropdown(choices=self._ids(), value=job_id),
+        return (f"✓ queued **{job_id}** ({job.status})", gr.Dropdown(choices=self._ids(), value=job_id),
                 job_rows(self.runner))
 
     def on_list(self):
@@ -115,7 +120,7 @@ class JobsHandlers:
             return str(e), plot_frame([]), None, "", [], ""
         image = self.runner.latest_validation(job_id)
         return (summary, plot_frame(self.runner.metrics(job_id)), str(image) if image else None,
-                "\n".join(self.runner.log_tail(job_id, 30)), [str(p) for p in self.runner.outputs(job_id)],
+                "\n".join(self.runner.log_tail(job_id, LOG_LINES)), [str(p) for p in self.runner.outputs(job_id)],
                 self.runner.shell_command(job_id))
 
     def on_tick(self, job_id: str | None, seen: dict):
@@ -123,9 +128,9 @@ class JobsHandlers:
         self.runner.poll()
         rows, ids = job_rows(self.runner), self._ids()
         summary, plot, image, log, files, cmd = self.on_status(job_id)
-        new = {"rows": rows, "ids": ids, "summary": summary, "steps": len(plot), "image": image, "log": log,
-               "files": files, "cmd": cmd}
-        seen = seen or {}
+        new = {"job": job_id, "rows": rows, "ids": ids, "summary": summary, "steps": len(plot), "image": image,
+               "log": log, "files": files, "cmd": cmd}
+        seen = seen if seen and seen.get("job") == job_id else {}  # another job selected: send everything
 
         def fresh(key, value):
             return value if seen.get(key) != new[key] else gr.skip()
@@ -165,8 +170,8 @@ def check_text(kind: str, config: dict) -> str:
     try:
         frozen = validate_config(kind, config | {"output_dir": "<job folder>/train"})
     except ValueError as e:
-        return f"❌ {e}"
-    return f"✅ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
+        return f"✗ {e}"
+    return f"✓ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
 
 
 def on_field(config_text: str, *values):
@@ -213,20 +218,22 @@ def build_jobs_tab(cache: ModelCache | None = None, *, runner: JobRunner | None 
                 fields = {f: gr.Number(value=config0.get(f), label=label, precision=None if f in ("lr", "max_minutes")
                                        else 0, min_width=100) for f, label in COMMON_FIELDS.items()}
             config = gr.Code(json.dumps(config0, indent=1), language="json", lines=16, max_lines=24,
-                             label="Config (field names of the job type's config dataclass)", interactive=True)
+                             label="Config (field names of the job type's config dataclass)", interactive=True,
+                             elem_id="job-config")
             with gr.Row():
                 check = gr.Button("Check")
                 launch = gr.Button("Launch", variant="primary")
-            check_md = gr.Markdown(check_text(kind0, config0))
+            check_md = gr.Markdown(check_text(kind0, config0), elem_id="job-check")
             cli = gr.Code(cli_for(kind0, config0), language="shell", label="Same job from a shell", lines=4)
         with gr.Column(scale=3):
             gr.Markdown("### Jobs")
             table = gr.Dataframe(job_rows(runner), headers=JOB_COLUMNS, interactive=False, wrap=True,
-                                 label="Jobs (newest first; click a row to select)")
+                                 column_widths=["21%", "8%", "15%", "10%", "9%", "8%", "8%", "21%"],
+                                 label="Jobs (newest first; click a row to select)", elem_id="jobs-table")
             with gr.Row():
                 selected = gr.Dropdown(h._ids(), value=None, label="Selected job", scale=4)
                 refresh = gr.Button("↻ jobs", scale=0)
-            summary = gr.Markdown("Select a job.")
+            summary = gr.Markdown("Select a job.", elem_id="job-summary")
             with gr.Row():
                 cancel = gr.Button("Cancel", variant="stop")
                 resume = gr.Button("Resume")
@@ -237,7 +244,8 @@ def build_jobs_tab(cache: ModelCache | None = None, *, runner: JobRunner | None 
                 image = gr.Image(label="Latest validation (top: teacher, bottom: student)", type="filepath",
                                  interactive=False, height=220, elem_id="validation-image")
                 files = gr.File(label="Outputs", file_count="multiple", interactive=False, height=220)
-            log = gr.Textbox(label="Log tail", lines=10, max_lines=10, autoscroll=True, elem_id="job-log")
+            log = gr.Code(language=None, label="Log tail", lines=LOG_LINES, max_lines=LOG_LINES,
+                          interactive=False, elem_id="job-log")  # no wrapping: the whole tail stays in view
             job_cli = gr.Code(language="shell", label="This job from a shell", lines=2)
     seen = gr.State({})
     timer = gr.Timer(poll_s)

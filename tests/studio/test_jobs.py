@@ -8,8 +8,8 @@ import time
 import psutil
 import pytest
 
-from studio.jobs import (JobRunner, check_transition, estimate_progress, read_metrics, summarize_end, tail_lines,
-                         validate_config)
+from studio.jobs import (JobRunner, MetricsLog, check_transition, estimate_progress, read_metrics, summarize_end,
+                         tail_lines, validate_config)
 
 
 def tiny_job(teacher, **overrides) -> dict:
@@ -183,3 +183,17 @@ def test_lora_job_is_registered_where_the_generate_tab_finds_loras(teacher, tmp_
     assert os.path.isfile(os.path.join(job.output, "pytorch_lora_weights.safetensors"))
     assert any(path == job.output for _, path in find_loras())
     assert [p.name for p in runner.outputs(job_id)][:2] == ["pytorch_lora_weights.safetensors", "lora_config.json"]
+
+
+def test_metrics_log_reads_appended_lines_and_rereads_a_rewritten_header(tmp_path):
+    path = tmp_path / "log.csv"
+    log = MetricsLog(path)
+    assert log.rows() == []
+    path.write_text("step,loss,seconds\n1,1.0,1.0\n2,0.9,")
+    assert [r["step"] for r in log.rows()] == [1]  # the half-written line waits
+    with open(path, "a") as f:
+        f.write("2.0\n3,0.8,3.0\n")
+    assert [(r["step"], r["loss"]) for r in log.rows()] == [(1, 1.0), (2, 0.9), (3, 0.8)]
+    path.write_text("step,loss,seconds,val_student_all\n1,1.0,1.0,\n2,0.9,2.0,\n3,0.8,3.0,0.5\n")  # widened
+    assert log.rows()[-1] == {"step": 3, "loss": 0.8, "seconds": 3.0, "val_student_all": 0.5}
+    assert len(log.rows()) == 3

@@ -32,6 +32,7 @@ def test_cli_snippet_and_plot_frame():
     assert "cat > job.json" in snippet and snippet.rstrip().endswith("-m training.distill --config job.json")
     frame = plot_frame([{"step": 1, "loss": 2.0, "task": 1.0, "lr": 0.1}, {"step": 2, "loss": 1.5}])
     assert list(frame.columns) == ["step", "value", "series"] and len(frame) == 3
+    assert str(plot_frame([]).dtypes["step"]) == "int64"  # typed when empty: else the axes turn nominal
 
 
 def free_port():
@@ -68,12 +69,12 @@ def test_preset_and_validation_before_launch(app):
     kind, config_text, *fields, check_md, cli = client.predict(next(iter(PRESETS)), api_name="/jobs_preset")
     config = json.loads(config_text)
     assert kind == "distill" and config["student"] == "vega" and fields[0] == config["steps"]
-    assert check_md.startswith(("✅", "❌")) and "python -m training.distill --config job.json" in cli
+    assert check_md.startswith(("✓", "✗")) and "python -m training.distill --config job.json" in cli
     message, _ = client.predict("distill", "{not json", api_name="/jobs_validate")
     assert "not valid JSON" in message
     bad = {"teachers": [{"path": str(teacher)}], "steps": 0}
     message, _ = client.predict("distill", json.dumps(bad), api_name="/jobs_validate")
-    assert message.startswith("❌") and "steps must be an integer >= 1" in message
+    assert message.startswith("✗") and "steps must be an integer >= 1" in message
     with pytest.raises(Exception, match="steps must be an integer >= 1"):
         client.predict("distill", json.dumps(bad), "", api_name="/jobs_submit")
     assert runner.list() == []
