@@ -48,6 +48,7 @@ class LoraTrainConfig(TrainConfig):
     alpha: float = 0.0  # lora_alpha; the update is scaled by alpha / rank; 0 = rank (scale 1, diffusers' default)
     dropout: float = 0.0  # lora_dropout on the adapter input
     target_modules: list = field(default_factory=lambda: list(UNET_TARGETS))  # UNet module names (peft suffixes)
+    exclude_modules: str = ""  # regex (peft full match) of UNet modules to leave out, e.g. ".*down_blocks\\.1\\..*"
     train_text_encoder: bool = False  # also add LoRA to both text encoders
     text_target_modules: list = field(default_factory=lambda: list(TEXT_TARGETS))
     init_lora: str = ""  # start from this LoRA (file or folder; same rank and targets)
@@ -93,6 +94,15 @@ class LoraTrainConfig(TrainConfig):
                 setattr(self, field_name, value)
             if not value or not all(isinstance(v, str) and v for v in value):
                 raise ValueError(f"{name}.{field_name} must be a non-empty list of module names; got {value!r}")
+        if not isinstance(self.exclude_modules, str):
+            raise ValueError(f"{name}.exclude_modules must be a regex string ('' = none); got {self.exclude_modules!r}")
+        if self.exclude_modules:
+            import re
+
+            try:
+                re.compile(self.exclude_modules)
+            except re.error as err:
+                raise ValueError(f"{name}.exclude_modules: bad regex {self.exclude_modules!r} ({err})") from None
         if self.init_lora and not Path(self.init_lora).exists():
             raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
         if not self.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
@@ -268,11 +278,13 @@ class LoraTask:
         self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2] if cfg.train_text_encoder else []
         if cfg.train_text_encoder:
             _check_text_encoder_lora_support()
-        targets = [(pipe.unet, cfg.target_modules)] + [(te, cfg.text_target_modules) for te in self.text_encoders]
-        for model, modules in targets:
+        targets = [(pipe.unet, cfg.target_modules, cfg.exclude_modules or None)]
+        targets += [(te, cfg.text_target_modules, None) for te in self.text_encoders]
+        for model, modules, exclude in targets:
             try:
                 model.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.dropout,
-                                             init_lora_weights="gaussian", target_modules=list(modules)))
+                                             init_lora_weights="gaussian", target_modules=list(modules),
+                                             exclude_modules=exclude))
             except ValueError as err:
                 raise ValueError(f"LoraTrainConfig target modules {list(modules)} do not fit "
                                  f"{type(model).__name__} of {cfg.base_model!r}: {err}") from err

@@ -118,9 +118,11 @@ def test_cli_with_toml_and_text_encoder_lora(tiny_folder, data, tmp_path):
     cfg = tmp_path / "lora-tiny.toml"
     cfg.write_text(f'base_model = "{tiny_folder}"\ndataset = "{data}"\nbuckets = [[32, 32]]\nrank = 2\n'
                    f'batch_size = 2\nsteps = 3\noutput_dir = "{tmp_path / "cli"}"\n')
-    assert main(["--config", str(cfg), "--steps", "1", "--save_dtype", "fp16"]) == 0
+    assert main(["--config", str(cfg), "--steps", "1", "--save_dtype", "fp16", "--exclude_modules",
+                 r".*up_blocks\..*"]) == 0
     keys = load_file(tmp_path / "cli" / LORA_WEIGHT_NAME)
     assert {k.split(".")[0] for k in keys} == {"unet"} and {v.dtype for v in keys.values()} == {torch.float16}
+    assert keys and not any(k.startswith("unet.up_blocks.") for k in keys)
     assert load_file(tmp_path / "cli" / "checkpoint-1" / LORA_WEIGHT_NAME)["unet." + next(iter(
         k[5:] for k in keys))].dtype == torch.float32  # checkpoints keep full precision
     plain = StableDiffusionXLPipeline.from_pretrained(tiny_folder)
@@ -155,6 +157,8 @@ def other_arch_lora(folder):
 
 def test_bad_inputs_get_clear_errors(tiny_folder, data, tmp_path, trained):
     out = tmp_path / "out"
+    with pytest.raises(ValueError, match="exclude_modules: bad regex"):
+        tiny_config(tiny_folder, data, out, exclude_modules="(")
     for rank in (0, -2, 1.5):
         with pytest.raises(ValueError, match="rank must be an integer > 0"):
             tiny_config(tiny_folder, data, out, rank=rank)
