@@ -124,7 +124,8 @@ def summarize_end(returncode: int | None, *, user_stopped: bool, log_tail: list[
     elif returncode == 2:
         head = "the config was rejected (exit code 2)"
     elif returncode == 3:
-        head = "stopped on a non-finite loss (exit code 3)"
+        head = "stopped on a non-finite loss (exit code 3)" if "non-finite" in text else \
+            "training stopped on an error (exit code 3)"
     else:
         head = f"training failed with exit code {returncode}"
     return "failed", "; ".join(s for s in (head, hint, err) if s)
@@ -575,9 +576,11 @@ class JobRunner:
         if proc is not None:
             return proc.wait()
         try:
-            pid, status = os.waitpid(job.pid, os.WNOHANG)
+            if job.create_time is None or abs(psutil.Process(job.pid).create_time() - job.create_time) > 0.5:
+                return None  # gone, or the pid now belongs to another process: never reap that one
+            pid, status = os.waitpid(job.pid, os.WNOHANG)  # our zombie child (an earlier runner in this process)
             return os.waitstatus_to_exitcode(status) if pid else None
-        except (ChildProcessError, OSError, TypeError):
+        except (psutil.NoSuchProcess, ChildProcessError, OSError, TypeError):
             return None
 
     def _check(self, job: Job) -> None:

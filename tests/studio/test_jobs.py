@@ -59,6 +59,8 @@ def test_tail_lines_collapses_progress_bar_updates():
     (2, False, ["error: DistillConfig.steps must be an integer >= 1"], False, "failed",
      ["config was rejected", "DistillConfig.steps"]),
     (3, False, ["error: non-finite loss (nan) at step 3"], False, "failed", ["non-finite loss", "lower lr"]),
+    (3, False, ["error: LoraTrainConfig.dataset: 'x' is not an imagefolder"], False, "failed",
+     ["stopped on an error (exit code 3)", "LoraTrainConfig.dataset"]),
     (1, False, ["Traceback", "torch.OutOfMemoryError: CUDA out of memory. Tried"], False, "failed",
      ["exit code 1", "out of memory", "torch.OutOfMemoryError"]),
     (1, False, ["FileNotFoundError: [Errno 2] No such file or directory: 'x'"], False, "failed",
@@ -103,6 +105,29 @@ def test_bad_configs_are_refused_before_any_process_starts(tiny_folder, tmp_path
     assert runner.list() == [] and not list((tmp_path / "jobs").glob("*/config.json"))
     assert {p.pid for p in psutil.Process().children(recursive=True)} == children
     assert validate_config("distill", tiny_job(tiny_folder))["steps"] == 4
+
+
+def test_a_new_runner_fails_jobs_whose_process_is_gone_and_keeps_the_queue(tmp_path):
+    """Restart after the studio died: a recorded pid that is now another process (start time differs) is not the
+    job: failed with the reason; a live one is re-attached and holds the only slot, so the queued job waits."""
+    import dataclasses
+    import json
+
+    from studio.jobs import Job
+
+    root = tmp_path / "jobs"
+    me = psutil.Process()
+    records = [Job("a-gone", "distill", "a", status="running", submitted=1, pid=me.pid,
+                   create_time=me.create_time() - 1000),
+               Job("b-live", "distill", "b", status="running", submitted=2, pid=me.pid, create_time=me.create_time()),
+               Job("c-queued", "distill", "c", status="queued", submitted=3, queued_at=3)]
+    for job in records:
+        (root / job.id).mkdir(parents=True)
+        (root / job.id / "status.json").write_text(json.dumps(dataclasses.asdict(job)))
+    runner = JobRunner(root, slots=1)
+    gone, live, queued = runner.list()
+    assert gone.status == "failed" and "no runner was attached" in gone.message and "no checkpoint" in gone.message
+    assert live.status == "running" and queued.status == "queued"  # never cancel b-live: it is this process
 
 
 # ---------------------------------------------------------------- real subprocesses
