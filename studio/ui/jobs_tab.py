@@ -241,8 +241,8 @@ def build_jobs_tab(cache: ModelCache | None = None, *, runner: JobRunner | None 
             plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", height=260,
                                elem_id="loss-plot")
             with gr.Row():
-                image = gr.Image(label="Latest validation (top: teacher, bottom: student)", type="filepath",
-                                 interactive=False, height=220, elem_id="validation-image")
+                image = gr.Image(label="Latest validation (distill: teacher row above the student row)",
+                                 type="filepath", interactive=False, height=220, elem_id="validation-image")
                 files = gr.File(label="Outputs", file_count="multiple", interactive=False, height=220)
             log = gr.Code(language=None, label="Log tail", lines=LOG_LINES, max_lines=LOG_LINES,
                           interactive=False, elem_id="job-log")  # no wrapping: the whole tail stays in view
