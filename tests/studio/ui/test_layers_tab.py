@@ -75,8 +75,8 @@ def test_compare_and_export(client):
 
 def test_sweep(client):
     table, heatmap, csv, status = client.predict(
-        "tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background", "0", 2, 5.0, 0, False,
-        api_name="/layers_sweep")
+        "tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background", "4242", 2, 5.0, 0, False,
+        api_name="/layers_sweep")  # a seed no other test sweeps with: the on-disk sweep cache is shared
     assert [r[1] for r in table["data"]] and len(table["data"]) == 2 and table["headers"] == list(SWEEP_COLUMNS)
     assert "2 generated" in status and open(csv).readline().startswith("rank,unit")
     with pytest.raises(Exception, match="AblationConfig.resolution"):
