@@ -15,8 +15,8 @@ def _degrade(image: Image.Image, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("split, n, degrade", [("train", 300, False), ("heldout", 96, False),
-                                               ("train", 300, True), ("heldout", 96, True)])
+@pytest.mark.parametrize("split, n, degrade", [("train", 240, False), ("heldout", 72, False),
+                                               ("train", 240, True), ("heldout", 72, True)])
 def test_ground_truth_accuracy(split, n, degrade):
     items = [sample(i, split, seed=11) for i in range(n)]
     images = [_degrade(s.image, i) if degrade else s.image for i, s in enumerate(items)]
