@@ -2,7 +2,7 @@
 
     python -m training.lora --config configs/lora-demo-heart.toml --set steps=200      # or --steps 200
     accelerate launch -m training.lora --config configs/lora-demo-heart.toml
-    python -m training.lora demo data --out data/lora-heart      # the demo's new concept; `demo eval` scores it
+    python -m training.lora demo data --concept orange --out data/lora-orange   # new concept; `demo eval` scores
 
 The base model is any registry name (students included: a UNet-only student gets its base's text encoders and VAE
 through ``studio.loading.ModelCache``) or a local folder. Base weights stay frozen; peft ``LoraConfig`` adapters
@@ -448,9 +448,11 @@ def run_lora(cfg: LoraTrainConfig, *, resume_from: str | None = None, on_step=No
     return make_trainer(cfg, items=items).run(resume_from=resume_from, on_step=on_step, should_stop=should_stop)
 
 
-# ---------------------------------------------------------------- demo: a shape the demo family never saw
+# ---------------------------------------------------------------- demo: concepts the demo family never saw
 
-CONCEPT = "heart"
+NEW_SHAPES = ("heart",)  # drawn by heart_polygon
+NEW_COLOURS = {"orange": (245, 140, 20)}  # between red and yellow; the demo VAE decodes it on most backgrounds
+CONCEPTS = NEW_SHAPES + tuple(NEW_COLOURS)
 
 
 def heart_polygon(x0: float, y0: float, x1: float, y1: float, points: int = 64) -> list[tuple[float, float]]:
@@ -465,39 +467,63 @@ def heart_polygon(x0: float, y0: float, x1: float, y1: float, points: int = 64) 
              y0 + (py - min(ys)) / (max(ys) - min(ys)) * (y1 - y0)) for px, py in pts]
 
 
-def concept_sample(index: int, *, seed: int = 0, size: int = 64):
-    """(image, caption, colour, background) of heart ``index``: colours, size and position drawn as
-    ``training.synthetic`` draws its shapes (anti-aliased at 4x, same ranges), a pure function of (seed, index)."""
+def _check_concept(concept: str) -> None:
+    if concept not in CONCEPTS:
+        raise ValueError(f"unknown demo concept {concept!r}; choose one of {CONCEPTS}")
+
+
+def _backgrounds(colour: str) -> list[str]:
+    """Palette backgrounds for a new colour: those at least 100 RGB apart (orange on yellow has too little contrast
+    for the evaluator to find the shape)."""
+    from training import synthetic
+
+    rgb = NEW_COLOURS[colour]
+    return [c for c, v in synthetic.PALETTE.items() if sum((a - b) ** 2 for a, b in zip(v, rgb)) ** 0.5 >= 100]
+
+
+def concept_sample(index: int, concept: str = "heart", *, seed: int = 0, size: int = 64):
+    """(image, caption, shape, colour, background) of sample ``index`` of a new shape (palette colours) or a new
+    colour (the six known shapes): drawn as ``training.synthetic`` draws (4x supersampled, same size and position
+    ranges), a pure function of (concept, seed, index)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     from training import synthetic
 
-    rng = np.random.default_rng([seed, 977, index])
-    colour, background = (synthetic.COLOURS[int(i)] for i in rng.choice(len(synthetic.COLOURS), 2, replace=False))
+    _check_concept(concept)
+    rng = np.random.default_rng([seed, 977, CONCEPTS.index(concept), index])
+    if concept in NEW_SHAPES:
+        shape = concept
+        colour, background = (synthetic.COLOURS[int(i)] for i in rng.choice(len(synthetic.COLOURS), 2, replace=False))
+    else:
+        shape, colour = synthetic.SHAPES[int(rng.integers(len(synthetic.SHAPES)))], concept
+        background = _backgrounds(concept)[int(rng.integers(len(_backgrounds(concept))))]
     side = float(rng.uniform(*synthetic.SIZE_RANGE)) * size
     margin = size * 0.03
     x0, y0 = (float(rng.uniform(margin, size - margin - side)) for _ in range(2))
-    k = synthetic.SUPERSAMPLE
+    k, fill = synthetic.SUPERSAMPLE, NEW_COLOURS.get(colour) or synthetic.PALETTE[colour]
     big = Image.new("RGB", (size * k, size * k), synthetic.PALETTE[background])
-    ImageDraw.Draw(big).polygon(heart_polygon(x0 * k, y0 * k, (x0 + side) * k, (y0 + side) * k),
-                                fill=synthetic.PALETTE[colour])
-    return big.resize((size, size), Image.BOX), synthetic.caption(CONCEPT, colour, background), colour, background
+    box = (x0 * k, y0 * k, (x0 + side) * k, (y0 + side) * k)
+    if shape in NEW_SHAPES:
+        ImageDraw.Draw(big).polygon(heart_polygon(*box), fill=fill)
+    else:
+        synthetic.draw_shape(ImageDraw.Draw(big), shape, box, fill, synthetic.PALETTE[background])
+    return big.resize((size, size), Image.BOX), synthetic.caption(shape, colour, background), shape, colour, background
 
 
-def export_concept_data(out_dir: str | Path, count: int, *, reg_count: int = 0, seed: int = 0,
-                        size: int = 64) -> Path:
-    """Imagefolder of ``count`` hearts plus ``reg_count`` images of the original shapes (synthetic train split:
-    prior preservation by data mixing, so the other prompts keep working); metadata says which is which."""
+def export_concept_data(out_dir: str | Path, count: int, concept: str = "heart", *, reg_count: int = 0,
+                        seed: int = 0, size: int = 64) -> Path:
+    """Imagefolder of ``count`` samples of ``concept`` plus ``reg_count`` images of the original data (synthetic
+    train split: prior preservation by data mixing, so the other prompts keep working); metadata says which."""
     from training import synthetic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metadata.jsonl", "w") as f:
         for i in range(count):
-            image, text, colour, background = concept_sample(i, seed=seed, size=size)
-            image.save(out / f"{CONCEPT}_{i:05d}.png")
-            f.write(json.dumps({"file_name": f"{CONCEPT}_{i:05d}.png", "text": text, "shape": CONCEPT,
+            image, text, shape, colour, background = concept_sample(i, concept, seed=seed, size=size)
+            image.save(out / f"{concept}_{i:05d}.png")
+            f.write(json.dumps({"file_name": f"{concept}_{i:05d}.png", "text": text, "shape": shape,
                                 "colour": colour, "background": background, "concept": True}) + "\n")
         for i in range(reg_count):
             s = synthetic.sample(i, "train", seed=seed + 1, size=size)
@@ -507,19 +533,25 @@ def export_concept_data(out_dir: str | Path, count: int, *, reg_count: int = 0, 
     return out
 
 
-def concept_prompts(n: int, *, seed: int = 4321) -> list[tuple[str, int]]:
-    """``n`` (heart prompt, seed) pairs, every (colour, background) pair before any repeats."""
+def concept_prompts(n: int, concept: str = "heart", *, seed: int = 4321) -> list[tuple[str, int]]:
+    """``n`` (prompt, seed) pairs naming ``concept``, every combination of the other two attributes before any
+    repeats."""
     import numpy as np
 
     from training import synthetic
 
-    pairs = [(c, b) for c in synthetic.COLOURS for b in synthetic.COLOURS if c != b]
-    order = [pairs[i] for i in np.random.default_rng(seed).permutation(len(pairs))] * (n // len(pairs) + 1)
-    return [(synthetic.caption(CONCEPT, c, b), seed + i) for i, (c, b) in enumerate(order[:n])]
+    _check_concept(concept)
+    if concept in NEW_SHAPES:
+        combos = [(concept, c, b) for c in synthetic.COLOURS for b in synthetic.COLOURS if c != b]
+    else:
+        combos = [(s, concept, b) for s in synthetic.SHAPES for b in _backgrounds(concept)]
+    order = [combos[i] for i in np.random.default_rng(seed).permutation(len(combos))] * (n // len(combos) + 1)
+    return [(synthetic.caption(*c), seed + i) for i, c in enumerate(order[:n])]
 
 
 def evaluate_concept(images: list, prompts: list[str]) -> dict:
-    """``studio.evaluator`` with the heart as a seventh shape template: accuracy per attribute and ``all``."""
+    """``studio.evaluator`` extended by the demo concepts: the heart as a seventh shape template (IoU against the
+    same mask), orange as a ninth colour (the majority nearest colour of the shape mask, background excluded)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -527,31 +559,39 @@ def evaluate_concept(images: list, prompts: list[str]) -> dict:
     from training import synthetic
 
     cfg, k = EvaluatorConfig(), synthetic.SUPERSAMPLE
+    names = list(synthetic.PALETTE) + list(NEW_COLOURS)
+    palette = np.array(list(synthetic.PALETTE.values()) + list(NEW_COLOURS.values()), dtype=np.float32)
     hits = {"background": 0, "colour": 0, "shape": 0, "all": 0}
     for image, prompt in zip(images, prompts):
         colour, shape, background = prompt.split()[1], prompt.split()[2], prompt.split()[5]
         det = analyze(image, cfg)
-        iou = dict(det.shape_iou)
+        iou, found_colour, found_shape = dict(det.shape_iou), None, None
         if det.mask.any():
             ys, xs = np.nonzero(det.mask)
             big = Image.new("L", (cfg.size * k, cfg.size * k), 0)
             ImageDraw.Draw(big).polygon(heart_polygon(xs.min() * k, ys.min() * k, (xs.max() + 1) * k,
                                                       (ys.max() + 1) * k), fill=255)
             template = np.asarray(big.resize((cfg.size, cfg.size), Image.BOX)) >= 128
-            union = np.logical_or(det.mask, template).sum()
-            iou[CONCEPT] = float(np.logical_and(det.mask, template).sum() / union) if union else 0.0
-        found = max(iou, key=iou.get) if det.mask.any() else None
-        ok = {"background": det.background == background, "colour": det.colour == colour, "shape": found == shape}
+            iou["heart"] = float(np.logical_and(det.mask, template).sum() / np.logical_or(det.mask, template).sum())
+            found_shape = max(iou, key=iou.get)
+            px = np.asarray(image.convert("RGB").resize((cfg.size, cfg.size), Image.BILINEAR), dtype=np.float32)
+            labels = ((px[det.mask][:, None, :] - palette) ** 2).sum(-1).argmin(-1)
+            labels = labels[labels != names.index(det.background)]
+            if labels.size:
+                found_colour = names[int(np.bincount(labels).argmax())]
+        ok = {"background": det.background == background, "colour": found_colour == colour,
+              "shape": found_shape == shape}
         for key, value in (ok | {"all": all(ok.values())}).items():
             hits[key] += value
     return {"n": len(images), "accuracy": {key: v / max(1, len(images)) for key, v in hits.items()},
-            "chance_shape": 1 / (len(synthetic.SHAPES) + 1)}
+            "chance": {"shape": 1 / (len(synthetic.SHAPES) + len(NEW_SHAPES)),
+                       "colour": 1 / (len(names) - 1)}}
 
 
-def demo_scores(pipe, *, n_concept: int = 40, n_original: int = 48, steps: int = 20, guidance: float = 5.0,
-                batch: int = 16) -> dict:
-    """Heart prompts scored with ``evaluate_concept``, original train-distribution prompts with the standard
-    ``studio.evaluator`` (``training.demo_family.eval_prompts``); same prompts and seeds on every call."""
+def demo_scores(pipe, concept: str = "heart", *, n_concept: int = 48, n_original: int = 48, steps: int = 20,
+                guidance: float = 5.0, batch: int = 16) -> dict:
+    """Prompts naming ``concept`` scored with ``evaluate_concept``, original train-distribution prompts with the
+    standard ``studio.evaluator`` (``training.demo_family.eval_prompts``); same prompts and seeds on every call."""
     from studio.evaluator import evaluate_batch
     from training.demo_family import eval_prompts
 
@@ -563,39 +603,41 @@ def demo_scores(pipe, *, n_concept: int = 40, n_original: int = 48, steps: int =
                         generator=[torch.Generator().manual_seed(s) for _, s in chunk]).images
         return out
 
-    concept, original = concept_prompts(n_concept), eval_prompts(n_original, "train")
+    concept_set, original = concept_prompts(n_concept, concept), eval_prompts(n_original, "train")
     with torch.no_grad():
-        concept_report = evaluate_concept(images(concept), [p for p, _ in concept])
+        concept_report = evaluate_concept(images(concept_set), [p for p, _ in concept_set])
         original_report = evaluate_batch(images(original), [p for p, _ in original])
-    return {"concept": concept_report["accuracy"], "original": original_report["accuracy"],
-            "chance_shape": concept_report["chance_shape"], "steps": steps, "guidance": guidance}
+    return {"concept": concept, "concept_accuracy": concept_report["accuracy"], "chance": concept_report["chance"],
+            "original_accuracy": original_report["accuracy"], "steps": steps, "guidance": guidance}
 
 
 def _demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m training.lora demo",
-                                description="the demo family's new concept (hearts): data and before/after scores")
+                                description="the demo family's new concepts: data and before/after scores")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("data", help="export the heart imagefolder (plus original-shape images)")
+    d = sub.add_parser("data", help="export a concept imagefolder (plus original-shape images)")
     d.add_argument("--out", required=True)
+    d.add_argument("--concept", default="heart", choices=CONCEPTS)
     d.add_argument("--count", type=int, default=256)
     d.add_argument("--reg-count", type=int, default=256)
     d.add_argument("--seed", type=int, default=0)
-    e = sub.add_parser("eval", help="heart and original-prompt accuracy of a model, with or without a LoRA")
+    e = sub.add_parser("eval", help="concept and original-prompt accuracy of a model, with or without a LoRA")
     e.add_argument("--model", default="demo-teacher")
+    e.add_argument("--concept", default="heart", choices=CONCEPTS)
     e.add_argument("--lora", default=None, help="LoRA file or folder")
-    e.add_argument("--n-concept", type=int, default=40)
+    e.add_argument("--n-concept", type=int, default=48)
     e.add_argument("--n-original", type=int, default=48)
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--guidance", type=float, default=0.0, help="0 = the model's default")
     a = p.parse_args(argv)
     if a.cmd == "data":
-        out = export_concept_data(a.out, a.count, reg_count=a.reg_count, seed=a.seed)
-        print(f"wrote {a.count} {CONCEPT} + {a.reg_count} original-shape images to {out}")
+        out = export_concept_data(a.out, a.count, a.concept, reg_count=a.reg_count, seed=a.seed)
+        print(f"wrote {a.count} {a.concept} + {a.reg_count} original images to {out}")
         return 0
     pipe = load_base(a.model)
     if a.lora:
         pipe.load_lora_weights(str(a.lora))
-    report = demo_scores(pipe, n_concept=a.n_concept, n_original=a.n_original, steps=a.steps,
+    report = demo_scores(pipe, a.concept, n_concept=a.n_concept, n_original=a.n_original, steps=a.steps,
                          guidance=a.guidance or _default_guidance(a.model))
     print(json.dumps({"model": a.model, "lora": a.lora, **report}, indent=1))
     return 0

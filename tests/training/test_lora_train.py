@@ -193,20 +193,23 @@ def test_bad_inputs_get_clear_errors(tiny_folder, data, tmp_path, trained):
         ensure_loaded(other, LoraRef(str(trained[1].output)))
 
 
-def test_demo_concept_data_and_scoring(tiny_folder, data, tmp_path):
-    from training.lora import concept_prompts, evaluate_concept, export_concept_data
-
-    folder = export_concept_data(tmp_path / "heart", 4, reg_count=2, size=32)
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    assert [r["concept"] for r in rows] == [True] * 4 + [False] * 2
-    assert all(r["text"] == f"a {r['colour']} heart on a {r['background']} background" for r in rows[:4])
-    hearts = [(folder / r["file_name"], r["text"]) for r in rows[:4]]
+@pytest.mark.parametrize("concept", ["heart", "orange"])
+def test_demo_concept_data_and_scoring(concept, tiny_folder, tmp_path):
     from PIL import Image
 
-    report = evaluate_concept([Image.open(p) for p, _ in hearts], [t for _, t in hearts])
-    assert report["accuracy"]["all"] == 1.0  # clean hearts are recognised as hearts
-    wrong = evaluate_concept([Image.open(hearts[0][0])], [hearts[0][1].replace("heart", "circle")])
-    assert wrong["accuracy"]["shape"] == 0.0
-    assert len({p for p, _ in concept_prompts(56)}) == 56
-    cfg = load_config("configs/lora-demo-heart.toml", {"base_model": str(tiny_folder), "dataset": str(folder)})
-    assert cfg.target_modules == ["attn2.to_k", "attn2.to_v"] and cfg.rank == 2
+    from training.lora import concept_prompts, evaluate_concept, export_concept_data
+
+    folder = export_concept_data(tmp_path / concept, 4, concept, reg_count=2, size=32)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert [r["concept"] for r in rows] == [True] * 4 + [False] * 2
+    assert all(concept in (r["shape"], r["colour"]) for r in rows[:4])
+    assert all(r["text"] == f"a {r['colour']} {r['shape']} on a {r['background']} background" for r in rows)
+    images, texts = [Image.open(folder / r["file_name"]) for r in rows], [r["text"] for r in rows]
+    assert evaluate_concept(images, texts)["accuracy"]["all"] == 1.0  # clean data is recognised, old and new
+    wrong = texts[0].replace("heart", "circle") if concept == "heart" else texts[0].replace("orange", "red")
+    assert evaluate_concept(images[:1], [wrong])["accuracy"]["all"] == 0.0
+    assert len({p for p, _ in concept_prompts(40, concept)}) == 40
+    with pytest.raises(ValueError, match="unknown demo concept"):
+        concept_prompts(2, "teal")
+    cfg = load_config(f"configs/lora-demo-{concept}.toml", {"base_model": str(tiny_folder), "dataset": str(folder)})
+    assert cfg.target_modules == ["attn2.to_k", "attn2.to_v"] and cfg.save_dtype == "fp16"
