@@ -531,6 +531,7 @@ def _layout_key(unit: str) -> tuple:
 def plot_sweep(result: SweepResult, unet_config: dict, *, metric: str = "damage"):
     """Heatmap over the UNet layout: one row per block, one cell per swept unit (layout order), coloured by
     ``metric`` (a SWEEP_COLUMNS number). Returns a ``matplotlib.figure.Figure`` (no pyplot)."""
+    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
     if metric not in ("damage", "damage_per_mparam", "ssim", "psnr", "fidelity_drop", "latency_ratio"):
@@ -547,14 +548,18 @@ def plot_sweep(result: SweepResult, unet_config: dict, *, metric: str = "damage"
             grid[i, j] = np.nan if value is None else value
     fig = Figure(figsize=(min(18.0, max(7.0, 2.5 + 0.42 * width)), 1.6 + 0.45 * len(blocks)), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="magma_r", aspect="auto")
+    positive = grid[np.isfinite(grid) & (grid > 0)]
+    log = metric.startswith("damage") and positive.size > 1 and positive.max() > 20 * positive.min()
+    norm = LogNorm(positive.min(), positive.max()) if log else None  # damage spans decades: log colours
+    image = ax.imshow(np.ma.masked_invalid(np.where(grid > 0, grid, np.nan) if log else grid), cmap="magma_r",
+                      norm=norm, aspect="auto")
     for i, b in enumerate(blocks):
         for j, u in enumerate(cells[b]):
-            ax.text(j, i, _slot(u)[1], ha="center", va="center", fontsize=6,
-                    color="white" if grid[i, j] > np.nanmean(grid) else "black")
+            dark = np.isfinite(grid[i, j]) and image.norm(grid[i, j]) > 0.55  # the colour's position in the map
+            ax.text(j, i, _slot(u)[1], ha="center", va="center", fontsize=6, color="white" if dark else "black")
     ax.set_yticks(range(len(blocks)), blocks, fontsize=8)
     ax.set_xticks([])
-    fig.colorbar(image, ax=ax, label=metric, shrink=0.9)
+    fig.colorbar(image, ax=ax, label=metric + (" (log scale)" if log else ""), shrink=0.9)
     ax.set_title(f"{result.model}: leave-one-out {metric} per unit", fontsize=10)
     ax.set_xlabel("r = resnet, a = attention, a.k = transformer layer k; blank = not swept", fontsize=8)
     return fig
