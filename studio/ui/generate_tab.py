@@ -208,7 +208,8 @@ def build_generate_tab(cache: ModelCache) -> None:
         go = gr.Button("Generate", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
     with gr.Row():
-        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height=320, format="png",
+        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height=320,
+                                object_fit="contain", format="png",
                                 elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
     stats = gr.Dataframe(headers=STATS_COLUMNS, label="Stats (speed-up = first model's latency / this model's)",
                          interactive=False)
