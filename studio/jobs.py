@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from studio.paths import REPO_ROOT, data_dir, models_dir
+from studio.paths import REPO_ROOT, data_dir, models_dir, resolve_inside
 
 KINDS = {"distill": "training.distill", "lora": "training.lora"}  # job kind -> CLI module (python -m ...)
 TRANSITIONS = {  # allowed status changes; "resume" re-queues a failed or cancelled job
@@ -331,6 +331,24 @@ def default_slots() -> int:
 
 # ---------------------------------------------------------------- runner
 
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def check_config_paths(config: dict, roots: list[Path]) -> None:
+    """Refuse a config naming a local file or folder outside ``roots`` (hub ids and recipe names pass)."""
+    for text in _strings(config):
+        if text.startswith(("/", ".", "~")) or (text and Path(text).exists()):
+            resolve_inside(text, roots)
+
+
 class JobRunner:
     """Persistent job registry + process manager; see the module docstring. Thread-safe; several runners (processes)
     may share one root (mutations hold a file lock)."""
@@ -392,10 +410,13 @@ class JobRunner:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # public API
-    def submit(self, kind: str, config: dict, *, name: str = "") -> str:
+    def submit(self, kind: str, config: dict, *, name: str = "", roots: list[Path] | None = None) -> str:
         """Validate ``config`` with the kind's dataclass (ValueError before anything runs), freeze it in a new job
-        folder and queue it; returns the job id. ``output_dir`` is always the job's ``train/`` folder."""
+        folder and queue it; returns the job id. ``output_dir`` is always the job's ``train/`` folder.
+        ``roots`` (remote callers: the UI/API) confines every local path in the config to those folders."""
         config = dict(config)
+        if roots is not None:
+            check_config_paths({k: v for k, v in config.items() if k != "output_dir"}, roots)
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(2)}"
         job_dir = self.job_dir(job_id)
         config["output_dir"] = str(job_dir / TRAIN_DIR)

@@ -14,6 +14,7 @@ import gradio as gr
 from studio.jobs import (KINDS, LOSS_KEYS, PRESETS, JobRunner, command_line, format_seconds, preset_config,
                          validate_config)
 from studio.loading import ModelCache
+from studio.paths import data_dir, model_roots
 
 COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind)
     "steps": "Steps", "lr": "Learning rate", "batch_size": "Batch size", "checkpoint_every": "Checkpoint every",
@@ -99,7 +100,8 @@ class JobsHandlers:
     def on_submit(self, kind: str, config_text: str, name: str):
         """Validate and queue; the job id (errors are raised before anything starts)."""
         try:
-            job_id = self.runner.submit(kind, parse_config(config_text), name=name or "")
+            job_id = self.runner.submit(kind, parse_config(config_text), name=name or "",
+                                        roots=model_roots() + [data_dir()])
         except ValueError as e:
             raise gr.Error(str(e)) from e
         job = self.runner.status(job_id)

@@ -222,3 +222,19 @@ def test_metrics_log_reads_appended_lines_and_rereads_a_rewritten_header(tmp_pat
     path.write_text("step,loss,seconds,val_student_all\n1,1.0,1.0,\n2,0.9,2.0,\n3,0.8,3.0,0.5\n")  # widened
     assert log.rows()[-1] == {"step": 3, "loss": 0.8, "seconds": 3.0, "val_student_all": 0.5}
     assert len(log.rows()) == 3
+
+
+def test_remote_configs_may_only_name_paths_inside_the_roots(tmp_path):
+    from studio.jobs import check_config_paths
+
+    roots = [tmp_path / "allowed"]
+    (tmp_path / "allowed").mkdir()
+    check_config_paths({"teachers": [{"path": str(tmp_path / "allowed" / "teacher")}], "student": "vega",
+                        "base_model": "stabilityai/stable-diffusion-xl-base-1.0"}, roots)
+    for bad in ({"dataset": "/etc"}, {"teachers": [{"path": "../../outside"}]}, {"cache_dir": "~/.ssh"}):
+        with pytest.raises(ValueError, match="outside the allowed folders"):
+            check_config_paths(bad, roots)
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    with pytest.raises(ValueError, match="outside the allowed folders"):
+        runner.submit("distill", {"teachers": [{"path": "/etc"}]}, roots=roots)
+    assert runner.list() == []
