@@ -271,8 +271,6 @@ def build_jobs_tab(cache: ModelCache | None = None, *, runner: JobRunner | None 
 
 
 if __name__ == "__main__":
-    from studio.paths import data_dir
-
     with gr.Blocks(title="Train") as demo:
         build_jobs_tab()
     demo.queue().launch(allowed_paths=[str(data_dir())])  # job outputs are downloadable
