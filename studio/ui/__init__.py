@@ -22,12 +22,12 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tab("Generate"):
             build_generate_tab(cache)
-        with gr.Tab("Arena"):
-            build_arena_tab(cache)
         with gr.Tab("Layers"):
             build_layers_tab(cache)
         with gr.Tab("Train"):
             build_jobs_tab(cache)
+        with gr.Tab("Arena"):
+            build_arena_tab(cache)
     return demo
 
 

@@ -1,0 +1,8 @@
+"""UI tests: the app on a free localhost port, driven through gradio_client."""
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

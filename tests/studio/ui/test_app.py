@@ -1,7 +1,6 @@
 """UI smoke: the Blocks app builds, widgets map to request fields by name, and the named endpoints work
 through gradio_client on a live localhost server (including a bad request, after which it still serves)."""
 import dataclasses
-import socket
 
 import pytest
 from gradio_client import Client, handle_file
@@ -11,16 +10,13 @@ from studio.loading import ModelCache
 from studio.pngmeta import read_png
 from studio.ui import build_app, launch
 from studio.ui.generate_tab import handler_fields
+from tests.studio.ui import free_port
 
 
 def test_handler_fields_are_exactly_the_request_fields():
     assert set(handler_fields()) == {f.name for f in dataclasses.fields(GenerateRequest)}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

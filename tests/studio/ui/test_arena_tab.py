@@ -1,7 +1,6 @@
 """Arena tab through gradio_client on a live localhost server: hidden names before the vote, reveal, one vote per
 battle, leaderboard and export endpoints, the cache-only path, and the pool fallback message."""
 import json
-import socket
 from pathlib import Path
 
 import gradio as gr
@@ -13,16 +12,13 @@ from studio.arena import ArenaConfig, build_cache
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
 from studio.ui.arena_tab import CACHE_NOTE, POOL_ENV, build_arena_tab, default_pool
+from tests.studio.ui import free_port
 
 POOL = ["tiny-base", "tiny-student"]
 NO_LIMITS = ArenaConfig(votes_per_minute=None, battles_per_minute=None)
 SETTINGS = {"steps": 2, "width": 32, "height": 32}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(demo):

@@ -3,7 +3,6 @@
 delete)."""
 import dataclasses
 import json
-import socket
 import time
 
 import gradio as gr
@@ -12,6 +11,7 @@ from gradio_client import Client
 
 from studio.jobs import PRESETS, JobRunner
 from studio.ui.jobs_tab import COMMON_FIELDS, build_jobs_tab, cli_for, on_config_edit, on_field, plot_frame
+from tests.studio.ui import free_port
 from training.trainer import TrainConfig
 
 
@@ -35,10 +35,6 @@ def test_cli_snippet_and_plot_frame():
     assert str(plot_frame([]).dtypes["step"]) == "int64"  # typed when empty: else the axes turn nominal
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

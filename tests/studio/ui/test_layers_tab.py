@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from studio.ablation import SWEEP_COLUMNS, AblationConfig
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
 from studio.ui.layers_tab import LayersHandlers, config_from_values, handler_fields
+from tests.studio.ui import free_port
 
 LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"
 
@@ -27,10 +27,6 @@ def test_handlers_take_config_fields_by_name():
         config_from_values(dict(values, seeds="x"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
