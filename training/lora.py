@@ -625,6 +625,7 @@ def _demo_main(argv: list[str]) -> int:
     e.add_argument("--model", default="demo-teacher")
     e.add_argument("--concept", default="heart", choices=CONCEPTS)
     e.add_argument("--lora", default=None, help="LoRA file or folder")
+    e.add_argument("--scale", type=float, default=1.0, help="LoRA scale")
     e.add_argument("--n-concept", type=int, default=48)
     e.add_argument("--n-original", type=int, default=48)
     e.add_argument("--steps", type=int, default=20)
@@ -636,10 +637,11 @@ def _demo_main(argv: list[str]) -> int:
         return 0
     pipe = load_base(a.model)
     if a.lora:
-        pipe.load_lora_weights(str(a.lora))
+        pipe.load_lora_weights(str(a.lora), adapter_name="lora")
+        pipe.set_adapters(["lora"], adapter_weights=[a.scale])
     report = demo_scores(pipe, a.concept, n_concept=a.n_concept, n_original=a.n_original, steps=a.steps,
                          guidance=a.guidance or _default_guidance(a.model))
-    print(json.dumps({"model": a.model, "lora": a.lora, **report}, indent=1))
+    print(json.dumps({"model": a.model, "lora": a.lora, "scale": a.scale if a.lora else None, **report}, indent=1))
     return 0
 
 
