@@ -23,12 +23,13 @@ PROMPTS = [caption(*c) for c in [
 ]] + [caption(*c) for c in HELDOUT]
 # Floors sit well under the teacher's measured accuracy on these prompts (see assets/demo/teacher/README.md) and
 # well over chance (1/8, ~1/7, 1/6): broken or untrained weights fail them.
-FLOORS = {"background": 0.7, "colour": 0.6, "shape": 0.3}
+FLOORS = {"background": 0.8, "colour": 0.8, "shape": 0.8}  # measured (1 thread): 100 %, 97.2 %, 94.4 %
 
 
 @pytest.fixture(scope="module")
 def pipe():
     os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.set_num_threads(1)  # one thread: 2 threads collapse when the shared 2-core machine is busy
     p = StableDiffusionXLPipeline.from_pretrained(TEACHER, local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p
