@@ -70,10 +70,10 @@ def cmd_generate(args) -> int:
     bar = tqdm(total=0, unit="step")
 
     def on_step(step, total, info):
-        bar.total = total
-        bar.set_description(info["model"])
-        bar.n = step
-        bar.refresh()
+        if step == 1:  # a new model starts: restart the bar (and its rate) for it
+            bar.reset(total=total)
+            bar.set_description(info["model"])
+        bar.update(step - bar.n)
 
     for result in iter_side_by_side(cache, models, request, loras=parse_lora_args(args.lora or [], models),
                                     on_step=on_step):
