@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from training.distill_config import FEATURE_LEVELS, DistillConfig, load_config
-from training.trainer import NonFiniteLossError, Trainer
+from training.trainer import Trainer, run_with_progress
 
 __all__ = ["DistillConfig", "DistillTask", "FeatureHooks", "feature_pairs", "load_config", "make_trainer",
            "run_distill"]
@@ -424,8 +424,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
     p.add_argument("--print-pairs", action="store_true", help="print the feature pairs and exit")
     a, extra = p.parse_known_args(argv)
-    from tqdm import tqdm
-
     try:
         cfg = load_config(a.config, parse_overrides(a.set, extra))
         trainer = make_trainer(cfg)
@@ -436,20 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         for s, t in trainer.task.pairs:
             print(f"{s} <- {t}")
         return 0
-    bar = tqdm(total=cfg.steps, unit="step", disable=not trainer.accelerator.is_main_process)
-
-    def on_step(step, total, info):
-        bar.n = step
-        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "task", "out", "feat")})
-        bar.refresh()
-
-    try:
-        result = trainer.run(resume_from=a.resume, on_step=on_step)
-    except NonFiniteLossError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
+    result = run_with_progress(trainer, a.resume, ("loss", "task", "out", "feat"))
+    if result is None:
         return 3
-    bar.close()
     print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; student: {result.output}; "
           f"last checkpoint: {result.checkpoint}")
     return 0

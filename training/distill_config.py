@@ -5,11 +5,10 @@ construction and loaded from TOML/JSON with overrides by field name.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.trainer import TrainConfig
+from training.trainer import TrainConfig, read_config_file
 
 FEATURE_LEVELS = ("layer", "block")
 
@@ -109,14 +108,6 @@ class DistillConfig(TrainConfig):
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DistillConfig:
-    """A DistillConfig from a TOML or JSON file (``.toml`` via stdlib tomllib) plus ``overrides`` by field name."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if path.suffix == ".toml":
-            import tomllib
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-        data = data.get("config", data)  # a saved config.json / trainer_state.json wraps it
+    """A DistillConfig from a TOML or JSON file plus ``overrides`` by field name."""
+    data = read_config_file(path) if path is not None else {}
     return DistillConfig.from_dict({**data, **(overrides or {})})

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.trainer import NonFiniteLossError, TrainConfig, Trainer
+from training.trainer import TrainConfig, Trainer, read_config_file, run_with_progress
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CONFIG_NAME = "lora_config.json"
@@ -127,15 +127,7 @@ class LoraTrainConfig(TrainConfig):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> LoraTrainConfig:
     """A LoraTrainConfig from a TOML or JSON file plus ``overrides`` by field name (a saved config.json works)."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if path.suffix == ".toml":
-            import tomllib
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-        data = data.get("config", data)
+    data = read_config_file(path) if path is not None else {}
     return LoraTrainConfig.from_dict({**data, **(overrides or {})})
 
 
@@ -659,8 +651,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
     p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
     a, extra = p.parse_known_args(argv)
-    from tqdm import tqdm
-
     try:
         cfg = load_config(a.config, parse_overrides(a.set, extra))
         trainer = make_trainer(cfg)
@@ -671,20 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LoRA rank {cfg.rank}, alpha {cfg.lora_alpha} (scale {cfg.lora_alpha / cfg.rank:g}): "
           f"{task.lora_params:,} trainable parameters = {task.lora_params / task.base_params:.2%} of the UNet's "
           f"{task.base_params:,}", flush=True)
-    bar = tqdm(total=cfg.steps, unit="step", disable=not trainer.accelerator.is_main_process)
-
-    def on_step(step, total, info):
-        bar.n = step
-        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "val_all")})
-        bar.refresh()
-
-    try:
-        result = trainer.run(resume_from=a.resume, on_step=on_step)
-    except (NonFiniteLossError, ValueError) as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
+    result = run_with_progress(trainer, a.resume, ("loss", "val_all"))
+    if result is None:
         return 3
-    bar.close()
     print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; LoRA: {result.output}/{LORA_WEIGHT_NAME}; "
           f"last checkpoint: {result.checkpoint}")
     return 0

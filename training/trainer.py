@@ -405,3 +405,42 @@ class Trainer:
             return self._with_ema(lambda: self.task.export(self.out / "final"))
         finally:
             self.task.model.train()
+
+
+# ---------------------------------------------------------------- command-line helpers
+
+def read_config_file(path: str | Path) -> dict:
+    """Fields from a TOML (stdlib tomllib) or JSON config file; a saved config.json / trainer_state.json wraps them
+    in ``config``."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(path.read_text())
+    else:
+        data = json.loads(path.read_text())
+    return data.get("config", data)
+
+
+def run_with_progress(trainer: "Trainer", resume_from: str | None, postfix_keys: tuple[str, ...]):
+    """Run with a tqdm bar showing ``postfix_keys`` of the step info; returns the TrainResult, or None after printing
+    one ``error:`` line for a non-finite loss or a bad input found while running."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=trainer.config.steps, unit="step", disable=not trainer.accelerator.is_main_process)
+
+    def on_step(step, total, info):
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in postfix_keys})
+        bar.refresh()
+
+    try:
+        return trainer.run(resume_from=resume_from, on_step=on_step)
+    except (NonFiniteLossError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    finally:
+        bar.close()
+
