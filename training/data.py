@@ -232,3 +232,21 @@ class SDXLBatches:
         dev = self.device
         return {"latents": latents.to(dev), "prompt_embeds": embeds.to(dev), "pooled": pooled.to(dev),
                 "time_ids": sdxl_time_ids(self.buckets[b], batch_size).to(dev), "captions": captions}
+
+
+def add_training_noise(latents: torch.Tensor, noise_sched, gen: torch.Generator, *, noise_offset: float = 0.0,
+                       device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, regression target) for one batch, drawn from ``gen`` so batches replay exactly.
+
+    Offset noise adds a per-channel constant; the target is the noise, or the velocity for v-prediction models.
+    """
+    b = len(latents)
+    noise = torch.randn(latents.shape, generator=gen)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen)
+    noise, t = noise.to(device or latents.device), t.to(device or latents.device)
+    noisy = noise_sched.add_noise(latents, noise, t)
+    v_pred = noise_sched.config.prediction_type == "v_prediction"
+    return noisy, t, (noise_sched.get_velocity(latents, noise, t) if v_pred else noise)
+

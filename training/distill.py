@@ -206,21 +206,13 @@ class DistillTask:
 
     # loss
     def loss(self, model, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-        from training.data import SDXLBatches
+        from training.data import SDXLBatches, add_training_noise
 
         cfg = self.cfg
         gen = SDXLBatches.generator(cfg.seed, 0 if cfg.overfit_batch else step, micro, self.process_index)
         batch = self.data.batch(gen, cfg.batch_size)
-        lat = batch["latents"]
-        b = len(lat)
-        noise = torch.randn(lat.shape, generator=gen)
-        if cfg.noise_offset:
-            noise = noise + cfg.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=gen)
-        noise, t = noise.to(self.device), t.to(self.device)
-        noisy = self.noise_sched.add_noise(lat, noise, t)
-        target = noise if self.noise_sched.config.prediction_type == "epsilon" else \
-            self.noise_sched.get_velocity(lat, noise, t)
+        noisy, t, target = add_training_noise(batch["latents"], self.noise_sched, gen,
+                                              noise_offset=cfg.noise_offset, device=self.device)
         cond = {"encoder_hidden_states": batch["prompt_embeds"],
                 "added_cond_kwargs": {"text_embeds": batch["pooled"], "time_ids": batch["time_ids"]}}
         t_pred, t_feats = None, {}

@@ -323,21 +323,14 @@ class LoraTask:
     def loss(self, model, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         from diffusers.training_utils import compute_snr
 
-        from training.data import SDXLBatches
+        from training.data import SDXLBatches, add_training_noise
 
         cfg = self.cfg
         gen = SDXLBatches.generator(cfg.seed, step, micro, self.process_index)
         batch = self.data.batch(gen, cfg.batch_size)
-        lat = batch["latents"]
-        b = len(lat)
-        noise = torch.randn(lat.shape, generator=gen)
-        if cfg.noise_offset:
-            noise = noise + cfg.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=gen)
-        noise, t = noise.to(self.device), t.to(self.device)
-        noisy = self.noise_sched.add_noise(lat, noise, t)
+        noisy, t, target = add_training_noise(batch["latents"], self.noise_sched, gen,
+                                              noise_offset=cfg.noise_offset, device=self.device)
         v_pred = self.noise_sched.config.prediction_type == "v_prediction"
-        target = self.noise_sched.get_velocity(lat, noise, t) if v_pred else noise
         pred = model(noisy, t, batch)
         if not cfg.snr_gamma:
             return F.mse_loss(pred.float(), target.float()), {}
