@@ -14,22 +14,28 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def generate_and_capture(url: str, models: list[str], prompt: str, out: str, timeout_s: float) -> None:
+def pick_models_and_generate(page, models: list[str], prompt: str, timeout_s: float) -> None:
+    """On the Generate tab: type the prompt, choose ``models`` (in order), click Generate, wait for every column."""
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.locator("div.token-remove.remove-all").first.click()  # clear the preselected default model
+    dropdown = page.get_by_label("Models (up to")
+    for model in models:
+        dropdown.click()
+        page.get_by_role("option", name=model, exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function(f"document.querySelectorAll('#gallery-{len(models) - 1} img').length > 0",
+                           timeout=timeout_s * 1000)
+    page.wait_for_timeout(1500)
+
+
+def generate_and_capture(url: str, models: list[str], prompt: str, out: str, timeout_s: float,
+                         chromium: str) -> None:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.goto(url)
-        page.get_by_label("Prompt", exact=True).fill(prompt)
-        page.locator("div.token-remove.remove-all").first.click()  # clear the preselected default model
-        dropdown = page.get_by_label("Models (up to")
-        for model in models:
-            dropdown.click()
-            page.get_by_role("option", name=model, exact=True).click()
-        page.keyboard.press("Escape")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.wait_for_function(f"document.querySelectorAll('#gallery-{len(models) - 1} img').length > 0",
-                               timeout=timeout_s * 1000)
-        page.wait_for_timeout(1500)
+        pick_models_and_generate(page, models, prompt, timeout_s)
         page.screenshot(path=out, full_page=True)
         browser.close()
     print(out)
@@ -44,4 +50,4 @@ if __name__ == "__main__":
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    generate_and_capture(args.url, args.models, args.prompt, args.out, args.timeout)
+    generate_and_capture(args.url, args.models, args.prompt, args.out, args.timeout, args.chromium)

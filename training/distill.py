@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         r = bench(a.teacher, student=a.student, level=a.level, batch_size=a.batch_size, steps=a.steps)
         print(json.dumps(r, indent=1))
         print(f"KD step {r['kd_step_s'] * 1000:.0f} ms vs plain fine-tuning step {r['plain_step_s'] * 1000:.0f} ms: "
-              f"ratio {r['ratio']:.2f}x (goal <= 1.3x)")
+              f"ratio {r['ratio']:.2f}x (goal <= 1.3x; FLOP lower bound with a live teacher "
+              f"1 + teacher/(3 x student) MACs = {r['ratio_flop_bound']:.2f}x)")
         return 0
     if argv[:1] == ["evaluate"]:
         p = argparse.ArgumentParser(prog="python -m training.distill evaluate",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from studio.blocks import measure_macs
 from training.distill import DistillConfig, _guidance, make_trainer
 
 
@@ -47,11 +48,16 @@ def bench(teacher: str | None = None, *, student: str = "ssd-1b", level: str = "
             times[name].append(time.perf_counter() - t0)
     kd, plain = (statistics.median(times[n]) for n in ("kd", "plain"))
     task = trainers["kd"].task
+    macs = {name: measure_macs(dict(unet.config), latent=unet.config.sample_size)[""]
+            for name, unet in (("teacher", task.teachers[0][0]), ("student", task.model))}
     return {"teacher": teacher, "student": student, "feature_level": level, "pairs": len(task.pairs),
             "batch_size": batch_size, "device": str(task.device), "threads": torch.get_num_threads(),
             "teacher_params": sum(p.numel() for p in task.teachers[0][0].parameters()),
             "student_params": sum(p.numel() for p in task.model.parameters()),
-            "kd_step_s": kd, "plain_step_s": plain, "ratio": kd / plain}
+            "kd_step_s": kd, "plain_step_s": plain, "ratio": kd / plain,
+            # a training step is ~3 forwards (forward + backward); a live teacher adds one teacher forward
+            "teacher_macs": macs["teacher"], "student_macs": macs["student"],
+            "ratio_flop_bound": 1 + macs["teacher"] / (3 * macs["student"])}
 
 
 # ---------------------------------------------------------------- evaluation (demo family)

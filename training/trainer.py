@@ -233,7 +233,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             state = {"format_version": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
                      "config_class": type(self.config).__name__, "history": history}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+            tmp = path / (STATE_FILE + ".tmp")  # written last and atomically: its presence marks a complete checkpoint
+            tmp.write_text(json.dumps(state, indent=1) + "\n")
+            tmp.replace(path / STATE_FILE)
             keep = self.config.keep_checkpoints
             if keep:
                 for old in checkpoint_dirs(self.out)[:-keep]:

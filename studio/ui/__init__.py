@@ -8,7 +8,7 @@ import gradio as gr
 from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui.arena_tab import build_arena_tab
-from studio.ui.generate_tab import build_generate_tab
+from studio.ui.generate_tab import build_generate_tab, on_refresh_lists
 from studio.ui.jobs_tab import build_jobs_tab
 from studio.ui.layers_tab import build_layers_tab
 
@@ -20,14 +20,15 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     cache = cache or ModelCache()
     with gr.Blocks(title="SDXL-family studio") as demo:
         gr.Markdown(INTRO)
-        with gr.Tab("Generate"):
-            build_generate_tab(cache)
+        with gr.Tab("Generate") as generate:
+            lists = build_generate_tab(cache)
         with gr.Tab("Layers"):
             build_layers_tab(cache)
         with gr.Tab("Train"):
             build_jobs_tab(cache)
         with gr.Tab("Arena"):
             build_arena_tab(cache)
+        generate.select(on_refresh_lists, None, lists, api_name=False)  # a finished job's student/LoRA is listed
     return demo
 
 

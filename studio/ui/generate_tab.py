@@ -180,6 +180,11 @@ def on_list_loras() -> dict:
     return gr.Dropdown(choices=[("none", "")] + find_loras())
 
 
+def on_refresh_lists() -> tuple[dict, dict]:
+    """Both lists at once (the app calls it when the Generate tab is opened: a job's result is there to pick)."""
+    return on_list_models(), on_list_loras()
+
+
 def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Component]:
     """The LoRA accordion: which LoRA, its scale, the selected models it applies to (keyed by LORA_FIELDS)."""
     w = {}
@@ -196,7 +201,8 @@ def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Compon
     return w
 
 
-def build_generate_tab(cache: ModelCache) -> None:
+def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
+    """The Generate tab; returns [models, lora], the outputs of ``on_refresh_lists``."""
     names = [s.name for s in list_models()]
     with gr.Row():
         models = gr.Dropdown(names, value=[default_model()], multiselect=True, max_choices=MAX_MODELS,
@@ -208,7 +214,7 @@ def build_generate_tab(cache: ModelCache) -> None:
         go = gr.Button("Generate", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
     with gr.Row():
-        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height=320,
+        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height="auto",
                                 object_fit="contain", format="png",
                                 elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
     stats = gr.Dataframe(headers=STATS_COLUMNS, label="Stats (speed-up = first model's latency / this model's)",
@@ -228,3 +234,4 @@ def build_generate_tab(cache: ModelCache) -> None:
     models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
                                                      value=[m for m in picked or [] if m in (chosen or [])]),
                   [models, lora_widgets["lora_models"]], lora_widgets["lora_models"], api_name=False)
+    return [models, lora_widgets["lora"]]

@@ -51,7 +51,8 @@ def plot_frame(rows: list[dict], max_points: int = 1500):
     if len(rows) > max_points:
         rows = rows[::-(-len(rows) // max_points)] + rows[-1:]
     data = [(r["step"], r[k], k) for r in rows for k in LOSS_KEYS if k in r]
-    # typed even when empty: an untyped (object) column makes the plot's axes nominal, and they stay so
+    if not data:  # None, not an empty frame: the browser's plot keeps the colour scale of its first data (none)
+        return None
     return pd.DataFrame(data, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "series": "str"})
 
 
@@ -115,11 +116,11 @@ class JobsHandlers:
     def on_status(self, job_id: str | None):
         """(summary, loss plot frame, latest validation image, log tail, output files, command) of one job."""
         if not job_id:
-            return "Select a job.", plot_frame([]), None, "", [], ""
+            return "Select a job.", None, None, "", [], ""
         try:
             summary = job_summary(self.runner, job_id)
         except ValueError as e:  # deleted meanwhile
-            return str(e), plot_frame([]), None, "", [], ""
+            return str(e), None, None, "", [], ""
         image = self.runner.latest_validation(job_id)
         return (summary, plot_frame(self.runner.metrics(job_id)), str(image) if image else None,
                 "\n".join(self.runner.log_tail(job_id, LOG_LINES)), [str(p) for p in self.runner.outputs(job_id)],
@@ -130,8 +131,8 @@ class JobsHandlers:
         self.runner.poll()
         rows, ids = job_rows(self.runner), self._ids()
         summary, plot, image, log, files, cmd = self.on_status(job_id)
-        new = {"job": job_id, "rows": rows, "ids": ids, "summary": summary, "steps": len(plot), "image": image,
-               "log": log, "files": files, "cmd": cmd}
+        new = {"job": job_id, "rows": rows, "ids": ids, "summary": summary, "image": image, "log": log,
+               "steps": 0 if plot is None else len(plot), "files": files, "cmd": cmd}
         seen = seen if seen and seen.get("job") == job_id else {}  # another job selected: send everything
 
         def fresh(key, value):

@@ -17,14 +17,21 @@ from studio.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS, make_tiny_pipeline
 
 
-def save_random_lora(pipe, folder, seed=0):
+def save_random_lora(pipe, folder, seed=0, text_encoders=False):
+    """A LoRA with random (non-zero) weights on the UNet's attention, or on both text encoders' attention."""
     torch.manual_seed(seed)
-    unet = pipe.unet
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="made")
-    layers = get_peft_model_state_dict(unet, adapter_name="made")
-    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers)
-    unet.delete_adapters("made")
+    modules = [pipe.text_encoder, pipe.text_encoder_2] if text_encoders else [pipe.unet]
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj"] if text_encoders else ["to_q", "to_k", "to_v", "to_out.0"]
+    layers = []
+    for module in modules:
+        module.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=targets),
+                           adapter_name="made")
+        layers.append(get_peft_model_state_dict(module, adapter_name="made"))
+    if text_encoders:
+        StableDiffusionXLPipeline.save_lora_weights(folder, text_encoder_lora_layers=layers[0],
+                                                    text_encoder_2_lora_layers=layers[1])
+    else:
+        StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers[0])
     return folder / "pytorch_lora_weights.safetensors"
 
 
@@ -49,6 +56,19 @@ def test_lora_changes_the_image_and_scale_zero_or_none_restores_it(setup):
     assert np.abs(with_lora - base).mean() > 1.0
     assert np.abs(zero - base).max() <= 1 and np.array_equal(after, base)
     assert "Lora hashes: \"pytorch_lora_weights: " in result.parameters[0]
+
+
+def test_text_encoder_lora_stays_inside_its_call_when_encoders_are_shared(tmp_path):
+    """A student shares its base's text encoders (from_pipe): a text-encoder LoRA applied to one pipeline changes that
+    call only; the other pipeline, and the same one without the LoRA, still give their base images."""
+    file = save_random_lora(make_tiny_pipeline(), tmp_path, seed=1, text_encoders=True)
+    base_pipe = make_tiny_pipeline()
+    other = StableDiffusionXLPipeline.from_pipe(base_pipe, unet=make_tiny_pipeline(seed=3).unet)
+    assert other.text_encoder is base_pipe.text_encoder
+    base, other_base = image(base_pipe)[0], image(other)[0]
+    with_lora, _ = image(other, loras=[LoraRef(str(file), 1.0)])
+    assert np.abs(with_lora - other_base).mean() > 0.3  # deterministic: without an effect this is exactly 0
+    assert np.array_equal(image(base_pipe)[0], base) and np.array_equal(image(other)[0], other_base)
 
 
 def test_fused_lora_matches_unfused(setup):

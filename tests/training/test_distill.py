@@ -221,3 +221,13 @@ def test_buckets_and_pixels():
     px = to_pixels(items[0].load(), (32, 16))
     assert px.shape == (3, 16, 32) and -1 <= px.min() and px.max() <= 1 and items[0].text.startswith("a ")
     assert not math.isnan(px.sum().item())
+
+
+def test_bench_measures_both_steps_and_the_flop_bound(tiny_folder, tmp_path):
+    """The KD-vs-plain benchmark times both trainers and reports the live-teacher FLOP bound 1 + T / (3 S)."""
+    from training.distill_eval import bench
+
+    r = bench(str(tiny_folder), student="vega", batch_size=1, steps=1, out=str(tmp_path))
+    assert r["kd_step_s"] > 0 and r["plain_step_s"] > 0 and r["ratio"] == r["kd_step_s"] / r["plain_step_s"]
+    assert r["teacher_macs"] > r["student_macs"] > 0 and r["pairs"] > 0
+    assert r["ratio_flop_bound"] == pytest.approx(1 + r["teacher_macs"] / (3 * r["student_macs"]))
