@@ -252,7 +252,7 @@ PRESETS: dict[str, tuple[str, str | None, dict]] = {  # label -> (kind, configs/
     "demo student, SSD-1B recipe (CPU)": ("distill", "distill-demo-ssd.toml", {}),
     "SSD-1B from SDXL (GPU)": ("distill", "distill-ssd1b-from-sdxl.toml", {}),
     "Vega from SDXL (GPU)": ("distill", "distill-ssd1b-from-sdxl.toml", dict(student="vega")),
-    "LoRA on the demo teacher (CPU)": ("lora", "lora-demo-heart.toml", {}),
+    "LoRA on the demo teacher (CPU)": ("lora", "lora-demo-orange.toml", dict(max_minutes=10.0)),
     "LoRA on SDXL (GPU)": ("lora", None, _LORA_SDXL | dict(base_model="sdxl")),
     "LoRA on SSD-1B (GPU)": ("lora", None, _LORA_SDXL | dict(base_model="ssd-1b")),
     "LoRA on Vega (GPU)": ("lora", None, _LORA_SDXL | dict(base_model="vega")),

@@ -42,7 +42,7 @@ class LoraTrainConfig(TrainConfig):
     """What to adapt (the optimisation fields come from TrainConfig). Saved beside and inside every output."""
 
     base_model: str = "demo-teacher"  # registry name (students included) or a local pipeline / UNet folder
-    dataset: str = ""  # imagefolder with metadata.jsonl, or "hf:<name or path>"
+    dataset: str = ""  # imagefolder with metadata.jsonl, "hf:<name or path>", or "demo:<concept>" (demo family)
     caption_column: str = "text"  # metadata column holding the caption
     rank: int = 4  # LoRA rank r (> 0)
     alpha: float = 0.0  # lora_alpha; the update is scaled by alpha / rank; 0 = rank (scale 1, diffusers' default)
@@ -59,6 +59,9 @@ class LoraTrainConfig(TrainConfig):
     caption_dropout: float = 0.0  # rows trained unconditionally (zero embedding)
     noise_offset: float = 0.0
     snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting; 0 = off (5 recommended)
+    kd_teacher: str = ""  # also match this model's prediction (output KD), e.g. a student learning its teacher's LoRA
+    kd_teacher_lora: str = ""  # LoRA fused into kd_teacher first (file or folder)
+    kd_weight: float = 0.0  # weight of MSE(prediction, kd_teacher's prediction); > 0 needs kd_teacher
     save_dtype: str = "fp32"  # dtype of the exported LoRA file ("fp32" | "fp16" | "bf16"); checkpoints stay fp32
     validation_prompts: list = field(default_factory=list)  # rendered every validate_every steps
     validation_steps: int = 20  # sampler steps of the validation images
@@ -77,10 +80,15 @@ class LoraTrainConfig(TrainConfig):
         except ValueError as err:
             raise ValueError(f"{name}.base_model: {err}") from None
         if not self.dataset:
-            raise ValueError(f"{name}.dataset: give an imagefolder (metadata.jsonl) or 'hf:<name>'")
-        if not self.dataset.startswith("hf:") and not (Path(self.dataset) / "metadata.jsonl").exists():
+            raise ValueError(f"{name}.dataset: give an imagefolder (metadata.jsonl), 'hf:<name>' or 'demo:<concept>'")
+        if self.dataset.startswith("demo:"):
+            if self.dataset[5:] not in CONCEPTS:
+                raise ValueError(f"{name}.dataset: unknown demo concept {self.dataset[5:]!r}; "
+                                 f"allowed: {', '.join('demo:' + c for c in CONCEPTS)}")
+        elif not self.dataset.startswith("hf:") and not (Path(self.dataset) / "metadata.jsonl").exists():
             raise ValueError(f"{name}.dataset: {self.dataset!r} is not an imagefolder with metadata.jsonl "
-                             f"(lines {{\"file_name\": ..., \"{self.caption_column}\": ...}}) nor 'hf:<name>'")
+                             f"(lines {{\"file_name\": ..., \"{self.caption_column}\": ...}}), 'hf:<name>' "
+                             f"nor 'demo:<concept>'")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise ValueError(f"{name}.rank must be an integer > 0; got {self.rank!r}")
         if self.alpha < 0:
@@ -103,6 +111,17 @@ class LoraTrainConfig(TrainConfig):
                 re.compile(self.exclude_modules)
             except re.error as err:
                 raise ValueError(f"{name}.exclude_modules: bad regex {self.exclude_modules!r} ({err})") from None
+        if self.kd_weight < 0:
+            raise ValueError(f"{name}.kd_weight must be >= 0 (0 = no teacher); got {self.kd_weight}")
+        if self.kd_weight and not self.kd_teacher:
+            raise ValueError(f"{name}.kd_teacher: kd_weight {self.kd_weight} needs a teacher model to match")
+        if self.kd_teacher:
+            try:
+                resolve_spec(self.kd_teacher)
+            except ValueError as err:
+                raise ValueError(f"{name}.kd_teacher: {err}") from None
+        if self.kd_teacher_lora and not lora_weight_file(self.kd_teacher_lora).exists():
+            raise ValueError(f"{name}.kd_teacher_lora: {self.kd_teacher_lora!r} does not exist")
         if self.init_lora and not Path(self.init_lora).exists():
             raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
         if not self.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
@@ -152,6 +171,16 @@ def load_base(name_or_path: str):
     return pipe
 
 
+def load_teacher(name_or_path: str, lora: str = ""):
+    """The frozen UNet of ``name_or_path`` with ``lora`` fused into its weights (output-KD target of a LoRA run)."""
+    pipe = load_base(name_or_path)
+    if lora:
+        pipe.load_lora_weights(str(lora_weight_file(lora)), adapter_name="teacher")
+        pipe.fuse_lora(adapter_names=["teacher"], lora_scale=1.0)
+        pipe.unload_lora_weights()
+    return pipe.unet.requires_grad_(False).eval()
+
+
 def lora_weight_file(path: str | Path) -> Path:
     path = Path(path)
     return path / LORA_WEIGHT_NAME if path.is_dir() else path
@@ -190,7 +219,9 @@ def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None
 
 def load_lora_into(path: str | Path, unet, text_encoders=()) -> None:
     """Copy a diffusers-format LoRA file (ours: a checkpoint, an output, ``init_lora``) into the ``default``
-    adapters of ``unet`` / text encoders; ValueError for a corrupt file or one made for another architecture."""
+    adapters of ``unet`` / text encoders; ValueError for a corrupt file or one made for another architecture.
+    Text-encoder adapters the file does not have keep their fresh initialisation (a UNet LoRA as ``init_lora`` of a
+    run that adds text-encoder LoRA)."""
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
@@ -208,6 +239,8 @@ def load_lora_into(path: str | Path, unet, text_encoders=()) -> None:
                          f"expected {list(models)})")
     for prefix, model in models.items():
         sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        if not sub and prefix != "unet":
+            continue
         sub = convert_unet_state_dict_to_peft(sub) if prefix == "unet" else \
             convert_state_dict_to_peft(convert_state_dict_to_diffusers(sub))
         try:
@@ -220,6 +253,57 @@ def load_lora_into(path: str | Path, unet, text_encoders=()) -> None:
             raise ValueError(f"LoRA {str(path)!r} does not fit this model's architecture or targets ({prefix}): "
                              f"{len(result.unexpected_keys)} unexpected and {len(missing)} missing LoRA tensors, e.g. "
                              f"{(list(result.unexpected_keys) + missing)[:2]}")
+
+
+def port_lora(lora: str | Path, student: str | Path, out_dir: str | Path) -> Path:
+    """A teacher's LoRA re-keyed for a student made by the layer-removal engine: every kept student module gets the
+    adapter of the teacher module it was copied from (``name_map.json``, student -> teacher), adapters of removed
+    modules are dropped. Loading the teacher's file as is would pair renumbered layers by name (student
+    transformer layer 1 is teacher layer 3 in the SSD-1B recipe). Text-encoder adapters are copied unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from studio.loading import resolve_spec
+
+    folder = Path(student)
+    if not folder.is_dir():
+        folder = Path(resolve_spec(str(student)).source)
+    map_file = folder / "name_map.json"
+    if not map_file.exists():
+        raise ValueError(f"student {str(student)!r} has no name_map.json (only students exported by the layer-removal "
+                         f"engine or the distillation trainer can take a teacher's LoRA)")
+    teacher_to_student = {}
+    for student_prefix, teacher_prefix in json.loads(map_file.read_text()).items():
+        if teacher_to_student.setdefault(teacher_prefix, student_prefix) != student_prefix:
+            raise ValueError(f"{map_file}: teacher module {teacher_prefix} feeds two student modules")
+    file = lora_weight_file(lora)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            header, tensors = dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise ValueError(f"LoRA {str(lora)!r} is not a valid .safetensors file ({err})") from err
+    ported = {}
+    for key, value in tensors.items():
+        if not key.startswith("unet."):
+            ported[key] = value
+            continue
+        parts = key[5:].split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in teacher_to_student:
+                ported["unet." + teacher_to_student[prefix] + key[5 + len(prefix):]] = value
+                break
+    kept = sum(k.startswith("unet.") for k in ported)
+    if not kept:
+        raise ValueError(f"LoRA {str(lora)!r}: none of its UNet adapters is on a module the student kept")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header["studio_ported_from"] = json.dumps({"lora": str(file), "student": str(folder),
+                                               "unet_tensors_kept": kept,
+                                               "unet_tensors_dropped": sum(k.startswith("unet.") for k in tensors)
+                                               - kept})
+    save_file(ported, str(out / LORA_WEIGHT_NAME), metadata=header)
+    return out / LORA_WEIGHT_NAME
 
 
 # ---------------------------------------------------------------- the LoRA task
@@ -290,11 +374,16 @@ class LoraTask:
                 m.to(frozen_dtype)
         cast_training_params([pipe.unet, *self.text_encoders], torch.float32)  # adapters train in fp32
         pipe.vae.to(self.device)
+        self.teacher = None
+        if cfg.kd_weight:
+            self.teacher = load_teacher(cfg.kd_teacher, cfg.kd_teacher_lora).to(self.device, frozen_dtype)
         self.model = LoraModules(pipe, cfg.train_text_encoder)
         self.lora_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
         self.guidance = cfg.validation_guidance or _default_guidance(cfg.base_model)
-        items = items if items is not None else load_items(cfg.dataset, caption_column=cfg.caption_column)
+        if items is None:
+            items = (concept_items(cfg.dataset) if cfg.dataset.startswith("demo:")
+                     else load_items(cfg.dataset, caption_column=cfg.caption_column))
         empty = [str(it.image) for it in items if not str(it.text).strip()]
         if empty:
             raise ValueError(f"dataset {cfg.dataset!r}: {len(empty)} image(s) have an empty "
@@ -333,11 +422,21 @@ class LoraTask:
         v_pred = self.noise_sched.config.prediction_type == "v_prediction"
         pred = model(noisy, t, batch)
         if not cfg.snr_gamma:
-            return F.mse_loss(pred.float(), target.float()), {}
-        snr = compute_snr(self.noise_sched, t)
-        weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if v_pred else snr)
-        per_row = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_row * weight).mean(), {"mse": per_row.mean().item()}
+            loss, scalars = F.mse_loss(pred.float(), target.float()), {}
+        else:
+            snr = compute_snr(self.noise_sched, t)
+            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if v_pred else snr)
+            per_row = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+            loss, scalars = (per_row * weight).mean(), {"mse": per_row.mean().item()}
+        if self.teacher is not None:  # the teacher sees the frozen encoders' (cached) text embeddings
+            dtype = self.teacher.dtype
+            with torch.no_grad():
+                t_pred = self.teacher(noisy.to(dtype), t, encoder_hidden_states=batch["prompt_embeds"].to(dtype),
+                                      added_cond_kwargs={"text_embeds": batch["pooled"].to(dtype),
+                                                         "time_ids": batch["time_ids"].to(dtype)}).sample.float()
+            kd = F.mse_loss(pred.float(), t_pred)
+            loss, scalars = loss + cfg.kd_weight * kd, scalars | {"kd": kd.item()}
+        return loss, scalars
 
     # validation and export
     def render(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None,
@@ -496,25 +595,44 @@ def concept_sample(index: int, concept: str = "heart", *, seed: int = 0, size: i
     return big.resize((size, size), Image.BOX), synthetic.caption(shape, colour, background), shape, colour, background
 
 
-def export_concept_data(out_dir: str | Path, count: int, concept: str = "heart", *, reg_count: int = 0,
-                        seed: int = 0, size: int = 64) -> Path:
-    """Imagefolder of ``count`` samples of ``concept`` plus ``reg_count`` images of the original data (synthetic
-    train split: prior preservation by data mixing, so the other prompts keep working); metadata says which."""
+DEMO_CONCEPT_COUNTS = (256, 256)  # "demo:<concept>" datasets: concept images, original (prior-preservation) images
+
+
+def concept_records(count: int, concept: str = "heart", *, reg_count: int = 0, seed: int = 0, size: int = 64):
+    """(file stem, PIL image, metadata) of ``count`` samples of ``concept`` plus ``reg_count`` images of the original
+    data (synthetic train split: prior preservation by data mixing, so the other prompts keep working)."""
     from training import synthetic
 
+    for i in range(count):
+        image, text, shape, colour, background = concept_sample(i, concept, seed=seed, size=size)
+        yield f"{concept}_{i:05d}", image, {"text": text, "shape": shape, "colour": colour,
+                                            "background": background, "concept": True}
+    for i in range(reg_count):
+        s = synthetic.sample(i, "train", seed=seed + 1, size=size)
+        yield f"reg_{i:05d}", s.image, {"text": s.text, "shape": s.shape, "colour": s.colour,
+                                        "background": s.background, "concept": False}
+
+
+def concept_items(dataset: str, *, size: int = 64) -> list:
+    """Training pairs of a ``"demo:<concept>"`` dataset (generated in memory, the same as ``demo data`` writes)."""
+    from training.data import ImageCaption
+
+    concept = dataset.removeprefix("demo:")
+    _check_concept(concept)
+    count, reg_count = DEMO_CONCEPT_COUNTS
+    return [ImageCaption(image, meta["text"])
+            for _, image, meta in concept_records(count, concept, reg_count=reg_count, size=size)]
+
+
+def export_concept_data(out_dir: str | Path, count: int, concept: str = "heart", *, reg_count: int = 0,
+                        seed: int = 0, size: int = 64) -> Path:
+    """``concept_records`` as an imagefolder (PNG files + metadata.jsonl saying which image is which)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metadata.jsonl", "w") as f:
-        for i in range(count):
-            image, text, shape, colour, background = concept_sample(i, concept, seed=seed, size=size)
-            image.save(out / f"{concept}_{i:05d}.png")
-            f.write(json.dumps({"file_name": f"{concept}_{i:05d}.png", "text": text, "shape": shape,
-                                "colour": colour, "background": background, "concept": True}) + "\n")
-        for i in range(reg_count):
-            s = synthetic.sample(i, "train", seed=seed + 1, size=size)
-            s.image.save(out / f"reg_{i:05d}.png")
-            f.write(json.dumps({"file_name": f"reg_{i:05d}.png", "text": s.text, "shape": s.shape,
-                                "colour": s.colour, "background": s.background, "concept": False}) + "\n")
+        for stem, image, meta in concept_records(count, concept, reg_count=reg_count, seed=seed, size=size):
+            image.save(out / f"{stem}.png")
+            f.write(json.dumps({"file_name": f"{stem}.png"} | meta) + "\n")
     return out
 
 
@@ -615,7 +733,19 @@ def _demo_main(argv: list[str]) -> int:
     e.add_argument("--n-original", type=int, default=48)
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--guidance", type=float, default=0.0, help="0 = the model's default")
+    t = sub.add_parser("port", help="re-key a teacher's LoRA for a student through the student's name map")
+    t.add_argument("--lora", required=True, help="the teacher's LoRA file or folder")
+    t.add_argument("--student", required=True, help="student folder (with name_map.json) or registry name")
+    t.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
+    if a.cmd == "port":
+        try:
+            file = port_lora(a.lora, a.student, a.out)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {file}")
+        return 0
     if a.cmd == "data":
         out = export_concept_data(a.out, a.count, a.concept, reg_count=a.reg_count, seed=a.seed)
         print(f"wrote {a.count} {a.concept} + {a.reg_count} original images to {out}")

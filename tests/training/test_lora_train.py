@@ -206,3 +206,82 @@ def test_demo_concept_data_and_scoring(concept, tiny_folder, tmp_path):
         concept_prompts(2, "teal")
     cfg = load_config(f"configs/lora-demo-{concept}.toml", {"base_model": str(tiny_folder), "dataset": str(folder)})
     assert cfg.target_modules == ["attn2.to_k", "attn2.to_v"] and cfg.save_dtype == "fp16"
+
+
+def test_demo_concept_dataset_name_builds_the_same_data_in_memory(tiny_folder, tmp_path):
+    """dataset = "demo:<concept>" trains on exactly what ``demo data`` exports (no folder to prepare first)."""
+    import numpy as np
+    from PIL import Image
+
+    from training.lora import DEMO_CONCEPT_COUNTS, concept_items, export_concept_data
+
+    folder = export_concept_data(tmp_path / "orange", 2, "orange", reg_count=2)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    items = concept_items("demo:orange")
+    assert len(items) == sum(DEMO_CONCEPT_COUNTS)
+    for item, row in zip([items[0], items[1], items[DEMO_CONCEPT_COUNTS[0]]], rows[:2] + rows[2:3]):
+        assert item.text == row["text"]
+        assert np.array_equal(np.asarray(item.image), np.asarray(Image.open(folder / row["file_name"])))
+    assert load_config(None, {"base_model": str(tiny_folder), "dataset": "demo:orange"}).dataset == "demo:orange"
+    with pytest.raises(ValueError, match="LoraTrainConfig.dataset: unknown demo concept 'teal'; allowed: demo:heart"):
+        load_config(None, {"base_model": str(tiny_folder), "dataset": "demo:teal"})
+
+
+def test_a_teacher_lora_is_ported_to_a_student_through_its_name_map(tiny_folder, tmp_path):
+    """Student transformer layer j is a copy of some teacher layer (the Vega recipe renumbers them): the ported LoRA
+    gives each student module the adapter of its teacher source, drops the removed layers' adapters, and loads in
+    plain diffusers on the student with every adapter matched."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    from studio.removal import build_student, export_student, recipe_plan
+    from training.lora import port_lora
+
+    teacher = StableDiffusionXLPipeline.from_pretrained(tiny_folder)
+    plan = recipe_plan("vega", dict(teacher.unet.config))
+    student_dir = export_student(*build_student(teacher.unet, plan), plan, tmp_path / "student")
+    names = json.loads((student_dir / "name_map.json").read_text())
+    torch.manual_seed(0)
+    teacher.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
+                                        target_modules=["attn2.to_k", "attn2.to_v"]))
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "teacher-lora", unet_lora_layers=(
+        convert_state_dict_to_diffusers(get_peft_model_state_dict(teacher.unet))))
+    source = load_file(tmp_path / "teacher-lora" / LORA_WEIGHT_NAME)
+
+    ported = load_file(port_lora(tmp_path / "teacher-lora", student_dir, tmp_path / "ported"))
+    renumbered = 0
+    for key, value in ported.items():
+        module = key[5:].split(".attn2.")[0]
+        assert torch.equal(value, source["unet." + names[module] + key[5 + len(module):]])
+        renumbered += names[module] != module
+    assert renumbered > 0 and 0 < len(ported) < len(source)
+    assert len(source) - len(ported) == sum(not any(k[5:].startswith(t + ".") for t in names.values())
+                                            for k in source)
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_folder, unet=UNet2DConditionModel.from_pretrained(student_dir))
+    base = render(pipe)
+    pipe.load_lora_weights(str(tmp_path / "ported"))
+    assert sum(len(v) for v in pipe.get_list_adapters().values()) == 1
+    assert np.abs(render(pipe) - base).max() > 1e-3
+    with pytest.raises(ValueError, match="has no name_map.json"):
+        port_lora(tmp_path / "teacher-lora", tiny_folder, tmp_path / "nope")
+
+
+def test_output_kd_matches_a_teacher_with_its_lora_fused(tiny_folder, data, tmp_path, trained):
+    """kd_teacher = the base itself: the adapter starts as a no-op (lora_B = 0), so the KD term starts at exactly 0;
+    with a trained LoRA fused into the teacher it is positive; bad KD settings are refused before training."""
+    same = make_trainer(tiny_config(tiny_folder, data, tmp_path / "same", kd_teacher=str(tiny_folder), kd_weight=1.0,
+                                    steps=1, checkpoint_every=0))
+    same.prepare()
+    assert same.train_step()["kd"] == 0.0
+    fused = make_trainer(tiny_config(tiny_folder, data, tmp_path / "fused", kd_teacher=str(tiny_folder),
+                                     kd_teacher_lora=str(trained[1].output), kd_weight=0.5, steps=1,
+                                     checkpoint_every=0))
+    fused.prepare()
+    info = fused.train_step()
+    assert info["kd"] > 0 and info["loss"] > 0.5 * info["kd"]
+    with pytest.raises(ValueError, match="LoraTrainConfig.kd_teacher: kd_weight 1.0 needs a teacher"):
+        tiny_config(tiny_folder, data, tmp_path / "x", kd_weight=1.0)
+    with pytest.raises(ValueError, match="LoraTrainConfig.kd_teacher_lora: .* does not exist"):
+        tiny_config(tiny_folder, data, tmp_path / "x", kd_teacher=str(tiny_folder), kd_weight=1.0,
+                    kd_teacher_lora=str(tmp_path / "missing"))

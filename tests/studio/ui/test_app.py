@@ -67,9 +67,29 @@ def test_bad_input_is_reported_and_the_app_keeps_serving(client):
     assert seed == 9 and len(files) == 1
 
 
-def test_list_models_endpoint_sees_exported_models(client):
-    choices = client.predict(api_name="/list_models")
-    assert choices is not None
+def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, family, tmp_path):
+    """What opening the Generate tab (and "↻ models" / "↻ LoRAs") sends: the registry and LoRAs as they are now."""
+    import shutil
+
+    from studio.paths import models_dir
+    from studio.ui.generate_tab import on_refresh_lists
+
+    models, loras = on_refresh_lists()
+    assert {"tiny-base", "tiny-student"} <= {c[0] for c in models.choices}
+    assert "added-later" not in {c[0] for c in models.choices}
+    added = models_dir() / "added-later"
+    shutil.copytree(family["student"], added)
+    lora = models_dir() / "loras" / "added-lora"
+    lora.mkdir(parents=True)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    try:
+        models, loras = on_refresh_lists()
+        assert "added-later" in {c[0] for c in models.choices}
+        assert any(path == str(lora) for _, path in loras.choices)
+        assert client.predict(api_name="/list_models") is not None  # the endpoint stays served
+    finally:
+        shutil.rmtree(added)
+        shutil.rmtree(lora)
 
 
 def test_lora_parameters_come_last_and_map_to_models(tmp_path):
