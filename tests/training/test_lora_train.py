@@ -285,3 +285,9 @@ def test_output_kd_matches_a_teacher_with_its_lora_fused(tiny_folder, data, tmp_
     with pytest.raises(ValueError, match="LoraTrainConfig.kd_teacher_lora: .* does not exist"):
         tiny_config(tiny_folder, data, tmp_path / "x", kd_teacher=str(tiny_folder), kd_weight=1.0,
                     kd_teacher_lora=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("name", ["lora-demo-orange", "lora-demo-heart", "lora-demo-ssd-orange"])
+def test_shipped_lora_configs_validate_as_they_are(name):
+    cfg = load_config(f"configs/{name}.toml")
+    assert cfg.dataset.startswith("demo:") and cfg.save_dtype == "fp16" and cfg.rank == 2
