@@ -4,7 +4,8 @@
     python scripts/arena_votes.py http://127.0.0.1:7860 demo-teacher,demo-ssd,demo-vega 10 docs/arena-battle.png docs/arena-leaderboard.png
 
 Before each vote it checks that no model name is visible; after it, that the names are revealed."""
-import re, sys, time
+import sys
+import time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from playwright.sync_api import sync_playwright
 from screenshot import CHROMIUM_FLAGS

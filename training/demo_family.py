@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -448,7 +448,7 @@ def write_model_card(model_dir: str | Path, command: str | None = None) -> Path:
         "",
         "```python",
         "from diffusers import StableDiffusionXLPipeline",
-        f"pipe = StableDiffusionXLPipeline.from_pretrained(\"assets/demo/teacher\")",
+        "pipe = StableDiffusionXLPipeline.from_pretrained(\"assets/demo/teacher\")",
         f"image = pipe(\"a red star on a blue background\", num_inference_steps={cfg['num_inference_steps']}, "
         f"guidance_scale={cfg['guidance_scale']}).images[0]",
         "```",
