@@ -255,13 +255,15 @@ def _name_map(r: _Resolved, student: UNet2DConditionModel) -> dict[str, str]:
     return out
 
 
-def _source_key(key: str, names: dict[str, str]) -> str:
+def map_key(key: str, names: dict[str, str]) -> str:
+    """``key`` with its longest module prefix found in ``names`` replaced (a name map, or its inverse); KeyError
+    when no prefix is there."""
     parts = key.split(".")
     for i in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:i])
         if prefix in names:
             return names[prefix] + key[len(prefix):]
-    raise KeyError(f"student parameter {key} has no teacher source in the name map")
+    raise KeyError(f"parameter {key} has no module in the name map")
 
 
 def _config_and_names(teacher_config: dict, plan: RemovalPlan) -> tuple[dict, dict[str, str]]:
@@ -280,7 +282,7 @@ def _config_and_names(teacher_config: dict, plan: RemovalPlan) -> tuple[dict, di
     names = _name_map(r, student)
     teacher = meta_unet(teacher_config).state_dict()
     for key, p in student.state_dict().items():
-        src = _source_key(key, names)
+        src = map_key(key, names)
         if src not in teacher or teacher[src].shape != p.shape:
             raise _NotConfig(f"student {key} {tuple(p.shape)} has no same-shape teacher source ({src})")
     return cfg, names
@@ -361,7 +363,7 @@ def build_student(teacher: UNet2DConditionModel, plan: RemovalPlan) -> tuple[UNe
     with torch.device("meta"):
         student = UNet2DConditionModel.from_config(cfg)
     source = teacher.state_dict()
-    state = {key: source[_source_key(key, names)].detach().clone() for key in student.state_dict()}
+    state = {key: source[map_key(key, names)].detach().clone() for key in student.state_dict()}
     student.load_state_dict(state, strict=True, assign=True)
     return student.train(teacher.training), names
 

@@ -36,6 +36,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Toy-size forwards: one thread is fastest, and immune to oversubscription on a busy 2-core box
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tiny_pipeline(seed: int = 0):
     return build_sdxl_pipeline(TINY_ARCH, build_tokenizer(TINY_WORDS), seed=seed)
 

@@ -427,12 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, t in trainer.task.pairs:
             print(f"{s} <- {t}")
         return 0
-    result = run_with_progress(trainer, a.resume, ("loss", "task", "out", "feat"))
-    if result is None:
-        return 3
-    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; student: {result.output}; "
-          f"last checkpoint: {result.checkpoint}")
-    return 0
+    return run_with_progress(trainer, a.resume, ("loss", "task", "out", "feat"), lambda r: f"student: {r.output}")
 
 
 if __name__ == "__main__":

@@ -264,6 +264,7 @@ def port_lora(lora: str | Path, student: str | Path, out_dir: str | Path) -> Pat
     from safetensors.torch import save_file
 
     from studio.loading import resolve_spec
+    from studio.removal import map_key
 
     folder = Path(student)
     if not folder.is_dir():
@@ -287,12 +288,10 @@ def port_lora(lora: str | Path, student: str | Path, out_dir: str | Path) -> Pat
         if not key.startswith("unet."):
             ported[key] = value
             continue
-        parts = key[5:].split(".")
-        for i in range(len(parts) - 1, 0, -1):
-            prefix = ".".join(parts[:i])
-            if prefix in teacher_to_student:
-                ported["unet." + teacher_to_student[prefix] + key[5 + len(prefix):]] = value
-                break
+        try:
+            ported["unet." + map_key(key[5:], teacher_to_student)] = value
+        except KeyError:  # a module the student removed
+            continue
     kept = sum(k.startswith("unet.") for k in ported)
     if not kept:
         raise ValueError(f"LoRA {str(lora)!r}: none of its UNet adapters is on a module the student kept")
@@ -784,12 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LoRA rank {cfg.rank}, alpha {cfg.lora_alpha} (scale {cfg.lora_alpha / cfg.rank:g}): "
           f"{task.lora_params:,} trainable parameters = {task.lora_params / task.base_params:.2%} of the UNet's "
           f"{task.base_params:,}", flush=True)
-    result = run_with_progress(trainer, a.resume, ("loss", "val_all"))
-    if result is None:
-        return 3
-    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; LoRA: {result.output}/{LORA_WEIGHT_NAME}; "
-          f"last checkpoint: {result.checkpoint}")
-    return 0
+    return run_with_progress(trainer, a.resume, ("loss", "val_all"), lambda r: f"LoRA: {r.output}/{LORA_WEIGHT_NAME}")
 
 
 if __name__ == "__main__":

@@ -424,9 +424,10 @@ def read_config_file(path: str | Path) -> dict:
     return data.get("config", data)
 
 
-def run_with_progress(trainer: "Trainer", resume_from: str | None, postfix_keys: tuple[str, ...]):
-    """Run with a tqdm bar showing ``postfix_keys`` of the step info; returns the TrainResult, or None after printing
-    one ``error:`` line for a non-finite loss or a bad input found while running."""
+def run_with_progress(trainer: "Trainer", resume_from: str | None, postfix_keys: tuple[str, ...], output) -> int:
+    """A CLI's run: a tqdm bar showing ``postfix_keys`` of the step info, then one ``done:`` line (``output(result)``
+    names what was written; studio.jobs reads this line) -> exit code 0; or one ``error:`` line for a non-finite
+    loss or a bad input found while running -> 3."""
     import sys
 
     from tqdm import tqdm
@@ -439,10 +440,13 @@ def run_with_progress(trainer: "Trainer", resume_from: str | None, postfix_keys:
         bar.refresh()
 
     try:
-        return trainer.run(resume_from=resume_from, on_step=on_step)
+        result = trainer.run(resume_from=resume_from, on_step=on_step)
     except (NonFiniteLossError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return None
+        return 3
     finally:
         bar.close()
+    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; {output(result)}; "
+          f"last checkpoint: {result.checkpoint}")
+    return 0
 

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, plot_sweep,
@@ -21,12 +20,7 @@ from tests.conftest import make_tiny_pipeline
 LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"  # config-expressible (depth 10 -> 9 + name map)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

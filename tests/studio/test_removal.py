@@ -36,13 +36,7 @@ PUBLISHED = {"ssd-1b": 1_331_334_404, "vega": 745_225_604, "bk-sdm-base": 579.4e
              "bk-sdm-tiny": 323.4e6, "koala-700m": 782e6, "koala-1b": 1.16e9}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy-size forwards: one thread is fastest, and immune to oversubscription on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(argv: list[str]) -> int:

@@ -16,13 +16,7 @@ from training.synthetic import export_imagefolder
 from training.trainer import NonFiniteLossError, read_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy forwards are faster on one thread on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(teacher, out, **overrides) -> DistillConfig:

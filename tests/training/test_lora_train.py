@@ -23,13 +23,7 @@ from training.trainer import read_state
 PROMPT = "a red circle on a blue background"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy forwards are faster on one thread on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
