@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from training.distill_config import FEATURE_LEVELS, DistillConfig, load_config
-from training.trainer import Trainer, run_with_progress
+from training.trainer import Trainer, cli_parser, run_with_progress, trainer_from_cli
 
 __all__ = ["DistillConfig", "DistillTask", "FeatureHooks", "feature_pairs", "load_config", "make_trainer",
            "run_distill"]
@@ -342,37 +342,6 @@ def run_distill(cfg: DistillConfig, *, resume_from: str | None = None, on_step=N
 
 # ---------------------------------------------------------------- CLI
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(pairs: list[str], extra: list[str]) -> dict:
-    """``--set a=1 b=x`` and ``--a 1 --b x`` -> {"a": 1, "b": "x"} (values parsed as JSON when they parse)."""
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ValueError(f"--set expects field=value; got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = _value(v)
-    i = 0
-    while i < len(extra):
-        if not extra[i].startswith("--"):
-            raise ValueError(f"unexpected argument {extra[i]!r}")
-        key = extra[i][2:]
-        if "=" in key:
-            key, v = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            v, i = extra[i + 1], i + 2
-        else:
-            v, i = "true", i + 1
-        out[key.replace("-", "_")] = _value(v)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -410,19 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.out).write_text(text + "\n")
         print(text)
         return 0
-    p = argparse.ArgumentParser(prog="python -m training.distill", description=__doc__.splitlines()[0],
-                                epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
-    p.add_argument("--config", default=None, help="TOML or JSON file with DistillConfig fields")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
-    p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
+    p = cli_parser("python -m training.distill", __doc__.splitlines()[0], "DistillConfig")
     p.add_argument("--print-pairs", action="store_true", help="print the feature pairs and exit")
     a, extra = p.parse_known_args(argv)
-    try:
-        cfg = load_config(a.config, parse_overrides(a.set, extra))
-        trainer = make_trainer(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    built = trainer_from_cli(a, extra, load_config, make_trainer)
+    if built is None:
         return 2
+    cfg, trainer = built
     if a.print_pairs:
         for s, t in trainer.task.pairs:
             print(f"{s} <- {t}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.trainer import TrainConfig, Trainer, read_config_file, run_with_progress
+from training.trainer import TrainConfig, Trainer, cli_parser, read_config_file, run_with_progress, trainer_from_cli
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CONFIG_NAME = "lora_config.json"
@@ -762,23 +762,14 @@ def _demo_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    from training.distill import parse_overrides
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         return _demo_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m training.lora", description=__doc__.splitlines()[0],
-                                epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
-    p.add_argument("--config", default=None, help="TOML or JSON file with LoraTrainConfig fields")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
-    p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
-    a, extra = p.parse_known_args(argv)
-    try:
-        cfg = load_config(a.config, parse_overrides(a.set, extra))
-        trainer = make_trainer(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    a, extra = cli_parser("python -m training.lora", __doc__.splitlines()[0], "LoraTrainConfig").parse_known_args(argv)
+    built = trainer_from_cli(a, extra, load_config, make_trainer)
+    if built is None:
         return 2
+    cfg, trainer = built
     task = trainer.task
     print(f"LoRA rank {cfg.rank}, alpha {cfg.lora_alpha} (scale {cfg.lora_alpha / cfg.rank:g}): "
           f"{task.lora_params:,} trainable parameters = {task.lora_params / task.base_params:.2%} of the UNet's "

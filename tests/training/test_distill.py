@@ -11,9 +11,9 @@ from studio.build import unet_config
 from studio.removal import name_map, recipe_plan
 from tests.conftest import TINY_ARCH
 from training.data import load_items, nearest_bucket, to_pixels
-from training.distill import DistillConfig, feature_pairs, load_config, main, parse_overrides, run_distill
+from training.distill import DistillConfig, feature_pairs, load_config, main, run_distill
 from training.synthetic import export_imagefolder
-from training.trainer import NonFiniteLossError, read_state
+from training.trainer import NonFiniteLossError, parse_overrides, read_state
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -252,7 +252,8 @@ def test_a_teacher_lora_is_ported_to_a_student_through_its_name_map(tiny_folder,
     assert len(source) - len(ported) == sum(not any(k[5:].startswith(t + ".") for t in names.values())
                                             for k in source)
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_folder, unet=UNet2DConditionModel.from_pretrained(student_dir))
+    student_unet = UNet2DConditionModel.from_pretrained(student_dir)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_folder, unet=student_unet)
     base = render(pipe)
     pipe.load_lora_weights(str(tmp_path / "ported"))
     assert sum(len(v) for v in pipe.get_list_adapters().values()) == 1
