@@ -231,7 +231,7 @@ def model_facts(name: str) -> tuple[dict, int, int]:
             if isinstance(file, str):
                 return json.loads(Path(file).read_text())
             if spec.name == "sdxl":  # the reference config ships with the studio (its VAE: 4 levels, factor 8)
-                return json.loads((ASSETS_DIR / "configs" / "sdxl-base-unet.json").read_text()) \
+                return json.loads((ASSETS_DIR / "configs" / "sdxl" / "unet" / "config.json").read_text()) \
                     if component == "unet" else {"block_out_channels": [128, 256, 512, 512]}
         raise ValueError(f"model {spec.name!r}: no {component} config on this machine ({spec.source}); load it once "
                          f"(e.g. in the Generate tab) or download it")

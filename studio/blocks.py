@@ -1,6 +1,6 @@
 """Block map of an SD/SDXL-family UNet: parameters and MACs of every block, resnet, attention and transformer layer.
 
-    rows = block_map(json.load(open("assets/configs/sdxl-base-unet.json")), resolution=1024)
+    rows = block_map(json.load(open("assets/configs/sdxl/unet/config.json")), resolution=1024)
     print(format_table(rows)); fig = plot_block_map(rows)
 
 Everything runs on the meta device: the UNet is built from its config inside ``torch.device("meta")`` (no weights

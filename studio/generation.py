@@ -20,6 +20,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from studio.names import safe_name
 from studio.lora import LoraRef, lora_file, loras_applied
 from studio.pngmeta import format_parameters, save_png
 from studio.schedulers import SCHEDULERS, make_scheduler
@@ -108,12 +109,8 @@ class GenerateResult:
         for i, (image, text) in enumerate(zip(self.images, self.parameters)):
             meta = {**self.request.to_dict(), "seed": self.seed + i, "model": self.model, "version": VERSION,
                     "loras": [{"name": r.name, "scale": r.scale} for r in self.loras]}
-            paths.append(save_png(image, out_dir / f"{_slug(self.model)}-{self.seed + i}.png", text, meta))
+            paths.append(save_png(image, out_dir / f"{safe_name(self.model) or 'model'}-{self.seed + i}.png", text, meta))
         return paths
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:64]
 
 
 def native_size(pipe: StableDiffusionXLPipeline) -> int:

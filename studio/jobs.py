@@ -35,6 +35,7 @@ from pathlib import Path
 
 import psutil
 
+from studio.names import safe_name
 from studio.paths import REPO_ROOT, data_dir, models_dir, resolve_inside
 
 KINDS = {"distill": "training.distill", "lora": "training.lora"}  # job kind -> CLI module (python -m ...)
@@ -673,9 +674,7 @@ class JobRunner:
 
 def _model_name(text: str) -> str:
     """A registry-safe name (lower-case letters, digits, '.', '_', '-'; at most 64 characters)."""
-    import re
-
-    name = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-.")[:64]
+    name = safe_name(text)
     if not name:
         raise ValueError(f"name {text!r} has no usable characters (use letters, digits, '.', '_' or '-')")
     return name

@@ -22,6 +22,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors import safe_open
 
+from studio.names import safe_name
 from studio.paths import allow_pickle, resolve_inside
 from studio.registry import ModelSpec, default_model, get_spec, list_models
 
@@ -77,7 +78,7 @@ def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None) -> Model
     if not path.exists():
         raise ModelLoadError(f"model path {name_or_path!r} does not exist")
     full = path.is_dir() and (path / "model_index.json").exists()
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem.lower())[:64].lstrip("._-") or "local"
+    name = safe_name(path.stem) or "local"
     return ModelSpec(name=name, source=str(path), base=None if full else default_model())
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from studio.names import safe_name
 from studio.paths import DEMO_DIR, models_dir
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -94,7 +95,9 @@ def _exported_specs() -> list[ModelSpec]:
         full = (path / "model_index.json").exists()
         if not full and not meta.get("base"):
             continue
-        name = re.sub(r"[^a-z0-9._-]", "-", path.name.lower())[:64]
+        name = safe_name(path.name)
+        if not name:
+            continue
         specs.append(ModelSpec(name, str(path), base=None if full else meta["base"],
                                description=meta.get("description", "exported"),
                                default_size=meta.get("default_size"),

@@ -1,7 +1,7 @@
 """CLI subcommands of the layer-removal engine: ``blocks`` (block map) and ``prune`` (recipes / custom removals).
 
-    python -m studio blocks --unet-config assets/configs/sdxl-base-unet.json --resolution 1024
-    python -m studio prune --recipe ssd-1b --unet-config assets/configs/sdxl-base-unet.json --dry-run --json
+    python -m studio blocks --unet-config assets/configs/sdxl/unet/config.json --resolution 1024
+    python -m studio prune --recipe ssd-1b --unet-config assets/configs/sdxl/unet/config.json --dry-run --json
     python -m studio prune --remove down_blocks.2.pairs.1,up_blocks.0.pairs.1 --teacher FOLDER --out DIR
 """
 from __future__ import annotations

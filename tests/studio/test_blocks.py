@@ -19,7 +19,7 @@ TINY = unet_config(SDXLArch(block_out_channels=(8, 16, 16), head_dim=8, text_hid
 
 
 def sdxl_config() -> dict:
-    return json.loads((CONFIGS / "sdxl-base-unet.json").read_text())
+    return json.loads((CONFIGS / "sdxl" / "unet" / "config.json").read_text())
 
 
 def run_cli(argv: list[str]) -> int:
@@ -77,7 +77,7 @@ def test_table_and_figure():
 
 
 def test_cli_blocks_json(capsys):
-    assert run_cli(["blocks", "--unet-config", str(CONFIGS / "sd-v1-4-unet.json"), "--resolution", "512",
+    assert run_cli(["blocks", "--unet-config", str(CONFIGS / "sd-v1-4" / "unet" / "config.json"), "--resolution", "512",
                     "--depth", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 859_520_964 and {r["unit"] for r in out["rows"]} >= {"mid_block", "up_blocks.3"}

@@ -16,8 +16,8 @@ from studio.removal import (RECIPES, RemovalPlan, ablate, build_student, export_
 from studio.removal_cli import register
 
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"
-SDXL = json.loads((CONFIGS / "sdxl-base-unet.json").read_text())
-SD14 = json.loads((CONFIGS / "sd-v1-4-unet.json").read_text())
+SDXL = json.loads((CONFIGS / "sdxl" / "unet" / "config.json").read_text())
+SD14 = json.loads((CONFIGS / "sd-v1-4" / "unet" / "config.json").read_text())
 TINY = unet_config(SDXLArch(block_out_channels=(8, 16, 16), head_dim=8, text_hidden=(16, 16),
                             projection_dim=16, addition_time_embed_dim=4, image_size=32))
 TINY_SD1 = dict(SD14, block_out_channels=[8, 16, 16, 16], norm_num_groups=8, attention_head_dim=2,
@@ -215,7 +215,7 @@ def test_bk_sdm_tiny_on_a_small_sd1_unet(tmp_path):
 
 
 def test_cli_prune_dry_run_and_export(tmp_path, capsys):
-    assert run_cli(["prune", "--recipe", "ssd-1b", "--unet-config", str(CONFIGS / "sdxl-base-unet.json"),
+    assert run_cli(["prune", "--recipe", "ssd-1b", "--unet-config", str(CONFIGS / "sdxl" / "unet" / "config.json"),
                     "--dry-run", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["params"] == 1_331_334_404 and report["kind"] == "config"
