@@ -18,7 +18,8 @@ A full student takes g through the UNet's ``time_cond_proj_dim`` embedding (``ge
 as the SDXL pipeline feeds it); an LCM-LoRA has no g input and is used with guidance 1 and ``LCMScheduler``.
 Single-stage conditional distillation (CoDi, arXiv 2310.01407) has no teacher forward: the next point is the
 conditional student's own x0 prediction re-noised with the same noise, z_s = a_s stopgrad(x0_hat) + s_s e, and an x0
-task term ties it to the data: L = d(f_theta(z_t), f_target(z_s)) + lambda_task d(x0_hat, x).
+denoising term keeps it a conditional denoiser (CoDi's noise self-consistency): L = d(f_theta(z_t), f_target(z_s)) +
+lambda_task ||e_hat_theta(z_t) - e||^2 (v for v-prediction models) - the undistilled model's loss plus consistency.
 """
 from __future__ import annotations
 
@@ -351,7 +352,7 @@ class FewStepTask:
         return uncond + _bcast(scales) * (cond - uncond)
 
     def consistency_pair(self, model, x0, noise, start, end, text, control=None, scales=None):
-        """(student consistency output at (z_start, start), stop-gradient target at (z_end, end), student x0).
+        """(student consistency output at (z_start, start), stop-gradient target at (z_end, end), raw student output).
 
         The student reads its output as f = c_skip z + c_out x0_hat; "lcd" reaches z_end with the teacher's CFG DDIM
         step, "codi" with the student's own x0 re-noised by the same noise. With ``end == start`` the DDIM step
@@ -362,7 +363,8 @@ class FewStepTask:
             w_embed = _guidance_embedding(self.pipe, scales.cpu(), cfg.time_cond_proj_dim).to(x0.device, x0.dtype)
         z = self.noise_sched.add_noise(x0, noise, start)
         c_skip, c_out = (_bcast(v) for v in self.lcm.get_scalings_for_boundary_condition_discrete(start.float()))
-        x0_hat, _ = x0_and_eps(model(z, start, text, control, w_embed).float(), z, start, ac, self.prediction_type)
+        output = model(z, start, text, control, w_embed).float()
+        x0_hat, _ = x0_and_eps(output, z, start, ac, self.prediction_type)
         pred = c_skip * z + c_out * x0_hat
         with torch.no_grad():
             if cfg.objective == "lcd":
@@ -376,14 +378,15 @@ class FewStepTask:
             tx0, _ = x0_and_eps(target_model(z_end, end, text, control, w_embed).float(), z_end, end, ac,
                                 self.prediction_type)
             target = c_skip_e * z_end + c_out_e * tx0
-        return pred, target, x0_hat
+        return pred, target, output
 
     def _update_target(self) -> None:
         """target <- decay * target + (1 - decay) * student (LCM's EMA target network), over the trainable weights."""
         online = dict(self.model.named_parameters())
         with torch.no_grad():
-            pairs = [(p, online[n]) for n, p in self.target.named_parameters() if online[n].requires_grad]
-            torch._foreach_lerp_([p for p, _ in pairs], [q.detach() for _, q in pairs], 1 - self.cfg.target_decay)
+            for n, p in self.target.named_parameters():
+                if online[n].requires_grad:
+                    p.lerp_(online[n], 1 - self.cfg.target_decay)
 
     def loss(self, model, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         from training.data import add_training_noise
@@ -406,10 +409,12 @@ class FewStepTask:
             self.device)
         start = self.solver_timesteps[index]
         end = (start - self.skip).clamp(min=0)
-        pred, target, x0_hat = self.consistency_pair(model, x0, noise, start, end, text, control, scales)
+        pred, target, output = self.consistency_pair(model, x0, noise, start, end, text, control, scales)
         cons = consistency_distance(pred, target, cfg.loss, cfg.huber_c)
-        if cfg.objective == "codi" and cfg.lambda_task:
-            task = consistency_distance(x0_hat, x0, cfg.loss, cfg.huber_c)
+        if cfg.objective == "codi" and cfg.lambda_task:  # the denoising loss at the same noisy latent
+            truth = (self.noise_sched.get_velocity(x0, noise, start) if self.prediction_type == "v_prediction"
+                     else noise)
+            task = F.mse_loss(output, truth.float())
             return cons + cfg.lambda_task * task, {"consistency": cons.item(), "task": task.item()}
         return cons, {}
 

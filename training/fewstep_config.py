@@ -27,7 +27,7 @@ class FewStepConfig(TrainConfig):
     ``objective`` "lcd": latent consistency distillation (arXiv 2310.04378): one DDIM step of the frozen teacher with
     classifier-free guidance over the skipping schedule is the ODE solver. "codi": single-stage conditional
     distillation (CoDi, arXiv 2310.01407): the conditional student's own x0 prediction with the true noise gives the
-    next point, plus an x0 task term. "task": the plain epsilon loss (the undistilled conditional baseline).
+    next point, plus the denoising loss. "task": the plain epsilon loss alone (the undistilled conditional baseline).
     """
 
     teacher: str = "demo-teacher"  # registry name or local folder: the frozen model (solver, and backbone of lora)
@@ -45,7 +45,7 @@ class FewStepConfig(TrainConfig):
     loss: str = "huber"  # "huber" (pseudo-Huber, elementwise) | "l2"
     huber_c: float = 0.001
     target_decay: float = 0.95  # EMA rate of the target network; 0 = the online student under no_grad (LCM-LoRA)
-    lambda_task: float = 1.0  # "codi": weight of the x0 task term (distance of the x0 prediction to the data)
+    lambda_task: float = 1.0  # "codi": weight of the denoising (epsilon / v MSE) term beside the consistency term
     rank: int = 16  # LoRA rank ("lora"; 0 with a condition = train the adapter only)
     alpha: float = 0.0  # lora_alpha; 0 = rank (scale 1)
     target_modules: list = field(default_factory=lambda: list(LCM_LORA_TARGETS))

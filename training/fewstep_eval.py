@@ -31,8 +31,8 @@ SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (trai
 STEPS = (1, 2, 4, 8)
 BASELINE_STEPS = (2, 4, 8)
 # ordinary samplers tried for the few-step baselines (the best one per step count is reported)
-ORDINARY = (("Euler", {}), ("Euler", {"timestep_spacing": "trailing"}), ("DDIM", {"timestep_spacing": "trailing"}),
-            ("DPM++ 2M", {}), ("DPM++ 2M", {"timestep_spacing": "trailing"}), ("UniPC", {"timestep_spacing": "trailing"}))
+ORDINARY = (("Euler", {}), ("Euler", {"timestep_spacing": "trailing"}), ("DPM++ 2M", {}),
+            ("DPM++ 2M", {"timestep_spacing": "trailing"}), ("UniPC", {}))
 MARK = "<!-- fewstep-report:{} -->", "<!-- /fewstep-report:{} -->"
 
 
@@ -97,7 +97,7 @@ def score_sr(images: list, items: list[tuple]) -> dict:
 def _grid(rows: list[list], path: Path) -> None:
     from PIL import Image
 
-    w, h = rows[0][0].size
+    w, h = max(im.size for row in rows for im in row)
     grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)))
     for y, row in enumerate(rows):
         for x, im in enumerate(row):
