@@ -211,7 +211,7 @@ class TestPrompts:
     def test_curated_set(self):
         items = load_prompt_set()
         assert {i.category for i in items} == {"shapes", "general"}
-        from training.synthetic import COLOURS, SHAPES
+        from studio.demo.shapes import COLOURS, SHAPES
 
         colours = "|".join(COLOURS)  # the demo family's vocabulary, so every shapes prompt is scorable
         pattern = re.compile(rf"a ({colours}) ({'|'.join(SHAPES)}) on a ({colours}) background")

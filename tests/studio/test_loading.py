@@ -12,7 +12,7 @@ from studio.generation import GenerateRequest, generate
 from studio.loading import ModelCache, ModelLoadError, resolve_spec
 from studio.paths import model_roots, models_dir
 from studio.registry import ModelSpec, get_spec, list_models
-from studio.tokenizer import build_tokenizer
+from studio.demo.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS
 
 

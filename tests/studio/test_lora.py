@@ -13,7 +13,7 @@ from studio.generation import GenerateRequest, generate
 from studio.lora import LoraRef
 from studio.paths import model_roots
 from studio.pngmeta import read_png
-from studio.tokenizer import build_tokenizer
+from studio.demo.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS, make_tiny_pipeline
 
 

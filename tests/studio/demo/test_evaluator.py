@@ -1,11 +1,11 @@
-"""studio.evaluator: >= 99 % on ground truth (clean, blurred + noisy, held-out), chance on noise, clear errors."""
+"""studio.demo.evaluator: >= 99 % on ground truth (clean, blurred + noisy, held-out), chance on noise, clear errors."""
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from studio.evaluator import (ATTRIBUTES, CHANCE, EvaluatorConfig, analyze, evaluate, evaluate_batch,
+from studio.demo.evaluator import (ATTRIBUTES, CHANCE, EvaluatorConfig, analyze, evaluate, evaluate_batch,
                               parse_prompt)
-from training.synthetic import ALL_COMBOS, COLOURS, SHAPES, caption, render, sample
+from studio.demo.shapes import ALL_COMBOS, COLOURS, SHAPES, caption, render, sample
 
 
 def _degrade(image: Image.Image, seed: int) -> Image.Image:

@@ -6,7 +6,7 @@
 No learned weights. The background is the majority nearest-palette colour of the image border; the shape colour is
 the majority nearest-palette colour of the pixels that stand out most from the background; the shape mask is the
 largest 4-connected region of pixels closer to the shape colour than to the background colour, and the shape class
-is the template (rendered exactly as ``training.synthetic`` draws it, stretched to the mask's bounding box) with the
+is the template (rendered exactly as ``studio.demo.shapes`` draws it, stretched to the mask's bounding box) with the
 highest IoU against that mask. Chance levels for images unrelated to their prompts: background 1/8, shape colour
 about 1/7 (it is never the background colour), shape 1/6 (see ``CHANCE``).
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.synthetic import COLOURS, PALETTE, SHAPES, SUPERSAMPLE, draw_shape
+from studio.demo.shapes import COLOURS, PALETTE, SHAPES, SUPERSAMPLE, draw_shape
 
 ATTRIBUTES: tuple[str, ...] = ("background", "colour", "shape")
 CHANCE: dict[str, float] = {"background": 1 / len(COLOURS), "colour": 1 / (len(COLOURS) - 1),
@@ -246,3 +246,18 @@ def evaluate_batch(images: list[Image.Image | np.ndarray], prompts: list[str],
                                                 "shape": r.detection.shape}, "correct": r.correct}
                      for p, r in zip(prompts, results)],
     }
+
+
+def demo_accuracy(images: list, prompts: list[str], config: EvaluatorConfig | None = None) -> float | None:
+    """Share of images with all three attributes right, over the prompts in the demo grammar (others are skipped);
+    None when no prompt parses. What training validation logs."""
+    scored = []
+    for image, prompt in zip(images, prompts):
+        try:
+            parse_prompt(prompt)
+        except ValueError:
+            continue
+        scored.append((image, prompt))
+    if not scored:
+        return None
+    return evaluate_batch([i for i, _ in scored], [p for _, p in scored], config)["accuracy"]["all"]

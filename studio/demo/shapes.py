@@ -1,6 +1,6 @@
-"""Deterministic captioned toy images: the "demo family" data set ("a red circle on a blue background").
+"""Deterministic captioned toy images: the demo family's data set ("a red circle on a blue background").
 
-    python -m training.synthetic --out data/demo_train --count 1000 --split train
+    python -m studio.demo.shapes --out data/demo_train --count 1000 --split train
 
 Each sample is a flat-coloured shape (circle, square, triangle, star, ring, cross) on a flat background of another
 palette colour, with random size (38-60 % of the image side) and position. Images are drawn at 4x resolution and
@@ -66,6 +66,17 @@ def split_combos(split: str) -> tuple[tuple[str, str, str], ...]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     return TRAIN_COMBOS if split == "train" else HELDOUT
+
+
+def eval_prompts(n: int, split: str = "train", *, seed: int = 1234) -> list[tuple[str, int]]:
+    """A fixed evaluation set: ``n`` (prompt, seed) pairs, combinations of ``split`` drawn without repeats until
+    every one was used once (then again in a new order)."""
+    combos = list(split_combos(split))
+    rng = np.random.default_rng(seed)
+    order = []
+    while len(order) < n:
+        order += [combos[i] for i in rng.permutation(len(combos))]
+    return [(caption(*c), seed + i) for i, c in enumerate(order[:n])]
 
 
 # config

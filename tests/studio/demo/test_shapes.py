@@ -1,4 +1,4 @@
-"""training.synthetic: determinism, captions, held-out split, imagefolder export."""
+"""studio.demo.shapes: determinism, captions, held-out split, imagefolder export."""
 import json
 import re
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import synthetic
-from training.synthetic import (ALL_COMBOS, COLOURS, DEMO_WORDS, HELDOUT, PALETTE, SHAPES, TRAIN_COMBOS,
+from studio.demo import shapes
+from studio.demo.shapes import (ALL_COMBOS, COLOURS, DEMO_WORDS, HELDOUT, PALETTE, SHAPES, TRAIN_COMBOS,
                                 SyntheticConfig, export_imagefolder, sample, samples)
 
 CAPTION = re.compile(r"^a (\w+) (\w+) on a (\w+) background$")
@@ -78,7 +78,7 @@ def test_imagefolder_export(tmp_path):
 
 
 def test_cli_writes_imagefolder(tmp_path):
-    synthetic.main(["--out", str(tmp_path / "cli"), "--count", "3", "--split", "train"])
+    shapes.main(["--out", str(tmp_path / "cli"), "--count", "3", "--split", "train"])
     assert len((tmp_path / "cli" / "metadata.jsonl").read_text().splitlines()) == 3
 
 
