@@ -2,7 +2,7 @@
 SDXL-ready batches (VAE latents, two-encoder text embeddings, time ids) with optional caching.
 
     items = load_items("data/train")                      # imagefolder with metadata.jsonl (file_name, text)
-    items = load_items("demo", count=512, size=64)        # training.synthetic shapes
+    items = load_items("demo", count=512, size=64)        # studio.demo.shapes (demo:orange: a new concept)
     batches = SDXLBatches(items, pipe, buckets=[(64, 64)], cache_latents=True, cache_text=True)
     batch = batches.batch(batches.generator(seed, step, micro), batch_size=8)
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training import synthetic
+from studio.demo import concepts, shapes
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,21 @@ def load_imagefolder(folder: str | Path, caption_column: str = "text") -> list[I
 
 
 def demo_items(count: int, *, size: int = 64, seed: int = 0) -> list[ImageCaption]:
-    """``count`` samples of the synthetic shapes train split (``training.synthetic``)."""
-    cfg = synthetic.SyntheticConfig(seed=seed, size=size, count=count, split="train")
-    return [ImageCaption(s.image, s.text) for s in synthetic.samples(cfg)]
+    """``count`` samples of the synthetic shapes train split (``studio.demo.shapes``)."""
+    cfg = shapes.SyntheticConfig(seed=seed, size=size, count=count, split="train")
+    return [ImageCaption(s.image, s.text) for s in shapes.samples(cfg)]
+
+
+DEMO_CONCEPT_COUNTS = (256, 256)  # "demo:<concept>" datasets: concept images, original (prior-preservation) images
+
+
+def concept_items(concept: str, *, size: int = 64) -> list[ImageCaption]:
+    """A ``"demo:<concept>"`` dataset: ``studio.demo.concepts`` images of the concept plus original train-split
+    images (prior preservation by data mixing), generated in memory exactly as ``concepts.export_concept_data``
+    writes them."""
+    count, reg_count = DEMO_CONCEPT_COUNTS
+    return [ImageCaption(image, meta["text"])
+            for _, image, meta in concepts.concept_records(count, concept, reg_count=reg_count, size=size)]
 
 
 def hf_items(dataset, *, image_column: str = "image", caption_column: str = "text") -> list[ImageCaption]:
@@ -84,14 +96,17 @@ def hf_items(dataset, *, image_column: str = "image", caption_column: str = "tex
 
 def load_items(source, *, count: int = 0, size: int = 64, seed: int = 0,
                caption_column: str = "text") -> list[ImageCaption]:
-    """``"demo"`` (synthetic, ``count`` images of side ``size``), an imagefolder path, ``"hf:<name or path>"`` (needs
-    the optional ``datasets`` package), a ``datasets.Dataset``, or a list of ImageCaption."""
+    """``"demo"`` (synthetic, ``count`` images of side ``size``), ``"demo:<concept>"`` (``concept_items``), an
+    imagefolder path, ``"hf:<name or path>"`` (needs the optional ``datasets`` package), a ``datasets.Dataset``, or a
+    list of ImageCaption."""
     if isinstance(source, list):
         return source
     if not isinstance(source, (str, Path)):
         return hf_items(source, caption_column=caption_column)
     if str(source) == "demo":
         return demo_items(count, size=size, seed=seed)
+    if str(source).startswith("demo:"):
+        return concept_items(str(source)[5:], size=size)
     if str(source).startswith("hf:"):
         try:
             import datasets

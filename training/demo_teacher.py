@@ -1,6 +1,7 @@
 """Train the demo family's teacher: a tiny SDXL-architecture pipeline on the synthetic shapes data, CPU only.
 
-    python -m training.demo_family teacher --out assets/demo/teacher --steps 1800 --minutes 40 --eval 200
+    python -m training.demo_family teacher --out assets/demo/teacher --steps 1800 --minutes 40
+    result = train_teacher(TeacherConfig.tiny(), "outputs/tiny-teacher")      # the same, from Python
 
 Stage 1 trains the AutoencoderKL briefly on the synthetic train split (64 px -> 16x16x4 latents) and sets its
 ``scaling_factor`` to 1 / std of the latents. Stage 2 caches the latents and trains the UNet together with both
@@ -9,11 +10,10 @@ diffusers' ``train_text_to_image_sdxl.py``), with Min-SNR-gamma loss weighting (
 offset noise (so the sampler's start noise does not fix the background colour), an EMA of the weights and 10 %
 caption dropout to the *zero* embedding, which is what ``StableDiffusionXLPipeline`` uses as the unconditional
 input (``force_zeros_for_empty_prompt``). The result is saved with ``save_pretrained`` (safetensors) together with
-``training_config.json``, ``loss.csv`` and, when ``--eval`` is given, ``eval.json``.
+``training_config.json`` and ``loss.csv``; ``python -m training.demo_family report`` scores it.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
@@ -30,8 +29,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
 from studio.build import SDXLArch, build_sdxl_pipeline
-from studio.tokenizer import build_tokenizer
-from training import synthetic
+from studio.demo import shapes
+from studio.demo.tokenizer import build_tokenizer
 
 # config
 
@@ -126,8 +125,8 @@ class TrainResult:
 # helpers
 
 def demo_tokenizer():
-    """The demo family's CLIP tokenizer: each word of ``synthetic.DEMO_WORDS`` is one token."""
-    return build_tokenizer(list(synthetic.DEMO_WORDS))
+    """The demo family's CLIP tokenizer: each word of ``shapes.DEMO_WORDS`` is one token."""
+    return build_tokenizer(list(shapes.DEMO_WORDS))
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -136,9 +135,9 @@ def count_params(module: torch.nn.Module) -> int:
 
 def load_images(cfg: TeacherConfig) -> tuple[torch.Tensor, list[str]]:
     """Train-split images as a float tensor (N, 3, H, W) in [-1, 1] plus their captions."""
-    items = synthetic.samples(synthetic.SyntheticConfig(seed=cfg.seed, size=cfg.arch.image_size,
+    items = shapes.samples(shapes.SyntheticConfig(seed=cfg.seed, size=cfg.arch.image_size,
                                                         count=cfg.num_images, split="train"))
-    pixels = torch.from_numpy(synthetic.image_array(items)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = torch.from_numpy(shapes.image_array(items)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return pixels, [s.text for s in items]
 
 
@@ -349,246 +348,3 @@ def save_teacher(result: TrainResult, cfg: TeacherConfig, out: Path, rows: list[
         w = csv.writer(f)
         w.writerow(("stage", "step", "loss", "lr", "seconds"))
         w.writerows(rows)
-
-
-# evaluation
-
-def eval_prompts(n: int, split: str, *, seed: int = 1234) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs: combos drawn from ``split`` without repeats until exhausted."""
-    combos = list(synthetic.split_combos(split))
-    rng = np.random.default_rng(seed)
-    order = []
-    while len(order) < n:
-        order += [combos[i] for i in rng.permutation(len(combos))]
-    return [(synthetic.caption(*c), seed + i) for i, c in enumerate(order[:n])]
-
-
-@torch.no_grad()
-def evaluate_pipeline(pipe: StableDiffusionXLPipeline, prompts: list[tuple[str, int]], *, steps: int = 20,
-                      guidance_scale: float = 5.0, batch: int = 8) -> dict:
-    """Generate each (prompt, seed) and score it with ``studio.evaluator``; returns accuracies and timing."""
-    from studio.evaluator import evaluate_batch
-
-    images, t0 = [], time.time()
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        gens = [torch.Generator().manual_seed(s) for _, s in chunk]
-        images += pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       generator=gens).images
-    report = evaluate_batch(images, [p for p, _ in prompts])
-    report["seconds_per_image"] = (time.time() - t0) / len(prompts)
-    report["steps"], report["guidance_scale"] = steps, guidance_scale
-    return report, images
-
-
-def measure_latency(pipe: StableDiffusionXLPipeline, *, steps: int = 20, guidance_scale: float = 5.0,
-                    repeats: int = 5) -> dict:
-    """Seconds for one 64-px image (batch 1, CFG on): min and median of ``repeats`` runs after a warm-up."""
-    prompt = synthetic.caption("star", "red", "blue")
-    pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale)
-    times = []
-    for _ in range(repeats):
-        t = time.time()
-        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale)
-        times.append(time.time() - t)
-    return {"min_s": min(times), "median_s": float(np.median(times)), "runs": times}
-
-
-def evaluate_teacher(model_dir: str | Path, n: int, *, steps: int = 20, guidance_scale: float = 5.0,
-                     heldout_n: int | None = None) -> dict:
-    """Train-distribution and held-out accuracies of a saved teacher plus its 20-step latency; writes eval.json."""
-    pipe = StableDiffusionXLPipeline.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    train_report, train_images = evaluate_pipeline(pipe, eval_prompts(n, "train"), steps=steps,
-                                                   guidance_scale=guidance_scale)
-    held_report, held_images = evaluate_pipeline(pipe, eval_prompts(heldout_n or 2 * len(synthetic.HELDOUT),
-                                                                    "heldout"),
-                                                 steps=steps, guidance_scale=guidance_scale)
-    result = {"train": train_report, "heldout": held_report,
-              "latency": measure_latency(pipe, steps=steps, guidance_scale=guidance_scale),
-              "threads": torch.get_num_threads()}
-    for name in ("train", "heldout"):
-        result[name].pop("per_item", None)
-    Path(model_dir, "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result, train_images + held_images
-
-
-def save_grid(images, path: str | Path, cols: int = 8, scale: int = 2) -> None:
-    """Tile PIL images into one PNG (nearest-neighbour upscaled by ``scale``)."""
-    from PIL import Image
-
-    w, h = images[0].size
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new("RGB", (cols * w, rows * h))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    grid.resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
-
-
-# model card
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
-
-
-def write_model_card(model_dir: str | Path, command: str | None = None) -> Path:
-    """README.md for a saved teacher from its ``training_config.json`` and ``eval.json`` (if present)."""
-    d = Path(model_dir)
-    info = json.loads((d / "training_config.json").read_text())
-    ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else None
-    cfg, arch, params = info["config"], info["config"]["arch"], info["params"]
-    command = command or info.get("command", "python -m training.demo_family teacher --out " + str(d))
-    size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and "checkpoint-" not in str(f))
-    lines = [
-        "# Demo family teacher: a tiny SDXL-architecture text-to-image model",
-        "",
-        "Trained from scratch on CPU on the project's synthetic shapes data (`training/synthetic.py`), so that every",
-        "feature of the studio works offline. It draws prompts of the form `a <colour> <shape> on a <colour>",
-        "background` at 64x64 px. Load it with plain diffusers:",
-        "",
-        "```python",
-        "from diffusers import StableDiffusionXLPipeline",
-        "pipe = StableDiffusionXLPipeline.from_pretrained(\"assets/demo/teacher\")",
-        f"image = pipe(\"a red star on a blue background\", num_inference_steps={cfg['num_inference_steps']}, "
-        f"guidance_scale={cfg['guidance_scale']}).images[0]",
-        "```",
-        "",
-        f"Recommended: **{cfg['num_inference_steps']} steps, guidance_scale {cfg['guidance_scale']}** "
-        "(the pipeline's own defaults are 50 steps and guidance 5.0, which also work; height/width default to 64).",
-        "Vocabulary: shapes " + ", ".join(synthetic.SHAPES) + "; colours " + ", ".join(synthetic.COLOURS) + ".",
-        "",
-        "## Architecture",
-        "",
-        "SDXL's layout exactly (`studio/build.py`), only narrower: UNet `DownBlock2D` + `CrossAttnDownBlock2D` x2,",
-        f"transformer depths {arch['transformer_layers_per_block']}, {arch['layers_per_block']} resnets per block, "
-        "cross-attention mid block, `text_time` added conditioning",
-        f"(original size / crop / target size ids, {arch['addition_time_embed_dim']} dims each), two CLIP text "
-        "encoders (penultimate hidden states concatenated, pooled projection of encoder 2), AutoencoderKL with "
-        f"{2 ** (len(arch['vae_channels']) - 1)}x downsampling to {arch['latent_channels']}-channel latents "
-        f"(64 px -> 16x16), EulerDiscreteScheduler with SDXL's settings, epsilon prediction.",
-        "",
-        "| component | widths | parameters |",
-        "|---|---|---|",
-        f"| unet | channels {arch['block_out_channels']}, head dim {arch['head_dim']}, cross-attn dim "
-        f"{sum(arch['text_hidden'])} | {params['unet']:,} |",
-        f"| vae | channels {arch['vae_channels']}, scaling_factor {info['vae_scaling_factor']:.4f} | "
-        f"{params['vae']:,} |",
-        f"| text_encoder (CLIPTextModel) | hidden {arch['text_hidden'][0]}, {arch['text_layers'][0]} layers | "
-        f"{params['text_encoder']:,} |",
-        f"| text_encoder_2 (CLIPTextModelWithProjection) | hidden {arch['text_hidden'][1]}, "
-        f"{arch['text_layers'][1]} layers, projection {arch['projection_dim']} | {params['text_encoder_2']:,} |",
-        f"| total | | {sum(params.values()):,} |",
-        "",
-        f"Weights: fp32 safetensors, {size / 2 ** 20:.1f} MiB on disk in all. Tokenizer (`tokenizer`, `tokenizer_2`): "
-        "the project's byte-level CLIP BPE (`studio/tokenizer.py`), one token per demo word.",
-        "",
-        "## Data",
-        "",
-        f"{cfg['num_images']:,} images of the synthetic `train` split (seed {cfg['seed']}): "
-        f"{len(synthetic.SHAPES)} shapes x {len(synthetic.COLOURS)} colours x 7 other background colours = "
-        f"{len(synthetic.ALL_COMBOS)} combinations, minus {len(synthetic.HELDOUT)} held-out combinations "
-        "(`synthetic.HELDOUT`) that the model never saw; random size (38-60 % of the side) and position.",
-        "",
-        "## Training",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"Stage 1: VAE, {cfg['vae_steps']} steps, batch {cfg['vae_batch_size']} of {cfg['vae_crop']} px crops, "
-        f"AdamW lr {cfg['vae_lr']}, MSE + {cfg['kl_weight']} KL; scaling_factor = 1 / std of the latents.",
-        f"Stage 2: UNet + both text encoders, {info['steps_done']} of {cfg['steps']} steps, batch "
-        f"{cfg['batch_size']}, AdamW lr {cfg['lr']} (warmup {cfg['warmup_steps']}, cosine to "
-        f"{cfg['final_lr_ratio']}x), weight decay {cfg['weight_decay']}, epsilon loss with Min-SNR-"
-        f"{cfg['snr_gamma']} weighting, offset noise {cfg['noise_offset']}, {_pct(cfg['caption_dropout'])} caption "
-        f"dropout to the zero embedding (the pipeline's unconditional input), EMA {cfg['ema_decay']}.",
-        "",
-        f"Wall time on the project's 2-core CPU machine (shared with other jobs while it ran), torch "
-        f"{info['torch']}, {info['threads']} thread(s): "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in info["seconds"].items()) + ".",
-        "The loss per step is in `loss.csv`; the full config in `training_config.json`.",
-        "",
-        "## Evaluation",
-        "",
-    ]
-    if ev is None:
-        lines.append("Not evaluated yet: `python -m training.demo_family evaluate --model assets/demo/teacher`.")
-    else:
-        lines += [
-            f"`studio/evaluator.py` (analytic: border colour, core-pixel colour, template IoU of the shape mask) on "
-            f"images generated with {ev['train']['steps']} steps, guidance {ev['train']['guidance_scale']}, one seed "
-            "per prompt:",
-            "",
-            "| prompts | n | background colour | shape colour | shape | all three |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, label in (("train", "train-distribution combos"), ("heldout", "held-out combos (never seen)")):
-            a = ev[name]["accuracy"]
-            lines.append(f"| {label} | {ev[name]['n']} | {_pct(a['background'])} | {_pct(a['colour'])} | "
-                         f"{_pct(a['shape'])} | {_pct(a['all'])} |")
-        ch = ev["train"]["chance"]
-        lines += [
-            "",
-            f"Chance levels: background {_pct(ch['background'])}, shape colour {_pct(ch['colour'])}, shape "
-            f"{_pct(ch['shape'])}. The evaluator scores 100 % on ground-truth images (clean and blurred + noisy).",
-            "",
-            f"Latency, one 64 px image, {ev['train']['steps']} steps with CFG, {ev['threads']} CPU thread(s): "
-            f"min {ev['latency']['min_s']:.2f} s, median {ev['latency']['median_s']:.2f} s of "
-            f"{len(ev['latency']['runs'])} runs.",
-        ]
-    lines += ["", "Reproduce the numbers: `python -m training.demo_family evaluate --model assets/demo/teacher "
-              "--n 200`.", ""]
-    path = d / "README.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-# CLI
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="demo family: train / evaluate the teacher")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("teacher", help="train the teacher and save it")
-    t.add_argument("--out", required=True)
-    for flag, typ, name in (("--steps", int, "steps"), ("--vae-steps", int, "vae_steps"),
-                            ("--batch-size", int, "batch_size"), ("--lr", float, "lr"),
-                            ("--num-images", int, "num_images"), ("--seed", int, "seed")):
-        t.add_argument(flag, type=typ, default=None, help=f"TeacherConfig.{name} (default: the preset's)")
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock cap for training")
-    t.add_argument("--tiny", action="store_true", help="toy widths (tests, smoke runs)")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="save checkpoint-<step> folders (0 = never)")
-    t.add_argument("--eval", type=int, default=0, help="evaluate on N train-distribution prompts after training")
-    e = sub.add_parser("evaluate", help="score a saved teacher with studio.evaluator")
-    e.add_argument("--model", required=True)
-    e.add_argument("--n", type=int, default=200)
-    e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=5.0)
-    e.add_argument("--grid", default=None, help="save a PNG grid of the generated images here")
-    e.add_argument("--card-command", default=None,
-                   help="training command for README.md (default: the one in training_config.json)")
-    for q in (t, e):
-        q.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.cmd == "teacher":
-        fields = {k: getattr(a, k) for k in ("steps", "vae_steps", "batch_size", "lr", "num_images", "seed")
-                  if getattr(a, k) is not None}
-        cfg = TeacherConfig.tiny(**fields) if a.tiny else TeacherConfig(**fields)
-        res = train_teacher(cfg, a.out, minutes=a.minutes, checkpoint_every=a.checkpoint_every)
-        print(json.dumps({"seconds": res.seconds, "steps_done": res.steps_done}))
-        if a.eval:
-            report, _ = evaluate_teacher(a.out, a.eval, guidance_scale=cfg.guidance_scale,
-                                         steps=cfg.num_inference_steps)
-            print(json.dumps(report, indent=2))
-        write_model_card(a.out)
-    else:
-        report, images = evaluate_teacher(a.model, a.n, steps=a.steps, guidance_scale=a.guidance)
-        if a.grid:
-            save_grid(images, a.grid)
-        if Path(a.model, "training_config.json").is_file():
-            write_model_card(a.model, a.card_command)
-        print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()
