@@ -25,7 +25,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         with gr.Tab("Layers"):
             build_layers_tab(cache)
         with gr.Tab("Train"):
-            build_jobs_tab(cache)
+            build_jobs_tab()
         with gr.Tab("Arena"):
             build_arena_tab(cache)
         generate.select(on_refresh_lists, None, lists, api_name=False)  # a finished job's student/LoRA is listed
