@@ -6,8 +6,6 @@ come after the request fields (``LORA_FIELDS``, the last parameters of ``on_gene
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import threading
 import time
 
@@ -20,6 +18,7 @@ from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import default_model, list_models
 from studio.schedulers import SCHEDULERS
+from studio.ui.fields import handler_fields
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -152,19 +151,6 @@ def _outputs(models, results, files):
     return (*galleries, stats_rows(results), files, seed)
 
 
-def handler_fields() -> list[str]:
-    """The request fields on_generate takes, in its signature's order (inputs are wired by these names): the
-    parameters after ``models`` up to the first one that is not a GenerateRequest field."""
-    names = {f.name for f in dataclasses.fields(GenerateRequest)}
-    params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
-    out = []
-    for name in params[params.index("models") + 1:]:
-        if name not in names:
-            break
-        out.append(name)
-    return out
-
-
 def on_cancel(request: gr.Request) -> str:
     _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
     return "cancelling…"
@@ -225,7 +211,8 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
-    inputs = [models, *(widgets[name] for name in handler_fields()), *(lora_widgets[n] for n in LORA_FIELDS)]
+    inputs = [models, *(widgets[name] for name in handler_fields(GenerateHandlers.on_generate, GenerateRequest)),
+              *(lora_widgets[n] for n in LORA_FIELDS)]
     event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
                      api_name="generate", concurrency_id="gpu", concurrency_limit=1)
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")

@@ -9,12 +9,14 @@ from studio.generation import GenerateRequest
 from studio.loading import ModelCache
 from studio.pngmeta import read_png
 from studio.ui import build_app, launch
-from studio.ui.generate_tab import handler_fields
+from studio.ui.fields import handler_fields
+from studio.ui.generate_tab import GenerateHandlers
 from tests.studio.ui import free_port
 
 
 def test_handler_fields_are_exactly_the_request_fields():
-    assert set(handler_fields()) == {f.name for f in dataclasses.fields(GenerateRequest)}
+    assert set(handler_fields(GenerateHandlers.on_generate, GenerateRequest)) == \
+        {f.name for f in dataclasses.fields(GenerateRequest)}
 
 
 
