@@ -13,10 +13,9 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 from studio.arena import DEFAULT_PROMPT_SET, GenerateFn, build_cache, export_votes, load_prompt_set, load_votes
-from studio.ratings import LeaderboardRow, RatingConfig, leaderboard
+from studio.ratings import LeaderboardRow, RatingConfig, leaderboard, parse_date
 
 GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
 SETTING_KEYS = ("negative_prompt", "steps", "guidance", "width", "height", "scheduler")  # GenerateRequest fields
@@ -62,11 +61,14 @@ def format_leaderboard(rows: Sequence[LeaderboardRow]) -> str:
     return "\n".join(lines)
 
 
-def _date(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an ISO date such as 2026-11-27 or 2026-11-27T14:00, got {text!r}")
+def _date_arg(*, end: bool) -> Callable[[str], float | None]:
+    """``parse_date`` as an argparse type (its message as the usage error)."""
+    def parse(text: str) -> float | None:
+        try:
+            return parse_date(text, end=end)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
 
 
 def _settings(text: str) -> dict:
@@ -138,8 +140,9 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     board = subparsers.add_parser("leaderboard", help="print the arena leaderboard (Bradley-Terry + Elo)")
     board.add_argument("--db", required=True, help="arena SQLite database")
     board.add_argument("--category", default=None, help="only votes of this prompt category")
-    board.add_argument("--since", type=_date, default=None, help="only votes at or after this ISO date")
-    board.add_argument("--until", type=_date, default=None, help="only votes before this ISO date")
+    board.add_argument("--since", type=_date_arg(end=False), default=None, help="only votes at or after this ISO date")
+    board.add_argument("--until", type=_date_arg(end=True), default=None,
+                       help="only votes before this ISO date-time (a date alone: up to the end of that day)")
     board.add_argument("--rounds", type=int, default=100, help="bootstrap rounds for the 95%% CIs")
     board.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     board.add_argument("--k", type=float, default=4.0, help="online Elo K")

@@ -15,7 +15,6 @@ import os
 import statistics
 import threading
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import gradio as gr
@@ -25,7 +24,7 @@ from studio.arena import (CACHE_INDEX, LABELS, VOTES, Arena, ArenaConfig, ArenaE
 from studio.arena_cli import make_generate_fn
 from studio.loading import ModelCache
 from studio.paths import data_dir, models_dir
-from studio.ratings import RatingConfig, filter_votes, leaderboard, plot_win_rate_heatmap, win_rate_matrix
+from studio.ratings import RatingConfig, filter_votes, leaderboard, parse_date, plot_win_rate_heatmap, win_rate_matrix
 from studio.registry import list_models
 
 POOL_ENV = "STUDIO_ARENA_POOL"  # comma-separated model names; default: the demo family in the registry
@@ -188,20 +187,6 @@ def _buttons(interactive: bool) -> list:
     return [gr.update(interactive=interactive) for _ in VOTES]
 
 
-def _date(text: str | None, *, end: bool) -> float | None:
-    """An ISO date (or date and time) -> epoch seconds; a date alone as an end bound includes that whole day."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ArenaError(f"dates look like 2026-11-27 or 2026-11-27T14:00; got {text!r}") from None
-    if end and len(text) == 10:
-        moment += timedelta(days=1)
-    return moment.timestamp()
-
-
 def _battle_info(battle: dict) -> str:
     s = battle["settings"]
     size = f"{s['width']}×{s['height']}" if s.get("width") else "native size"
@@ -253,10 +238,10 @@ class ArenaHandlers:
     def on_leaderboard(self, category: str, since: str, until: str):
         """Leaderboard rows (BT rating with bootstrap 95% CI, Elo, votes, win rate) and the win-rate heatmap."""
         try:
-            votes = filter_votes(self.service.votes(), category=_category(category), since=_date(since, end=False),
-                                 until=_date(until, end=True))
+            votes = filter_votes(self.service.votes(), category=_category(category), since=parse_date(since),
+                                 until=parse_date(until, end=True))
             rows = leaderboard(votes, RatingConfig(bootstrap_rounds=100))
-        except ArenaError as err:
+        except ValueError as err:  # an ArenaError, or a bad date
             raise gr.Error(str(err)) from err
         table = [[r.rank, r.model, round(r.rating, 1), _ci(r.ci_low, r.ci_high), round(r.elo, 1), r.votes,
                   f"{r.win_rate:.0%}"] for r in rows]
