@@ -190,23 +190,24 @@ def family_table(result: dict, students: tuple[str, ...] = tuple(STUDENTS)) -> l
             continue
         a = row["accuracy"]
         lat = latency.get(name)
-        speed = (f"{lat['median_s']:.2f} s", f"{t_lat / lat['median_s']:.2f}×") if lat else ("(as above)", "")
+        speed = (f"{lat['median_s']:.2f} s", f"{t_lat / lat['median_s']:.2f}×") if lat else (
+            f"as `demo-{row['student']}`", "")
         label = f"`{name}`: {LABELS[row['kind']]}" if row["kind"] != "teacher" else "`demo-teacher`"
         lines.append(f"| {label} | {row['unet_params']:,} | {speed[0]} | {speed[1]} | " +
                      " | ".join(_pct(a[k]) for k in ATTRS) + " |")
     return lines
 
 
-def family_summary(result: dict) -> list[str]:
+def family_summary(result: dict, students: tuple[str, ...] = tuple(STUDENTS)) -> list[str]:
     s, family = result["settings"], result["family"]
     n = family["demo-teacher"]["n"]
     out = [f"{n} prompts of the training distribution (`eval_prompts({n}, 'train')`, one seed each, the same for every "
            f"model), {s['steps']} Euler steps, CFG {s['guidance']:g}; latency: one 64 px image, batch 1, median of "
-           f"{s['latency_repeats']} runs after a warm-up, the three models taking turns in one process, "
+           f"{s['latency_repeats']} runs after a warm-up, teacher and students taking turns in one process, "
            f"{s['threads']} CPU thread, torch {result['torch']}. Chance: shape 16.7 %, colour 14.3 %, "
            f"background 12.5 %. Standard error of a score near 85 % over {n} prompts: "
            f"±{_stderr(0.85, n):.1f} points."]
-    for folder in STUDENTS:
+    for folder in students:
         kd, init = family[f"demo-{folder}"]["accuracy"]["all"], family[f"{folder}-undistilled"]["accuracy"]["all"]
         line = (f"`demo-{folder}`: distillation takes all-correct from {_pct(init)} (teacher layers copied) to "
                 f"{_pct(kd)}")
@@ -255,7 +256,7 @@ def blocks(result: dict) -> dict[Path, dict[str, list[str]]]:
     return {
         REPO_ROOT / "README.md": {"family": readme, "loras": lora_table(result)},
         DEMO_DIR / "teacher" / "README.md": {"teacher": teacher_table(result)},
-        **{DEMO_DIR / f / "README.md": {f: family_table(result, (f,)) + [""] + family_summary(result)}
+        **{DEMO_DIR / f / "README.md": {f: family_table(result, (f,)) + [""] + family_summary(result, (f,))}
            for f in STUDENTS},
         DEMO_DIR / "loras" / "README.md": {"loras": lora_table(result)},
     }

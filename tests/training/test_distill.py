@@ -215,7 +215,10 @@ def test_buckets_and_pixels():
 
 def forward_macs(unet) -> int:
     """MACs of one batch-1 forward of a real UNet at its sample size (77 text tokens), counted by torch's
-    FlopCounterMode while it runs on the CPU: independent of studio.blocks, which counts on the meta device."""
+    FlopCounterMode while it runs on the CPU: independent of studio.blocks, which counts on the meta device. The
+    math attention backend makes the score matmuls plain bmm calls that the counter sees (CPU flash attention has no
+    FLOP formula)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg, g = unet.config, torch.Generator().manual_seed(0)
@@ -223,7 +226,7 @@ def forward_macs(unet) -> int:
     text = torch.randn(1, 77, cfg.cross_attention_dim, generator=g)
     pooled = torch.randn(1, cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim, generator=g)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         unet(x, torch.tensor([500]), text, added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.zeros(1, 6)})
     return counter.get_total_flops() // 2
 
