@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -99,8 +100,10 @@ def evaluate_family(settings: dict = SETTINGS, log=print) -> dict:
                                    steps=steps, guidance=guidance)
     log(f"[{time.time() - t0:5.0f}s] latency, interleaved")
     timed = ["demo-teacher"] + [f"demo-{f}" for f in STUDENTS]
+    load = [os.getloadavg()[0]]  # other work on the machine: absolute latencies scale with it, ratios much less
     latency = time_interleaved({n: pipes[n] for n in timed}, steps=steps, guidance=guidance,
                                repeats=settings["latency_repeats"])
+    load.append(os.getloadavg()[0])
     loras = {}
     for lora, folder in LORAS.items():
         model = "demo-teacher" if folder == "teacher" else f"demo-{folder}"
@@ -116,14 +119,17 @@ def evaluate_family(settings: dict = SETTINGS, log=print) -> dict:
         del with_lora
     log(f"[{time.time() - t0:5.0f}s] done")
     return {"command": COMMAND, "settings": dict(settings), "torch": torch.__version__, "family": family,
-            "teacher_heldout": heldout, "latency": latency, "concept": CONCEPT, "loras": loras,
+            "teacher_heldout": heldout, "latency": latency, "load_average": load, "concept": CONCEPT, "loras": loras,
             "minutes": round((time.time() - t0) / 60, 1)}
 
 
 # ---------------------------------------------------------------- eval.json files
 
+HEAD = ("command", "settings", "torch", "load_average")  # what every eval.json of one run repeats
+
+
 def _head(result: dict) -> dict:
-    return {"command": result["command"], "settings": result["settings"], "torch": result["torch"]}
+    return {k: result[k] for k in HEAD}
 
 
 def write_eval_files(result: dict) -> list[Path]:
@@ -159,7 +165,7 @@ def read_eval_files() -> dict:
             family[f"{folder}-task-only"] = ev["task_only"]
         family[f"{folder}-undistilled"] = ev["undistilled_init"]
     loras = json.loads((DEMO_DIR / "loras" / "eval.json").read_text())
-    head = {k: teacher[k] for k in ("command", "settings", "torch")}
+    head = {k: teacher[k] for k in HEAD}
     return head | {"family": family, "teacher_heldout": teacher["heldout"], "latency": latency,
                    "concept": loras["concept"], "loras": {k: loras[k] for k in LORAS if k in loras}}
 
@@ -204,8 +210,10 @@ def family_summary(result: dict, students: tuple[str, ...] = tuple(STUDENTS)) ->
     out = [f"{n} prompts of the training distribution (`eval_prompts({n}, 'train')`, one seed each, the same for every "
            f"model), {s['steps']} Euler steps, CFG {s['guidance']:g}; latency: one 64 px image, batch 1, median of "
            f"{s['latency_repeats']} runs after a warm-up, teacher and students taking turns in one process, "
-           f"{s['threads']} CPU thread, torch {result['torch']}. Chance: shape 16.7 %, colour 14.3 %, "
-           f"background 12.5 %. Standard error of a score near 85 % over {n} prompts: "
+           f"{s['threads']} CPU thread, torch {result['torch']}, on the project's shared 2-core machine (1-minute "
+           f"load average {result['load_average'][0]:.1f} → {result['load_average'][1]:.1f} while timing: absolute "
+           f"latencies grow with the load, the ratios of models timed in turn much less). Chance: shape 16.7 %, "
+           f"colour 14.3 %, background 12.5 %. Standard error of a score near 85 % over {n} prompts: "
            f"±{_stderr(0.85, n):.1f} points."]
     for folder in students:
         kd, init = family[f"demo-{folder}"]["accuracy"]["all"], family[f"{folder}-undistilled"]["accuracy"]["all"]
@@ -213,8 +221,10 @@ def family_summary(result: dict, students: tuple[str, ...] = tuple(STUDENTS)) ->
                 f"{_pct(kd)}")
         task = family.get(f"{folder}-task-only")
         if task:
+            gain, noise = 100 * (kd - task["accuracy"]["all"]), 2 * _stderr(kd, n)
             line += (f"; the task-loss-only baseline reaches {_pct(task['accuracy']['all'])}, so the KD terms add "
-                     f"{100 * (kd - task['accuracy']['all']):+.1f} points")
+                     f"{gain:+.1f} points ({'within' if abs(gain) < noise else 'beyond'} two standard errors, "
+                     f"±{noise:.1f})")
         out.append(line + ".")
     return out
 
