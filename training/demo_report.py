@@ -212,7 +212,8 @@ def family_summary(result: dict, students: tuple[str, ...] = tuple(STUDENTS)) ->
            f"{s['latency_repeats']} runs after a warm-up, teacher and students taking turns in one process, "
            f"{s['threads']} CPU thread, torch {result['torch']}, on the project's shared 2-core machine (1-minute "
            f"load average {result['load_average'][0]:.1f} → {result['load_average'][1]:.1f} while timing: absolute "
-           f"latencies grow with the load, the ratios of models timed in turn much less). Chance: shape 16.7 %, "
+           f"latencies grow with the load; ratios of models timed in turn are steadier, not immune). Chance: shape "
+           f"16.7 %, "
            f"colour 14.3 %, background 12.5 %. Standard error of a score near 85 % over {n} prompts: "
            f"±{_stderr(0.85, n):.1f} points."]
     for folder in students:
