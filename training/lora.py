@@ -30,7 +30,6 @@ from training.models import DTYPES, default_guidance, frozen_dtype, load_base
 from training.trainer import Trainer, make_accelerator
 
 
-
 # ---------------------------------------------------------------- the LoRA task
 
 class LoraModules(torch.nn.Module):
