@@ -175,12 +175,7 @@ class SDXLBatches:
         if cache_latents:
             self._latents = self._cached_latents(cache_dir)
         if cache_text:
-            texts = sorted({it.text for it in items})
-            self._text = {}
-            for k in range(0, len(texts), 64):
-                chunk = texts[k:k + 64]
-                embeds, pooled = self._encode_text(chunk)
-                self._text.update({t: (embeds[j], pooled[j]) for j, t in enumerate(chunk)})
+            self._text = self._cached_text(cache_dir)
 
     @staticmethod
     def generator(seed: int, step: int, micro: int = 0, process: int = 0) -> torch.Generator:
@@ -199,18 +194,33 @@ class SDXLBatches:
         """Prompt and pooled embeddings through the pipeline's own ``encode_prompt`` (as the teacher was trained)."""
         embeds, _, pooled, _ = self.pipe.encode_prompt(captions, device=self.pipe.text_encoder.device,
                                                        do_classifier_free_guidance=False)
-        return embeds.float().cpu(), pooled.float().cpu()
+        return embeds.cpu(), pooled.cpu()  # in the encoders' dtype (fp16 on a GPU); batches are made fp32
 
     def _fingerprint(self) -> str:
-        vae = self.pipe.vae
-        h = hashlib.sha256(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")},
-                                      sort_keys=True, default=str).encode())
+        h = _modules_hash([self.pipe.vae])
         h.update(json.dumps(self.buckets).encode())
-        for p in vae.parameters():
-            h.update(np.float64(p.detach().double().sum().item()).tobytes())
         for it in self.items:
             h.update(f"{it.image if isinstance(it.image, Path) else it.image.tobytes()[:4096]!r}|{it.text}".encode())
         return h.hexdigest()[:16]
+
+    def _cached_text(self, cache_dir: str | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Caption -> (embeds, pooled), each caption encoded once. With ``cache_dir`` the cache is a file keyed by
+        the text encoders and captions, memory-mapped on reuse, so a large caption set need not fit in RAM."""
+        texts = sorted({it.text for it in self.items})
+        h = _modules_hash([self.pipe.text_encoder, self.pipe.text_encoder_2])
+        h.update(json.dumps(texts).encode())
+        path = Path(cache_dir) / f"text-{h.hexdigest()[:16]}.pt" if cache_dir else None
+        if path is not None and path.exists():
+            data = torch.load(path, mmap=True)
+        else:
+            chunks = [self._encode_text(texts[k:k + 64]) for k in range(0, len(texts), 64)]
+            data = {"texts": texts, "embeds": torch.cat([c[0] for c in chunks]),
+                    "pooled": torch.cat([c[1] for c in chunks])}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(data, path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").rename(path)
+        return {t: (data["embeds"][i], data["pooled"][i]) for i, t in enumerate(data["texts"])}
 
     def _cached_latents(self, cache_dir: str | None) -> dict[int, torch.Tensor]:
         path = Path(cache_dir) / f"latents-{self._fingerprint()}.pt" if cache_dir else None
@@ -243,10 +253,21 @@ class SDXLBatches:
         else:
             embeds, pooled = self._encode_text(captions)
         keep = (~drop).float()
-        embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
+        embeds, pooled = embeds.float() * keep[:, None, None], pooled.float() * keep[:, None]
         dev = self.device
         return {"latents": latents.to(dev), "prompt_embeds": embeds.to(dev), "pooled": pooled.to(dev),
                 "time_ids": sdxl_time_ids(self.buckets[b], batch_size).to(dev), "captions": captions}
+
+
+def _modules_hash(modules) -> "hashlib._Hash":
+    """A fingerprint of frozen modules: their configs and the sum of every parameter (cheap, changes with weights)."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(json.dumps({k: v for k, v in m.config.items() if not k.startswith("_")} if hasattr(m.config, "items")
+                            else m.config.to_dict(), sort_keys=True, default=str).encode())
+        for p in m.parameters():
+            h.update(np.float64(p.detach().double().sum().item()).tobytes())
+    return h
 
 
 def add_training_noise(latents: torch.Tensor, noise_sched, gen: torch.Generator, *, noise_offset: float = 0.0,

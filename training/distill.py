@@ -123,6 +123,8 @@ class DistillTask:
         for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             m.requires_grad_(False).eval()
         self.pipe.vae.to(self.device)
+        for m in (self.pipe.text_encoder, self.pipe.text_encoder_2):  # frozen: on the GPU in the training dtype
+            m.to(self.device, dtype)
         self.noise_sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.guidance = cfg.validation_guidance or default_guidance(cfg.teachers[0]["path"])
         items = items if items is not None else load_items(
@@ -236,26 +238,26 @@ class DistillTask:
         return total, scalars
 
     # validation and export
-    def _pipeline(self, unet):
+    def _render(self, unet) -> list:
+        """Validation images of ``unet`` (an fp32 student or a teacher). The prompts are encoded once by the frozen
+        encoders (fp16 on a GPU) and handed over in the UNet's dtype: the pipeline has no text encoders of its own,
+        so it casts embeddings to the UNet's dtype rather than the encoders'."""
         from diffusers import StableDiffusionXLPipeline
 
-        p = self.pipe
-        pipe = StableDiffusionXLPipeline(vae=p.vae, text_encoder=p.text_encoder, text_encoder_2=p.text_encoder_2,
-                                         tokenizer=p.tokenizer, tokenizer_2=p.tokenizer_2, unet=unet,
-                                         scheduler=p.scheduler)
+        p, size, prompts = self.pipe, self.cfg.buckets[0], list(self.cfg.validation_prompts)
+        pipe = StableDiffusionXLPipeline(vae=p.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=unet, scheduler=p.scheduler)
         pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def _render(self, unet) -> list:
-        size = self.cfg.buckets[0]
-        gens = [torch.Generator().manual_seed(self.cfg.seed + i) for i in range(len(self.cfg.validation_prompts))]
+        embeds = p.encode_prompt(prompts, device=self.device, do_classifier_free_guidance=self.guidance > 1)
+        pe, ne, pp, npp = (None if e is None else e.to(unet.dtype) for e in embeds)
+        gens = [torch.Generator().manual_seed(self.cfg.seed + i) for i in range(len(prompts))]
         hooks, self._hooks = self._hooks, []  # keep validation activations out of the feature buffers
         for h in hooks:
             h.features.clear()
         try:
-            return self._pipeline(unet)(list(self.cfg.validation_prompts),
-                                        num_inference_steps=self.cfg.validation_steps, guidance_scale=self.guidance,
-                                        width=size[0], height=size[1], generator=gens).images
+            return pipe(prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp,
+                        negative_pooled_prompt_embeds=npp, num_inference_steps=self.cfg.validation_steps,
+                        guidance_scale=self.guidance, width=size[0], height=size[1], generator=gens).images
         finally:
             for h in hooks:
                 h.features.clear()

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,13 +75,41 @@ class Job:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def default_slots() -> int:
-    """One job per GPU; one on a CPU-only machine."""
+def _gpu_count() -> int:
     try:
         import torch
-        return max(1, torch.cuda.device_count())
+        return torch.cuda.device_count()
     except ImportError:
-        return 1
+        return 0
+
+
+def default_slots() -> int:
+    """One job per GPU; one on a CPU-only machine."""
+    return max(1, _gpu_count())
+
+
+def job_gpu(slot: int) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value of the job in ``slot``: one of the GPUs the studio itself may use (its own
+    ``CUDA_VISIBLE_DEVICES`` list, else every GPU), or "" (no GPU) on a CPU-only machine."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible is not None else \
+        [str(i) for i in range(_gpu_count())]
+    return gpus[slot % len(gpus)] if gpus else ""
+
+
+def gpu_handover(cache) -> Callable[["Job"], str]:
+    """A ``before_start`` hook for the app: a job about to run on the GPU where the app's model cache holds models
+    gets that GPU emptied first (the models reload on the next generation); returns a note for the job's status."""
+    def hook(job: Job) -> str:
+        if cache.runtime.device.type != "cuda" or not cache.loaded() or job_gpu(job.slot) != job_gpu(0):
+            return ""
+        held = cache.memory_bytes()
+        cache.clear()
+        import torch
+
+        torch.cuda.empty_cache()
+        return f"the studio unloaded its models ({held / 2**30:.1f} GiB) from GPU {job_gpu(0)} for this job"
+    return hook
 
 
 # ---------------------------------------------------------------- runner
@@ -90,13 +119,15 @@ class JobRunner:
     may share one root (mutations hold a file lock)."""
 
     def __init__(self, root: str | Path | None = None, *, slots: int | None = None, grace_s: float = 60.0,
-                 env: dict | None = None, register_outputs: bool = True):
+                 env: dict | None = None, register_outputs: bool = True,
+                 before_start: Callable[[Job], str] | None = None):
         self.root = Path(root) if root is not None else data_dir() / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.slots = slots or default_slots()
         self.grace_s = grace_s  # cancel: STOP file; SIGINT, SIGTERM, SIGKILL after 1, 2, 3 x grace_s
         self.env = dict(env or {})
         self.register_outputs = register_outputs
+        self.before_start = before_start  # e.g. free the app's GPU models; returns a note for the job's status
         self._procs: dict[str, subprocess.Popen] = {}
         self._metrics: dict[str, MetricsLog] = {}
         self._lock = threading.RLock()
@@ -295,8 +326,9 @@ class JobRunner:
         cmd = command_line(job.kind, job_dir / CONFIG_FILE, resume=job.resume)
         env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])} | self.env
-        if self.slots > 1 and "CUDA_VISIBLE_DEVICES" not in self.env:
-            env["CUDA_VISIBLE_DEVICES"] = str(job.slot)  # one GPU per slot
+        if "CUDA_VISIBLE_DEVICES" not in self.env:
+            env["CUDA_VISIBLE_DEVICES"] = job_gpu(job.slot)  # every job sees exactly its own GPU (or none)
+        note = self.before_start(job) if self.before_start is not None else ""
         with open(job_dir / LOG_FILE, "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} run {job.runs + 1}: {' '.join(cmd)}\n")
             log.flush()
@@ -310,7 +342,8 @@ class JobRunner:
         job.pid, job.started, job.ended, job.returncode = proc.pid, time.time(), None, None
         job.runs += 1
         job.command = cmd
-        self._set(job, "running", "resumed from the newest checkpoint" if job.resume else "")
+        self._set(job, "running", "; ".join(m for m in ("resumed from the newest checkpoint" if job.resume else "",
+                                                         note) if m))
 
     def _alive(self, job: Job) -> bool:
         """Is the job's own process (same pid and start time) still running?"""

@@ -29,7 +29,7 @@ class DistillConfig(TrainConfig):
     buckets: list = field(default_factory=lambda: [[64, 64]])  # (width, height) training resolutions
     cache_latents: bool = True  # encode every image once (VAE frozen)
     cache_text: bool = True  # encode every caption once (text encoders frozen)
-    cache_dir: str = ""  # also keep the latent cache on disk here
+    cache_dir: str = ""  # also keep the latent and caption caches on disk here (captions memory-mapped)
     caption_dropout: float = 0.1  # rows trained unconditionally (zero embedding), keeps CFG working
     noise_offset: float = 0.0
     lambda_task: float = 1.0

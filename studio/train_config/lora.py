@@ -43,7 +43,7 @@ class LoraTrainConfig(TrainConfig):
     buckets: list = field(default_factory=lambda: [[64, 64]])  # (width, height) training resolutions
     cache_latents: bool = True  # encode every image once (VAE frozen)
     cache_text: bool = True  # encode every caption once (text encoders frozen; not used with train_text_encoder)
-    cache_dir: str = ""  # also keep the latent cache on disk here
+    cache_dir: str = ""  # also keep the latent and caption caches on disk here (captions memory-mapped)
     caption_dropout: float = 0.0  # rows trained unconditionally (zero embedding)
     noise_offset: float = 0.0
     snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting; 0 = off (5 recommended)

@@ -5,6 +5,7 @@ import os
 
 import gradio as gr
 
+from studio.jobs.runner import JobRunner, gpu_handover
 from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui.arena_tab import build_arena_tab
@@ -25,7 +26,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         with gr.Tab("Layers"):
             build_layers_tab(cache)
         with gr.Tab("Train"):
-            build_jobs_tab()
+            build_jobs_tab(runner=JobRunner(before_start=gpu_handover(cache)))  # a GPU job gets the GPU
         with gr.Tab("Arena"):
             build_arena_tab(cache)
         generate.select(on_refresh_lists, None, lists, api_name=False)  # a finished job's student/LoRA is listed

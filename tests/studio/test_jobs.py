@@ -191,6 +191,34 @@ def test_queue_kill_resume_cancel_and_registration(teacher, tmp_path):
     assert [j.id for j in runner.list()] == [j1, j2]
 
 
+def test_every_job_sees_only_its_own_gpu_and_the_app_hands_the_gpu_over_first(teacher, tmp_path, monkeypatch):
+    """Item 8 of issue 14: each job gets CUDA_VISIBLE_DEVICES (one of the GPUs the studio may use), and the
+    ``before_start`` hook (the app frees its GPU models) runs before the process starts and is noted in the status."""
+    from studio.jobs.runner import gpu_handover, job_gpu
+    from studio.loading import ModelCache
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the studio may use physical GPUs 3 and 5
+    assert [job_gpu(slot) for slot in range(3)] == ["3", "5", "3"]
+    calls = []
+    runner = JobRunner(tmp_path / "jobs", slots=2, env={"OMP_NUM_THREADS": "1"},
+                       before_start=lambda job: calls.append(job.slot) or f"GPU {job_gpu(job.slot)} freed")
+    jobs = [runner.submit("distill", tiny_job(teacher, steps=200)) for _ in range(2)]
+    try:
+        assert calls == [0, 1] and [runner.status(j).message for j in jobs] == ["GPU 3 freed", "GPU 5 freed"]
+        for j, gpu in zip(jobs, ("3", "5")):
+            proc = psutil.Process(runner.status(j).pid)
+            deadline = time.time() + 30
+            while "training.distill" not in " ".join(proc.cmdline()) and time.time() < deadline:
+                time.sleep(0.05)  # until the child has exec'd with its own environment
+            assert proc.environ()["CUDA_VISIBLE_DEVICES"] == gpu
+    finally:
+        for j in jobs:
+            runner.cancel(j, wait_s=60)
+    cpu_cache = ModelCache()
+    cpu_cache.get("tiny-base")
+    assert gpu_handover(cpu_cache)(runner.status(jobs[0])) == "" and cpu_cache.loaded() == ["tiny-base"]
+
+
 def test_the_app_restarts_and_reattaches_across_processes(teacher, tmp_path):
     """The studio dies (SIGKILL) while its job trains; a new studio process re-attaches to the job, sees it stop at
     the step its cancel named, resumes it and sees it finish and registers the student. No runner of this process

@@ -213,6 +213,31 @@ def test_buckets_and_pixels():
     assert not math.isnan(px.sum().item())
 
 
+def test_caption_cache_on_disk_is_reused_memory_mapped_and_gives_the_same_batches(tiny_folder, tmp_path):
+    """Item 8 of issue 14: captions are encoded once; with cache_dir the embeddings live in a file keyed by the text
+    encoders and captions, and a second run reads that file instead of encoding again."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from training.data import SDXLBatches
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_folder)
+    items = load_items("demo", count=6, size=32)
+    first = SDXLBatches(items, pipe, buckets=[(32, 32)], cache_text=True, cache_dir=str(tmp_path))
+    files = list(tmp_path.glob("text-*.pt"))
+    assert len(files) == 1 and len(first._text) == len({it.text for it in items})
+    calls = []
+    pipe.encode_prompt = lambda *a, **k: calls.append(a)  # a second encoding would fail loudly
+    again = SDXLBatches(items, pipe, buckets=[(32, 32)], cache_text=True, cache_dir=str(tmp_path))
+    assert calls == []
+    a, b = (x.batch(SDXLBatches.generator(0, 1), 3) for x in (first, again))
+    assert a["captions"] == b["captions"] and torch.equal(a["prompt_embeds"], b["prompt_embeds"])
+    assert a["prompt_embeds"].dtype == torch.float32 and torch.equal(a["pooled"], b["pooled"])
+    next(pipe.text_encoder.parameters()).data += 1  # other encoder weights: another cache file
+    del pipe.encode_prompt
+    SDXLBatches(items, pipe, buckets=[(32, 32)], cache_text=True, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("text-*.pt"))) == 2
+
+
 def forward_macs(unet) -> int:
     """MACs of one batch-1 forward of a real UNet at its sample size (77 text tokens), counted by torch's
     FlopCounterMode while it runs on the CPU: independent of studio.blocks, which counts on the meta device. The
