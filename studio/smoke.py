@@ -209,7 +209,7 @@ def run_smoke(models: list[str], dtype: str, *, size: int = 256, steps: int = 2,
 
 
 def _child(args: list[str], env: dict) -> None:
-    done = subprocess.run([sys.executable, "-m", "studio.smoke", *args], env=env)
+    done = subprocess.run([sys.executable, "-m", "studio.smoke", *args], env=env, stdout=sys.stderr)  # (--json)
     if done.returncode:
         raise RuntimeError(f"smoke step `{' '.join(args[:2])}` failed (exit {done.returncode}); see the output above")
 
