@@ -135,8 +135,9 @@ def stats_rows(results: list[GenerateResult]) -> list[list]:
     first = done[0].stats.latency_s if done else None
     rows = []
     for r in results:
-        if r.error:
-            rows.append([r.model, r.seed, None, None, None, None, None, None, None, f"failed: {r.error}"])
+        if r.error:  # the first sentence (the whole message is in result.error, the UI's warning and the CLI)
+            first_sentence = r.error.split(". ")[0][:160]
+            rows.append([r.model, r.seed, None, None, None, None, None, None, None, f"failed: {first_sentence}"])
             continue
         s = r.stats
         note = "; ".join(n for n, on in (("VAE tiled", s.vae_tiled), ("low VRAM (CPU offload)", s.offloaded),
