@@ -65,7 +65,7 @@ def _specs(args) -> list:
     from studio.loading import resolve_spec
     from studio.registry import default_model
 
-    return [resolve_spec(m, base=args.base) for m in (args.model or [default_model()])]
+    return [resolve_spec(m, base=args.base, hub_ids=True) for m in (args.model or [default_model()])]
 
 
 def _cache(args):

@@ -13,6 +13,7 @@ that fails yields a result with ``error`` set, and the other models still run.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from dataclasses import replace
@@ -83,8 +84,9 @@ def _run_once(cache, spec, request, *, roots, loras, warmup, on_step, should_sto
     warmup_s = None
     if warmup and not cache.is_warm(spec.name):
         start = time.perf_counter()
-        generate(pipe, replace(request, steps=min(WARMUP_STEPS, request.steps), batch_size=1), **common,
-                 on_step=_tagged(on_step, "warm-up"))
+        steps = WARMUP_STEPS if request.init_image is None else max(WARMUP_STEPS, math.ceil(1 / request.strength))
+        generate(pipe, replace(request, steps=min(steps, request.steps), batch_size=1), **common,
+                 on_step=_tagged(on_step, "warm-up"))  # img2img runs strength × steps: at least one of them
         warmup_s = time.perf_counter() - start
     result = generate(pipe, request, **common, on_step=on_step)
     cache.mark_warm(spec.name)

@@ -3,7 +3,7 @@ that supplies its text encoders and VAE.
 
     resolve_spec("vega")                         # registry name
     resolve_spec("/data/my-unet", base="sdxl")   # local folder or .safetensors, base named explicitly
-    resolve_spec("someone/sdxl-finetune")        # hub id (local mode)
+    resolve_spec("someone/sdxl-finetune", hub_ids=True)   # hub id (the command line)
 
 A UNet tells which text encoders it needs by its conditioning widths (``config_signature``): the width of the text
 features its cross-attention reads (SDXL: 768 + 1280 = 2048) and of its added embedding (pooled text + six size ids:
@@ -30,10 +30,13 @@ class ModelLoadError(ValueError):
     """A model could not be loaded; the message says what was wrong and what to do."""
 
 
-def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None, base: str | None = None) -> ModelSpec:
-    """A model argument, tried in this order: registry name, local path, hub id (``owner/name``, local mode only).
+def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None, base: str | None = None,
+                 hub_ids: bool = False) -> ModelSpec:
+    """A model argument, tried in this order: registry name, local path, hub id (``owner/name``).
 
-    ``roots`` (UI/API callers) keeps paths inside those folders and refuses hub ids. A UNet-only folder or file takes
+    ``roots`` (UI/API callers) keeps paths inside those folders. Hub ids that are not in the registry are accepted
+    only with ``hub_ids=True`` (the command line, a local user): from the app, a stranger could otherwise make the
+    server download any repo. A UNet-only folder or file takes
     its base from ``base`` (the CLI's --base), else from its ``studio_model.json``, else from its config (the
     registry model whose text encoders and size embedding fit the UNet's cross-attention and addition-embedding
     widths), else a clear error. Path models are named ``<folder or file name>-<6 hex of the path>`` (unique),
@@ -52,9 +55,9 @@ def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None, base: st
             raise ModelLoadError(f"model path {text!r} does not exist")
         return _path_spec(resolved, base, registry)
     if HUB_ID.match(text):
-        if roots is not None:
-            raise ModelLoadError(f"model {text!r}: hub ids are loaded in local mode only (`python -m studio "
-                                 f"generate --model {text}`); in the app choose a listed model")
+        if not hub_ids or roots is not None:
+            raise ModelLoadError(f"model {text!r}: hub ids are loaded from the command line only (`python -m "
+                                 f"studio generate --model {text}`); here choose a listed model")
         return ModelSpec(safe_name(text.replace("/", "-")) or "hub-model", text,
                          base=_checked_base(text, base, None) if base else None)
     return get_spec(text)  # raises "unknown model" listing the known names

@@ -99,6 +99,14 @@ def test_first_call_after_loading_is_an_untimed_warm_up(family):
     assert stats_rows([first])[0][STATS_COLUMNS.index("warm-up (s)")] == round(first.stats.warmup_s, 3)
 
 
+def test_image_to_image_warms_up_with_at_least_one_denoising_step(family):
+    from PIL import Image
+
+    request = GenerateRequest(prompt="a circle", seed=3, steps=4, strength=0.3, init_image=Image.new("RGB", (32, 32)))
+    (result,) = iter_side_by_side(ModelCache(), ["tiny-base"], request)
+    assert not result.error and result.stats.warmup_s > 0
+
+
 def test_each_model_reports_its_own_memory(family):
     cache = ModelCache()
     base, student = iter_side_by_side(cache, ["tiny-base", "tiny-student"], REQUEST, warmup=False)

@@ -120,13 +120,16 @@ def test_model_arguments_resolve_registry_then_path_then_hub_id(hub, family, tmp
         shutil.copytree(family["student"], folder)
     a, b = resolve_spec(str(one)), resolve_spec(str(two))
     assert a.name != b.name and a.name.startswith("my-unet-") and a.base == "tiny-base"
-    # a hub id (owner/name) not in the registry and not a local path: loaded from the cache, in local mode only
+    # a hub id (owner/name) not in the registry and not a local path: loaded from the cache, command line only
     save_repo(hub, "someone/tiny-finetune", make_tiny_pipeline(seed=3))
-    spec = resolve_spec("someone/tiny-finetune")
+    spec = resolve_spec("someone/tiny-finetune", hub_ids=True)
     assert spec.source == "someone/tiny-finetune" and spec.source_kind == "hub" and spec.base is None
     assert image(ModelCache().get(spec)).shape == (32, 32, 3)
-    with pytest.raises(ModelLoadError, match="hub ids are loaded in local mode only"):
-        resolve_spec("someone/tiny-finetune", roots=model_roots())
+    for kwargs in ({}, {"roots": model_roots(), "hub_ids": True}):  # the app's tabs: never a download
+        with pytest.raises(ModelLoadError, match="hub ids are loaded from the command line only"):
+            resolve_spec("someone/tiny-finetune", **kwargs)
+    with pytest.raises(ModelLoadError, match="command line only"):
+        ModelCache().get("someone/tiny-finetune")
     with pytest.raises(ModelLoadError, match="does not exist"):
         resolve_spec("./no/such/folder")
     with pytest.raises(ValueError, match="unknown model 'nonsense'"):
