@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from studio.arena import DEFAULT_PROMPT_SET, GenerateFn, build_cache, export_votes, load_prompt_set, load_votes
+from studio.arena import (DEFAULT_PROMPT_SET, MAX_SEED, VOTER_POLICIES, GenerateFn, build_cache, export_votes,
+                          load_prompt_set, load_votes)
 from studio.ratings import LeaderboardRow, RatingConfig, leaderboard
 
 GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
@@ -91,16 +93,17 @@ def run_cache(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory) 
     def progress(done: int, total: int) -> None:
         print(f"\rarena-cache: {done}/{total} images", end="\n" if done == total else "", flush=True)
 
-    index = build_cache(args.models, prompts, args.seeds, generate_fn_factory(args), args.cache_dir,
+    seeds = args.seeds or [random.SystemRandom().randrange(MAX_SEED + 1) for _ in range(args.num_seeds)]
+    index = build_cache(args.models, prompts, seeds, generate_fn_factory(args), args.cache_dir,
                         settings=args.settings, on_progress=progress)
     print(f"arena-cache: index written to {index}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write every vote of ``args.db`` to ``args.out`` (CSV or JSON)."""
-    n = export_votes(args.db, args.out, args.format)
-    print(f"arena-export: {n} votes written to {args.out}")
+    """Write every vote of ``args.db`` to ``args.out`` (CSV or JSON; voter pseudonyms per ``args.voters``)."""
+    n = export_votes(args.db, args.out, args.format, voters=args.voters)
+    print(f"arena-export: {n} votes written to {args.out} (voters: {args.voters})")
     return 0
 
 
@@ -122,7 +125,10 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     cache = subparsers.add_parser("arena-cache", help="pre-generate arena battles for CPU hosting")
     cache.add_argument("--cache-dir", required=True, help="output folder (index.json + PNGs); resumable")
     cache.add_argument("--models", nargs="+", required=True, help="model names of the pool")
-    cache.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per prompt (default: 0)")
+    cache.add_argument("--seeds", nargs="+", type=int, default=None,
+                       help="seeds per prompt (default: --num-seeds random ones: a small known seed would let a "
+                            "voter replay a battle before voting)")
+    cache.add_argument("--num-seeds", type=int, default=1, help="random seeds per prompt when --seeds is not given")
     cache.add_argument("--prompt-set", default=str(DEFAULT_PROMPT_SET), help="prompt set JSON")
     cache.add_argument("--category", default=None, help="only prompts of this category")
     cache.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
@@ -133,6 +139,9 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     export.add_argument("--db", required=True, help="arena SQLite database")
     export.add_argument("--out", required=True, help="output file (.csv or .json)")
     export.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --out's extension")
+    export.add_argument("--voters", choices=VOTER_POLICIES, default="rotate",
+                        help="voter pseudonyms: keep the stored ones, rotate (fresh ones, unlinkable to other exports; "
+                             "default) or drop them")
     export.set_defaults(func=run_export)
 
     board = subparsers.add_parser("leaderboard", help="print the arena leaderboard (Bradley-Terry + Elo)")

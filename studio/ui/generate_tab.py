@@ -15,11 +15,13 @@ import gradio as gr
 
 from studio.compare import MAX_MODELS, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
+from studio.hosting import deliverable
 from studio.loading import ModelCache
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import default_model, list_models
 from studio.schedulers import SCHEDULERS
+from studio.ui.access import lane
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -130,7 +132,7 @@ class GenerateHandlers:
             for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
                                             on_step=on_step, should_stop=stop.is_set):
                 results.append(result)
-                files += [str(p) for p in result.save(out_dir)]
+                files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
                 yield _outputs(models, results, files)
         except GenerationCancelled:
             gr.Warning("Generation cancelled")
@@ -227,7 +229,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             status = gr.Markdown()
     inputs = [models, *(widgets[name] for name in handler_fields()), *(lora_widgets[n] for n in LORA_FIELDS)]
     event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
-                     api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+                     api_name="generate", **lane("gpu"))
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, models, api_name="list_models")
