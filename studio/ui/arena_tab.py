@@ -204,6 +204,9 @@ class ArenaService:
     def set_pool(self, names: list[str]) -> list[str]:
         """An admin's pool (stored in the database: it survives restarts); [] goes back to the default."""
         names = [n.strip() for n in names if n.strip()]
+        if len(names) > 64 or any(len(n) > self.hosting.caps.name_chars for n in names):
+            raise ArenaError(f"the pool takes at most 64 model names of at most {self.hosting.caps.name_chars} "
+                             "characters each")
         if names:
             known = {s.name for s in list_models()} | (self.cached_models() if self.has_cache() else set())
             unknown = [n for n in names if n not in known]
