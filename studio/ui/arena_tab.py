@@ -32,7 +32,7 @@ from studio import hosting as hosting_mod
 from studio.arena import (CACHE_INDEX, LABELS, VOTES, Arena, ArenaConfig, ArenaError, PromptItem, VoteMirror,
                           draw_prompt, export_votes, load_prompt_set, load_votes, read_setting, restore_votes,
                           write_setting)
-from studio.arena_cli import make_generate_fn
+from studio.arena_cli import SETTING_KEYS, make_generate_fn
 from studio.hosting import Hosting, deliverable, display_path, gpu_task
 from studio.loading import ModelCache
 from studio.paths import DEMO_DIR, data_dir, models_dir
@@ -45,6 +45,7 @@ DATASET_ENV = hosting_mod.VOTES_DATASET_ENV  # "user/name": mirror votes to this
 MIRROR_MINUTES = 5
 LIVE_ENV = "STUDIO_ARENA_LIVE"  # "0": never generate live, serve every battle from the cache
 MAX_LIVE_ENV = "STUDIO_ARENA_MAX_LIVE_S"  # live battles slower than this (mean) fall back to the cache
+SETTINGS_ENV = "STUDIO_ARENA_SETTINGS"  # JSON object, e.g. {"steps": 8}: overrides `pool_settings` of live battles
 CACHE_NOTE = "served from the pre-generated battle cache"
 ALL = "all"
 LOG = logging.getLogger(__name__)
@@ -101,6 +102,26 @@ def pool_settings(pool: list[str]) -> dict:
         settings["steps"] = max(s.default_steps for s in specs)
         settings["guidance"] = float(statistics.median(s.default_guidance for s in specs))
     return settings
+
+
+def env_settings(caps) -> dict:
+    """``$STUDIO_ARENA_SETTINGS`` (keys of `SETTING_KEYS`, steps and size within the caps), or {} when unset."""
+    text = os.environ.get(SETTINGS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{SETTINGS_ENV} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict) or set(value) - set(SETTING_KEYS):
+        raise ValueError(f"{SETTINGS_ENV} must be a JSON object with keys among {', '.join(SETTING_KEYS)}; "
+                         f"got {text[:200]!r}")
+    for key, cap in (("steps", "steps"), ("width", "size"), ("height", "size")):
+        if key in value:
+            if not isinstance(value[key], int) or isinstance(value[key], bool) or value[key] < 1:
+                raise ValueError(f"{SETTINGS_ENV}: {key} must be a positive integer; got {value[key]!r}")
+            caps.check(cap, value[key], f"{SETTINGS_ENV} {key}")
+    return value
 
 
 def how_to_add_models(pool: list[str]) -> str:
@@ -233,7 +254,8 @@ class ArenaService:
         key = (tuple(pool), cache_dir)
         with self._lock:
             if key not in self._arenas:
-                settings = self.settings if self.settings is not None else pool_settings(pool)
+                settings = (self.settings if self.settings is not None
+                            else {**pool_settings(pool), **env_settings(self.hosting.caps)})
                 self._arenas[key] = (Arena(self.db_path, pool, self.generate_fn, cache_dir=cache_dir,
                                            config=self.config, prompts=self.prompts, mirror=self.mirror), settings)
             return self._arenas[key]
@@ -420,7 +442,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
     handlers = ArenaHandlers(service)
     categories = [ALL, *service.categories()]
     default_category = DEMO_CATEGORY if service.fixed_pool is None and DEMO_CATEGORY in categories else ALL
-    with gr.Tab("Battle"):
+    with gr.Tab("Battle", elem_id="arena-battle"):
         gr.Markdown("**Blind arena** — two anonymous models draw the same prompt with the same seed. Vote for the "
                     "better image; the names are revealed after your vote (one vote per battle).")
         current = service.pool()
@@ -445,7 +467,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         vote_choice = gr.Radio(list(VOTES), value="A", visible=False, label="vote")  # API input of arena_vote
         vote_api = gr.Button(visible=False)
         gr.HTML(f"<style>{IMAGE_CSS}</style>", padding=False, container=False)  # last: its empty block adds a gap
-    with gr.Tab("Leaderboard") as board_tab:
+    with gr.Tab("Leaderboard", elem_id="arena-board") as board_tab:
         with gr.Row():
             board_category = gr.Dropdown([*categories, "custom"], value=ALL, label="Category")
             since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="any")
@@ -458,11 +480,11 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         with gr.Row():
             fmt = gr.Radio(["csv", "json"], value="csv", label="Export format")
             export = gr.Button("Export votes", elem_id="arena-export")
-            export_file = gr.File(label="Votes export", interactive=False, height=120)
+            export_file = gr.File(label="Votes export", interactive=False, height=120, elem_id="arena-export-file")
         with gr.Accordion("Arena pool (admins)", open=False):
             with gr.Row():
-                pool_names = gr.Textbox(label="Models, comma-separated (empty = the default pool)",
-                                        value=", ".join(current), scale=4)
+                pool_names = gr.Textbox(label="Models, comma-separated (empty = the default pool)", scale=4,
+                                        value="" if service.hosting.public else ", ".join(current))
                 set_pool = gr.Button("Set pool", scale=0)
             pool_info = gr.Markdown()
 
