@@ -15,7 +15,7 @@ import gradio as gr
 
 from studio.compare import MAX_MODELS, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
-from studio.hosting import deliverable
+from studio.hosting import deliverable, gpu_task
 from studio.loading import ModelCache
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
@@ -228,7 +228,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
     inputs = [models, *(widgets[name] for name in handler_fields()), *(lora_widgets[n] for n in LORA_FIELDS)]
-    event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
+    event = go.click(gpu_task(GenerateHandlers(cache).on_generate), inputs, [*galleries, stats, files, seed_used],
                      api_name="generate", **lane("gpu"))
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)

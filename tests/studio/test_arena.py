@@ -330,6 +330,12 @@ class TestExportAndCli:
             "--max-prompts", "2", "--seeds", "0", "1", "--settings", '{"steps": 2}')
         index = json.loads((tmp_path / "cache" / "index.json").read_text())
         assert len(index["entries"]) == 4 and index["settings"] == {"steps": 2}
+        run("arena-cache", "--cache-dir", str(tmp_path / "random"), "--models", *POOL[:2], "--category", "shapes",
+            "--max-prompts", "1", "--num-seeds", "2")
+        seeds = [e["seed"] for e in json.loads((tmp_path / "random" / "index.json").read_text())["entries"]]
+        assert len(seeds) == 2 and len(set(seeds)) == 2  # random seeds by default: a small known one is replayable
+        out = run("arena-timing", "--models", *POOL, "--battles", "6", "--settings", '{"steps": 2}')
+        assert "spread between pairs: unpaced" in out and out.count(" vs ") >= 2
 
     def test_main_cli_registers_arena_commands(self, arena, capsys):
         from studio.cli import main

@@ -3,6 +3,7 @@ the admin password gate, where data lives, which folders are blocked, display pa
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 import types
@@ -105,6 +106,14 @@ class TestCaps:
             caps.check_text("prompt", 12)
         with pytest.raises(CapError, match=r"init image pixels \(12000x12000 =\) 144,000,000"):
             caps.check_pixels(12000, 12000)
+
+    def test_readme_table_matches_the_caps(self):
+        """The README's caps table is the documentation of record: same variables, same defaults."""
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+        rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `(STUDIO_[A-Z_]+)` \| [^|]+ \| ([\d.]+) \| ([\d.]+) \|$",
+                                                        readme, re.MULTILINE)}
+        expected = {var: tuple(float(d) for d in defaults) for var, _, _, defaults in CAP_ENV.values()}
+        assert {var: tuple(float(x) for x in row) for var, row in rows.items()} == expected
 
     def test_lanes(self):
         caps = replace(Caps.defaults("public"), sweep_concurrency=2, concurrency=5)
