@@ -657,10 +657,14 @@ class Arena:
             con.execute("UPDATE battles SET status = 'voted' WHERE id = ?", (battle["id"],))
         settings = json.loads(battle["settings"])
         if self.mirror is not None:
-            self.mirror.write({"id": cursor.lastrowid, "battle_id": battle["id"], "created_at": now, "vote": vote,
-                               "model_a": battle["model_a"], "model_b": battle["model_b"], "winner": winner,
-                               "prompt": battle["prompt"], "category": battle["category"], "settings": settings,
-                               "seed": battle["seed"], "source": battle["source"], "voter": pseudonym})
+            try:  # the vote is in the database already: a failing mirror must not turn it into an error
+                self.mirror.write({"id": cursor.lastrowid, "battle_id": battle["id"], "created_at": now,
+                                   "vote": vote, "model_a": battle["model_a"], "model_b": battle["model_b"],
+                                   "winner": winner, "prompt": battle["prompt"], "category": battle["category"],
+                                   "settings": settings, "seed": battle["seed"], "source": battle["source"],
+                                   "voter": pseudonym})
+            except OSError:
+                LOG.exception("arena: could not mirror a vote to %s", self.mirror.folder)
         return {"battle_id": battle["id"], "vote": vote, LABELS[0]: battle["model_a"], LABELS[1]: battle["model_b"],
                 "winner": winner, "source": battle["source"], "seed": battle["seed"], "settings": settings,
                 "prompt": battle["prompt"]}

@@ -147,3 +147,15 @@ def test_too_small_pool_explains_how_to_add_models(family):
             battle(client)
     finally:
         demo.close()
+
+
+def test_visitor_text_is_inert_markdown():
+    """A prompt is shown as text: no image fetched from elsewhere (it would leak voters' addresses), no link, no HTML."""
+    from studio.ui.arena_tab import _battle_info
+
+    hostile = ["![t](http://evil.example/t.png)", "[click](javascript:alert(1))", "<img src=x onerror=alert(1)>",
+               "# huge heading", "**bold** `code` | table |"]
+    for prompt in hostile:
+        info = _battle_info({"prompt": prompt, "category": "custom", "source": "live"})
+        shown = info.split("**Prompt:** ", 1)[1].split("  \n", 1)[0]
+        assert all(c not in shown.replace("\\" + c, "") for c in "![]()<>#*`|"), shown
