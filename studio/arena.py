@@ -403,14 +403,18 @@ class LivePacer:
     """Holds every live battle back to one deadline: the sum of the two slowest models' typical generation times
     (median of the last `window` per model) times `margin`. Every pair then answers after the same time, so the
     latency of a battle says nothing about which models drew it. A model with no timing yet is calibrated by
-    generating with it inside the first battle that needs it (its image is discarded)."""
+    generating with it inside the first battle that needs it (its image is discarded); a model's first generation
+    is not counted (it includes loading the weights)."""
 
     def __init__(self, margin: float = 1.25, window: int = 9):
         self.margin, self._times, self._lock = margin, {}, threading.Lock()
-        self.window, self.overruns = window, 0
+        self.window, self.overruns, self._warm = window, 0, set()
 
     def record(self, model: str, seconds: float) -> None:
         with self._lock:
+            if model not in self._warm:  # the first run loads the model: not a generation time
+                self._warm.add(model)
+                return
             self._times.setdefault(model, deque(maxlen=self.window)).append(seconds)
 
     def missing(self, pool: Sequence[str]) -> list[str]:
@@ -545,11 +549,15 @@ class Arena:
         a, b = self._pick_pair(self.pool)
         start = time.perf_counter()
         images = {}
-        try:  # the pair, then any pool model the pacer has no timing for yet (calibration; image discarded)
-            for m in [a, b] + [m for m in self.pacer.missing(self.pool) if m not in (a, b)]:
-                t0 = time.perf_counter()
-                images[m] = self.generate_fn(m, prompt, seed, dict(settings))
-                self.pacer.record(m, time.perf_counter() - t0)
+        # the pair, then every pool model the pacer has no timing for yet (calibration; images discarded). A
+        # model's first generation only warms it up, so a fresh model runs twice in the first battle.
+        try:
+            while todo := [m for m in (a, b) if m not in images] + (
+                    self.pacer.missing(self.pool) if self.config.pace_live else []):
+                for m in todo:
+                    t0 = time.perf_counter()
+                    images[m] = self.generate_fn(m, prompt, seed, dict(settings))
+                    self.pacer.record(m, time.perf_counter() - t0)
         except Exception as exc:  # the message could name the model: log it server-side, show a neutral one
             LOG.exception("arena: live generation failed")
             raise ArenaError("Image generation failed; please start another battle.") from exc

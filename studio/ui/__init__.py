@@ -32,7 +32,8 @@ INTRO = ("**SDXL-family studio** — generate with SDXL, SSD-1B, Vega and the em
 # In public mode only these endpoints are listed in the API docs and become MCP tools (read-only ones and
 # generation within the caps); every other event is "undocumented": still callable by its api_name (the names
 # are an interface), but not advertised and not a tool. Visibility is not a permission: handlers check that.
-PUBLIC_TOOLS = frozenset({"generate", "list_models", "list_loras", "layers_map", "layers_plan", "arena_leaderboard",
+# (/list_loras joins once its choices show paths relative to the studio's roots: today they are absolute.)
+PUBLIC_TOOLS = frozenset({"generate", "list_models", "layers_map", "layers_plan", "arena_leaderboard",
                           "arena_draw_prompt"})
 
 
