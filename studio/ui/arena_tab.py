@@ -200,6 +200,7 @@ class ArenaService:
         self.db_path = Path(db_path) if db_path else arena_dir() / "votes.db"
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.config = config or arena_config(self.hosting)
+        self.env_settings = env_settings(self.hosting.caps)  # checked at start-up, not at the first battle
         self.generate_fn = gpu_task(make_generate_fn(cache.get))
         self.prompts = load_prompt_set()
         self.mirror = start_mirror(self.db_path) if db_path is None else None
@@ -255,7 +256,7 @@ class ArenaService:
         with self._lock:
             if key not in self._arenas:
                 settings = (self.settings if self.settings is not None
-                            else {**pool_settings(pool), **env_settings(self.hosting.caps)})
+                            else {**pool_settings(pool), **self.env_settings})
                 self._arenas[key] = (Arena(self.db_path, pool, self.generate_fn, cache_dir=cache_dir,
                                            config=self.config, prompts=self.prompts, mirror=self.mirror), settings)
             return self._arenas[key]

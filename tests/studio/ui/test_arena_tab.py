@@ -159,3 +159,18 @@ def test_visitor_text_is_inert_markdown():
         info = _battle_info({"prompt": prompt, "category": "custom", "source": "live"})
         shown = info.split("**Prompt:** ", 1)[1].split("  \n", 1)[0]
         assert all(c not in shown.replace("\\" + c, "") for c in "![]()<>#*`|"), shown
+
+
+@pytest.mark.parametrize("value,match", [("not json", "JSON object"), ("[1, 2]", "keys among"),
+                                         ('{"sampler": "Euler a"}', "keys among"), ('{"steps": true}', "positive"),
+                                         ('{"steps": 1e9}', "positive"), ('{"steps": 0}', "positive"),
+                                         ('{"width": 4096}', "STUDIO_MAX_SIZE"), ('{"steps": 31}', "STUDIO_MAX_STEPS")])
+def test_arena_settings_from_the_environment_are_checked(monkeypatch, value, match):
+    from studio.hosting import Caps
+    from studio.ui.arena_tab import SETTINGS_ENV, env_settings
+
+    monkeypatch.setenv(SETTINGS_ENV, value)
+    with pytest.raises(ValueError, match=match):
+        env_settings(Caps.defaults("public"))
+    monkeypatch.setenv(SETTINGS_ENV, '{"steps": 8, "guidance": 4.5}')
+    assert env_settings(Caps.defaults("public")) == {"steps": 8, "guidance": 4.5}
