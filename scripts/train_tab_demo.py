@@ -80,7 +80,7 @@ def main(args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860")
-    parser.add_argument("--preset", default="demo student (CPU, 5 min)")
+    parser.add_argument("--preset", default="Demo student, Vega recipe (CPU, 5 min)")
     parser.add_argument("--name", default="demo-vega-browser")
     parser.add_argument("--teacher", default="demo-teacher")
     parser.add_argument("--cancel_at", type=int, default=60, help="cancel once the job has passed this step")

@@ -11,7 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from studio.ablation import AblationConfig, compare_ablation, config_plan, export_plan, plot_sweep, sweep
-from studio.removal import RECIPES, parse_units
+from studio.recipes import RECIPES
+from studio.removal import parse_units
 
 CONFIG_FLAGS = {  # AblationConfig field -> (flag, argparse options); every field has exactly one flag
     "model": ("--model", dict(default=None, help="registry model (default: the registry default, demo-teacher)")),

@@ -1,7 +1,9 @@
-"""Command line: ``python -m studio generate|models|...``. Same config objects as the UI.
+"""Command line: ``python -m studio generate|models|bench|smoke|...``. Same config objects as the UI.
 
     python -m studio models
     python -m studio generate --model demo-teacher --prompt "a red circle on a blue background" --out outputs/cli
+    python -m studio generate --model /data/my-unet --base sdxl --prompt "a lighthouse"
+    python -m studio smoke --model vega --dtype bf16 --size 256
 """
 from __future__ import annotations
 
@@ -19,7 +21,12 @@ REQUEST_HELP = {
     "width": "pixels, multiple of 8 (default: the model's native size)", "height": "pixels, multiple of 8",
     "scheduler": "one of: " + ", ".join(SCHEDULERS), "batch_size": "images per model (1-8)",
     "strength": "image-to-image strength (0, 1]",
+    "vae": "default (the model's own) or fp16-fix (madebyollin/sdxl-vae-fp16-fix: decodes in fp16 on a GPU)",
 }
+MODEL_HELP = ("registry name, local folder/.safetensors, or hub id owner/name (tried in that order); repeat for "
+              "side by side")
+BASE_HELP = ("model supplying the text encoders and VAE of UNet-only paths/hub ids among --model (default: the "
+             "folder's studio_model.json, else the registry model whose text encoders fit the UNet's config)")
 
 
 def _add_request_args(parser: argparse.ArgumentParser, *, prompt: str | None = None) -> None:
@@ -53,37 +60,52 @@ def parse_lora_args(items: list[str], models: list[str]) -> dict:
     return out
 
 
+def _specs(args) -> list:
+    """--model arguments resolved (registry name -> local path -> hub id), --base applied to UNet-only ones."""
+    from studio.loading import resolve_spec
+    from studio.registry import default_model
+
+    return [resolve_spec(m, base=args.base, hub_ids=True) for m in (args.model or [default_model()])]
+
+
+def _cache(args):
+    from studio.loading import ModelCache
+
+    return ModelCache(offload=args.low_vram)
+
+
 def cmd_generate(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from studio.compare import iter_side_by_side, stats_rows
-    from studio.loading import ModelCache
-    from studio.registry import default_model
+    from studio.compare import STATS_CAPTION, STATS_COLUMNS, iter_side_by_side, stats_rows
 
     values = {f.name: getattr(args, f.name) for f in fields(GenerateRequest) if f.name != "init_image"}
     if args.init_image:
         values["init_image"] = Image.open(args.init_image)
     request = GenerateRequest(**values)
-    models = args.model or [default_model()]
-    cache, results = ModelCache(), []
+    specs = _specs(args)
+    loras = parse_lora_args(args.lora or [], [str(m) for m in (args.model or [specs[0].name])])
+    loras = {spec.name: refs for spec, refs in zip(specs, loras.values())}
+    results = []
     bar = tqdm(total=0, unit="step")
 
     def on_step(step, total, info):
-        if step == 1:  # a new model starts: restart the bar (and its rate) for it
+        if step == 1:  # a new model (or its warm-up) starts: restart the bar (and its rate) for it
             bar.reset(total=total)
-            bar.set_description(info["model"])
+            bar.set_description(f"{info['model']} {info.get('phase', '')}".strip())
         bar.update(step - bar.n)
 
-    for result in iter_side_by_side(cache, models, request, loras=parse_lora_args(args.lora or [], models),
-                                    on_step=on_step):
+    for result in iter_side_by_side(_cache(args), specs, request, loras=loras, on_step=on_step):
+        if result.error:
+            print(f"error: {result.model}: {result.error}", file=sys.stderr)
         for path in result.save(args.out):
             print(path)
         results.append(result)
     bar.close()
-    from studio.compare import STATS_COLUMNS
     print(json.dumps([dict(zip(STATS_COLUMNS, row)) for row in stats_rows(results)], indent=2))
-    return 0
+    print(STATS_CAPTION, file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_models(args) -> int:
@@ -103,12 +125,10 @@ def cmd_models(args) -> int:
 
 def cmd_bench(args) -> int:
     from studio.bench import BENCH_COLUMNS, bench_generate
-    from studio.loading import ModelCache
-    from studio.registry import default_model
 
     values = {f.name: getattr(args, f.name) for f in fields(GenerateRequest) if f.name != "init_image"}
-    rows = bench_generate(ModelCache(), args.model or [default_model()], GenerateRequest(**values),
-                          repeats=args.repeats, warmup=args.warmup)
+    rows = bench_generate(_cache(args), _specs(args), GenerateRequest(**values), repeats=args.repeats,
+                          warmup=args.warmup)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -118,14 +138,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", help=MODEL_HELP + " (default: the registry default, the demo "
+                                                                      "teacher)")
+    parser.add_argument("--base", help=BASE_HELP)
+    parser.add_argument("--low-vram", action="store_true",
+                        help="keep weights in CPU memory and move one component at a time to the GPU "
+                             "(diffusers model CPU offload): slower, fits smaller GPUs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio",
                                      description="SDXL-family studio: generate, compare, take UNets apart.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate with one or more models side by side")
-    gen.add_argument("--model", action="append",
-                     help="registry name or local folder/.safetensors; repeat for side by side "
-                          "(default: the registry default, the demo teacher)")
+    _add_model_args(gen)
     _add_request_args(gen)
     gen.add_argument("--lora", action="append", metavar="[MODEL=]PATH[:SCALE]",
                      help="LoRA .safetensors (diffusers or kohya format) with optional scale; repeatable; "
@@ -133,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs/cli", help="folder for PNGs (with A1111 'parameters' metadata)")
     gen.set_defaults(func=cmd_generate)
     bench = sub.add_parser("bench", help="time models side by side (median of repeats, ratio to the first)")
-    bench.add_argument("--model", action="append", help="registry name or path; repeat to compare")
+    _add_model_args(bench)
     _add_request_args(bench, prompt="a red circle on a blue background")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--warmup", type=int, default=1)
@@ -151,7 +178,7 @@ def _extension_modules():
     """Subcommands contributed by other core modules (layer removal, arena), when present."""
     import importlib
 
-    for name in ("studio.removal_cli", "studio.arena_cli", "studio.ablation_cli"):
+    for name in ("studio.smoke", "studio.removal_cli", "studio.arena_cli", "studio.ablation_cli"):
         try:
             yield importlib.import_module(name)
         except ModuleNotFoundError as err:

@@ -1,61 +1,150 @@
-"""Side-by-side generation: one request, several models, the same seed; stats relative to the first model.
+"""Side-by-side generation: one request, several models, the same seed; timed fairly, each model's memory its own.
 
-    results = generate_side_by_side(cache, ["demo-teacher", "demo-ssd"], GenerateRequest(prompt="a red star"))
+    for result in iter_side_by_side(cache, ["demo-teacher", "demo-ssd"], GenerateRequest(prompt="a red star")):
+        print(result.model, result.error or result.stats.latency_s)
     rows = stats_rows(results)
+
+Fair timing: the first call after a model is loaded pays one-off costs (CUDA start-up and kernel selection, first
+touch of its weights), so each model gets an untimed warm-up call (``WARMUP_STEPS`` steps at the requested size)
+before its timed one; the warm-up's wall time is reported on its own. Out of memory: the other models are evicted,
+the memory returned, and the call retried once with tiled VAE decoding; a second failure is a clear message. A model
+that fails yields a result with ``error`` set, and the other models still run.
 """
 from __future__ import annotations
 
+import logging
+import math
 import secrets
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from studio.generation import MAX_SEED, GenerateRequest, GenerateResult, OnStep, ShouldStop, generate
-from studio.loading import ModelCache
+import torch
+
+from studio.generation import (MAX_SEED, GenerateRequest, GenerateResult, GenerationCancelled, OnStep, ShouldStop,
+                               generate)
+from studio.loading import ModelCache, resolve_spec
 from studio.lora import LoraRef
+from studio.memory import activation_bytes
+from studio.registry import ModelSpec
 
 MAX_MODELS = 4
-STATS_COLUMNS = ["model", "seed", "latency (s)", "speed-up vs first", "it/s", "peak memory (MB)", "UNet params (M)"]
+WARMUP_STEPS = 2
+STATS_COLUMNS = ["model", "seed", "latency (s)", "speed-up vs first", "it/s", "weights (MB)", "peak added (MB)",
+                 "warm-up (s)", "UNet params (M)", "note"]
+STATS_CAPTION = ("Latency: the timed call only — each model's first call after loading is an untimed warm-up "
+                 f"({WARMUP_STEPS} steps, same size; its time under 'warm-up'). Speed-up = first model's latency / "
+                 "this model's. Weights = resident for this model (shared text encoders and VAE included); peak "
+                 "added = memory its call added at the peak (CUDA allocator, or process RSS on a CPU).")
+log = logging.getLogger(__name__)
 
 
-def check_models(models: list[str]) -> list[str]:
+class OutOfMemory(RuntimeError):
+    """A model ran out of memory twice (the second time alone in memory); the message says what to lower."""
+
+
+def check_models(models: list) -> list:
     models = [m for m in models if m]
     if not models:
         raise ValueError("choose at least one model")
     if len(models) > MAX_MODELS:
         raise ValueError(f"choose at most {MAX_MODELS} models at once; got {len(models)}")
-    if len(set(models)) != len(models):
+    names = [m.name if isinstance(m, ModelSpec) else m for m in models]
+    if len(set(names)) != len(names):
         raise ValueError("each model may be chosen once")
     return models
 
 
-def iter_side_by_side(cache: ModelCache, models: list[str], request: GenerateRequest, *,
+def run_model(cache: ModelCache, spec: ModelSpec, request: GenerateRequest, *, roots: list[Path] | None = None,
+              loras: list[LoraRef] = (), warmup: bool = True, on_step: OnStep | None = None,
+              should_stop: ShouldStop | None = None) -> GenerateResult:
+    """Load (if needed), warm up (first call after loading), generate; on CUDA out-of-memory free everything
+    else and retry once with tiled decoding, then raise :class:`OutOfMemory`."""
+    for attempt in (1, 2):
+        try:
+            return _run_once(cache, spec, request, roots=roots, loras=loras, warmup=warmup, on_step=on_step,
+                             should_stop=should_stop, retry=attempt == 2)
+        except torch.OutOfMemoryError as err:
+            cache.free(keep=spec.name)
+            if attempt == 2:
+                raise OutOfMemory(
+                    f"{spec.name} ran out of memory at {request.width or 'native'}×{request.height or 'native'} "
+                    f"with {request.batch_size} image(s), even alone in memory with tiled VAE decoding: lower the "
+                    f"size or the images per model, or turn on low VRAM (model CPU offload)") from err
+            log.warning("%s: out of memory (%s); other models evicted, retrying once with tiled decoding",
+                        spec.name, err)
+    raise AssertionError("unreachable")
+
+
+def _run_once(cache, spec, request, *, roots, loras, warmup, on_step, should_stop, retry) -> GenerateResult:
+    pipe = cache.get(spec, workspace_bytes=_workspace(cache, spec, request))
+    common = dict(model_name=spec.name, loras=list(loras), roots=roots, vae=cache.vae(request.vae, pipe),
+                  offload_device=cache.offload_device, tile_vae=retry, should_stop=should_stop)
+    warmup_s = None
+    if warmup and not cache.is_warm(spec.name):
+        start = time.perf_counter()
+        steps = WARMUP_STEPS if request.init_image is None else max(WARMUP_STEPS, math.ceil(1 / request.strength))
+        generate(pipe, replace(request, steps=min(steps, request.steps), batch_size=1), **common,
+                 on_step=_tagged(on_step, "warm-up"))  # img2img runs strength × steps: at least one of them
+        warmup_s = time.perf_counter() - start
+    result = generate(pipe, request, **common, on_step=on_step)
+    cache.mark_warm(spec.name)
+    result.stats.warmup_s, result.stats.retried = warmup_s, retry
+    return result
+
+
+def _workspace(cache: ModelCache, spec: ModelSpec, request: GenerateRequest) -> int:
+    size = spec.default_size or 1024
+    return activation_bytes(request.width or size, request.height or size, request.batch_size, cache.runtime.dtype,
+                            cfg=request.guidance > 1)
+
+
+def _tagged(on_step: OnStep | None, phase: str) -> OnStep | None:
+    if on_step is None:
+        return None
+    return lambda step, total, info: on_step(step, total, {**info, "phase": phase})
+
+
+def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request: GenerateRequest, *,
                       roots: list[Path] | None = None, loras: dict[str, list[LoraRef]] | None = None,
-                      on_step: OnStep | None = None,
+                      warmup: bool = True, on_step: OnStep | None = None,
                       should_stop: ShouldStop | None = None) -> Iterator[GenerateResult]:
     """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed.
 
-    ``loras`` maps a model name to the LoRAs (with scales) applied to that model only.
+    Models are registry names, paths or resolved specs; every name is resolved before anything runs (a typo fails
+    at once). ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
+    load or run yields ``GenerateResult.failed`` and the next model still runs; cancelling stops the whole run.
     """
-    models = check_models(models)
+    specs = [m if isinstance(m, ModelSpec) else resolve_spec(m, roots=roots) for m in check_models(models)]
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-    for name in models:
-        pipe = cache.get(name, roots=roots)
-        yield generate(pipe, request, model_name=name, loras=(loras or {}).get(name, []), roots=roots,
-                       on_step=on_step, should_stop=should_stop)
-
-
-def generate_side_by_side(cache: ModelCache, models: list[str], request: GenerateRequest,
-                          **kwargs) -> list[GenerateResult]:
-    return list(iter_side_by_side(cache, models, request, **kwargs))
+    for spec in specs:
+        try:
+            yield run_model(cache, spec, request, roots=roots, loras=(loras or {}).get(spec.name, []),
+                            warmup=warmup, on_step=on_step, should_stop=should_stop)
+        except GenerationCancelled:
+            raise
+        except Exception as err:  # load errors, out of memory, a LoRA that does not fit: this column only
+            log.exception("side-by-side: %s failed", spec.name)
+            message = str(err) if isinstance(err, (ValueError, OutOfMemory)) else f"{type(err).__name__}: {err}"
+            yield GenerateResult.failed(spec.name, request, message)
 
 
 def stats_rows(results: list[GenerateResult]) -> list[list]:
-    """One row per model; speed-up = first model's latency / this model's latency."""
-    if not results:
-        return []
-    first = results[0].stats.latency_s
-    return [[r.model, r.seed, round(r.stats.latency_s, 3), round(first / r.stats.latency_s, 2),
-             round(r.stats.it_per_s, 2), round(r.stats.peak_memory_mb, 1), round(r.stats.unet_params / 1e6, 3)]
-            for r in results]
+    """One row per model; speed-up = the first successful model's latency / this model's latency."""
+    done = [r for r in results if not r.error]
+    first = done[0].stats.latency_s if done else None
+    rows = []
+    for r in results:
+        if r.error:  # the first sentence (the whole message is in result.error, the UI's warning and the CLI)
+            first_sentence = r.error.split(". ")[0][:160]
+            rows.append([r.model, r.seed, None, None, None, None, None, None, None, f"failed: {first_sentence}"])
+            continue
+        s = r.stats
+        note = "; ".join(n for n, on in (("VAE tiled", s.vae_tiled), ("low VRAM (CPU offload)", s.offloaded),
+                                         ("retried after out-of-memory", s.retried)) if on)
+        rows.append([r.model, r.seed, round(s.latency_s, 3), round(first / s.latency_s, 2), round(s.it_per_s, 2),
+                     round(s.weights_mb, 1), round(s.peak_added_mb, 1),
+                     None if s.warmup_s is None else round(s.warmup_s, 3), round(s.unet_params / 1e6, 3), note])
+    return rows

@@ -3,32 +3,39 @@
     result = generate(pipe, GenerateRequest(prompt="a red circle on a blue background", seed=1), model_name="demo")
     result.images[0].save("out.png"); print(result.stats.latency_s, result.seed)
 
-Progress goes to ``on_step(step, total, info)``; ``should_stop()`` is polled after every step and interrupts the
-diffusers loop (``pipe._interrupt``), after which :class:`GenerationCancelled` is raised.
+Progress goes to ``on_step(step, total, info)`` (``info`` holds the model name, the timestep and the scheduler object
+running the loop); ``should_stop()`` is polled after every step and interrupts the diffusers loop
+(``pipe._interrupt``), after which :class:`GenerationCancelled` is raised.
+
+Memory: the VAE decodes one image at a time for batches and in tiles above ``TILE_ABOVE_PIXELS`` (or when asked to,
+after an out-of-memory); a call can stream components to the GPU one at a time (``offload_device``, low-VRAM mode).
 """
 from __future__ import annotations
 
 import hashlib
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import psutil
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from studio.names import safe_name
 from studio.lora import LoraRef, lora_file, loras_applied
+from studio.memory import PeakMemory, module_bytes
+from studio.names import safe_name
 from studio.pngmeta import format_parameters, save_png
+from studio.registry import VAES
 from studio.schedulers import SCHEDULERS, make_scheduler
 
 MIN_SIZE, MAX_SIZE = 32, 2048
 MAX_STEPS, MAX_BATCH, MAX_PROMPT_CHARS = 150, 8, 2000
 MAX_SEED = 2**32 - 1
 VERSION = "sdxl-studio 0.1"
+TILE_ABOVE_PIXELS = 1536 * 1024  # decode in tiles above ~1.5 MP per image (SDXL's buckets are ~1 MP)
 
 OnStep = Callable[[int, int, dict], None]
 ShouldStop = Callable[[], bool]
@@ -51,6 +58,7 @@ class GenerateRequest:
     batch_size: int = 1  # images per model, 1-8
     init_image: Image.Image | None = field(default=None, compare=False, repr=False)  # set for image-to-image
     strength: float = 0.75  # image-to-image: how much of the init image is replaced, (0, 1]
+    vae: str = "default"  # "default" (the model's own) or "fp16-fix" (SDXL's VAE that decodes in fp16)
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT_CHARS:
@@ -73,6 +81,8 @@ class GenerateRequest:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}; got {self.batch_size}")
         if not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
+        if self.vae not in VAES:
+            raise ValueError(f"unknown vae {self.vae!r}; choose one of: {', '.join(VAES)}")
 
     def to_dict(self) -> dict:
         out = asdict(replace(self, init_image=None))
@@ -85,10 +95,15 @@ class GenerateRequest:
 class GenerateStats:
     latency_s: float  # wall time of the whole call (text encoding, denoising, decoding)
     it_per_s: float  # denoising steps per second
-    peak_memory_mb: float  # CUDA peak allocated, or the process RSS sampled at every step on CPU
-    memory_kind: str  # "cuda peak" or "process RSS"
+    weights_mb: float  # weights resident for this model: its UNet, text encoders and VAE (shared ones included)
+    peak_added_mb: float  # memory added during this call at its peak (activations, decode), beyond what was in use
+    memory_kind: str  # "cuda peak" (allocator) or "process RSS" (CPU)
     unet_params: int
     device: str
+    vae_tiled: bool = False  # decoded in tiles (large images, or after an out-of-memory)
+    offloaded: bool = False  # low-VRAM mode: components streamed to the device one at a time
+    warmup_s: float | None = None  # untimed first call after loading, when one was made (set by compare)
+    retried: bool = False  # succeeded on the second try after an out-of-memory (set by compare)
 
 
 @dataclass
@@ -100,6 +115,11 @@ class GenerateResult:
     stats: GenerateStats
     parameters: list[str]  # A1111 infotext of each image
     loras: list[LoraRef] = field(default_factory=list)
+    error: str = ""  # set (and no images) when this model failed in a side-by-side run; the others still ran
+
+    @classmethod
+    def failed(cls, model: str, request: GenerateRequest, error: str) -> "GenerateResult":
+        return cls(model, [], request.seed, request, None, [], error=error)
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write PNGs carrying their parameters; returns the paths."""
@@ -121,7 +141,7 @@ def infotext(request: GenerateRequest, seed: int, model: str, lora_hashes: str =
     fields = {"Steps": request.steps, "Sampler": request.scheduler, "CFG scale": request.guidance, "Seed": seed,
               "Size": f"{request.width}x{request.height}", "Model": model,
               "Denoising strength": request.strength if request.init_image is not None else None,
-              "Lora hashes": lora_hashes, "Version": VERSION}
+              "VAE": VAES[request.vae] and request.vae, "Lora hashes": lora_hashes, "Version": VERSION}
     return format_parameters(request.prompt, request.negative_prompt, fields)
 
 
@@ -135,12 +155,15 @@ def _lora_hashes(loras: list[LoraRef], roots) -> str:
 
 
 def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model_name: str = "model",
-             loras: list[LoraRef] = (), fuse_loras: bool = False, roots: list[Path] | None = None,
+             loras: list[LoraRef] = (), roots: list[Path] | None = None, vae=None,
+             offload_device: torch.device | None = None, tile_vae: bool = False,
              on_step: OnStep | None = None, should_stop: ShouldStop | None = None) -> GenerateResult:
     """Run one request on ``pipe`` (its weights are shared, never copied: img2img reuses the same modules).
 
-    ``loras`` are activated with their scales for this call only (``fuse_loras`` merges them for speed);
-    ``roots`` restricts LoRA paths to those folders (UI/API callers).
+    ``loras`` are applied with their scales for this call only; ``roots`` restricts LoRA paths to those folders
+    (UI/API callers). ``vae`` replaces the model's VAE for this call (``request.vae`` names it). With
+    ``offload_device`` the call moves one whole component at a time to that device (weights stay in CPU memory);
+    ``tile_vae`` forces tiled decoding (the retry after an out-of-memory).
     """
     # 1. resolve the random seed and the model's native size
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed == -1 else request.seed
@@ -148,22 +171,22 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     request = replace(request, seed=seed, width=request.width or size, height=request.height or size)
     if request.width % pipe.vae_scale_factor or request.height % pipe.vae_scale_factor:
         raise ValueError(f"width and height must be multiples of {pipe.vae_scale_factor} for model {model_name}")
-    # 2. a pipeline view with the requested scheduler over the same modules
+    if request.vae != "default" and vae is None:
+        raise ValueError(f"request.vae={request.vae!r} needs the loaded VAE (ModelCache.vae) passed as vae=")
+    # 2. a pipeline view with the requested scheduler (and VAE) over the same modules
     cls = StableDiffusionXLImg2ImgPipeline if request.init_image is not None else StableDiffusionXLPipeline
-    view = cls(**{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},
-               force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt)
+    components = {**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)}
+    if vae is not None:
+        components["vae"] = vae
+    view = cls(**components, force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt)
     view.set_progress_bar_config(disable=True)
-    device = pipe.unet.device
+    device = offload_device or pipe.unet.device
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(request.batch_size)]
-    # 3. progress, cancel and memory sampling in the per-step callback
-    process, rss = psutil.Process(), [psutil.Process().memory_info().rss]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
+    # 3. progress and cancel in the per-step callback
     def callback(p, i, t, kwargs):
-        rss.append(process.memory_info().rss)
         if on_step is not None:
-            on_step(i + 1, p.num_timesteps, {"model": model_name, "timestep": int(t)})
+            on_step(i + 1, p.num_timesteps, {"model": model_name, "timestep": int(t), "scheduler": p.scheduler})
         if should_stop is not None and should_stop():
             p._interrupt = True
         return kwargs
@@ -177,21 +200,48 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         kwargs.update(image=request.init_image.convert("RGB").resize((request.width, request.height)),
                       strength=request.strength)
     # 4. run and measure
-    start = time.perf_counter()
-    with loras_applied(pipe, list(loras), roots=roots, fuse=fuse_loras), torch.inference_mode():
+    tiled = tile_vae or request.width * request.height > TILE_ABOVE_PIXELS
+    weights = module_bytes(m for m in components.values() if isinstance(m, torch.nn.Module))
+    with _decode_mode(view.vae, tiled=tiled, sliced=request.batch_size > 1), _offloaded(view, offload_device), \
+            loras_applied(pipe, list(loras), roots=roots), torch.inference_mode(), PeakMemory(device) as peak:
+        start = time.perf_counter()
         images = view(**kwargs).images
-    latency = time.perf_counter() - start
+        latency = time.perf_counter() - start
     if view.interrupt:
         raise GenerationCancelled(f"generation with {model_name} was cancelled")
-    rss.append(process.memory_info().rss)
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device), "cuda peak"
-    else:
-        peak, kind = max(rss), "process RSS"
     steps_run = max(view.num_timesteps, 1)
-    stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, peak_memory_mb=peak / 2**20,
-                          memory_kind=kind, unet_params=sum(p.numel() for p in pipe.unet.parameters()),
-                          device=str(device))
+    stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, weights_mb=weights / 2**20,
+                          peak_added_mb=peak.added_bytes / 2**20, memory_kind=peak.kind,
+                          unet_params=sum(p.numel() for p in pipe.unet.parameters()), device=str(device),
+                          vae_tiled=tiled, offloaded=offload_device is not None)
     hashes = _lora_hashes(list(loras), roots)
     texts = [infotext(request, seed + i, model_name, hashes) for i in range(len(images))]
     return GenerateResult(model_name, images, seed, request, stats, texts, list(loras))
+
+
+@contextmanager
+def _decode_mode(vae, *, tiled: bool, sliced: bool):
+    """Tiled / sliced VAE decoding for this call only (the VAE module is shared by several pipelines)."""
+    before = (getattr(vae, "use_tiling", False), getattr(vae, "use_slicing", False))
+    vae.use_tiling, vae.use_slicing = tiled, sliced
+    try:
+        yield
+    finally:
+        vae.use_tiling, vae.use_slicing = before
+
+
+@contextmanager
+def _offloaded(view, device: torch.device | None):
+    """diffusers' model CPU offload for this call: each component goes to ``device`` when it runs; afterwards the
+    hooks are removed and every weight is back in CPU memory (the cache's low-VRAM home)."""
+    if device is None:
+        yield
+        return
+    view.enable_model_cpu_offload(device=device)
+    try:
+        yield
+    finally:
+        view.remove_all_hooks()
+        for module in view.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to("cpu")

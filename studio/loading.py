@@ -1,11 +1,18 @@
-"""Load SDXL-family pipelines once, share identical components, and keep them in an LRU cache with a memory budget.
+"""Load SDXL-family pipelines once, share what they have in common, and keep them in an LRU cache that fits memory.
 
     cache = ModelCache()
-    pipe = cache.get("demo-teacher")          # a StableDiffusionXLPipeline on the best device
+    pipe = cache.get("vega")                 # Vega's UNet + SDXL's text encoders, tokenizers, VAE and scheduler
+    pipe = cache.get(resolve_spec("/data/my-unet", base="sdxl"))   # names and paths: studio.resolve
 
-Sharing: a model with a ``base`` (SSD-1B, Vega, exported students) gets only its UNet loaded; the pipeline is built
-with ``from_pipe`` from the base's text encoders, tokenizers and VAE. Full pipelines from local folders share any
-component whose files are byte-identical to one already loaded.
+Components: a model with a ``base`` (SSD-1B, Vega, exported students) loads only its own UNet; the text encoders,
+tokenizers, VAE and scheduler come from the base's repo or folder and are loaded once and shared by every model that
+uses them. The base's UNet is loaded only when the base itself is chosen. Two folders whose component files are the
+same (same config, same file sizes, same safetensors headers and sampled bytes) also share the loaded component.
+
+Memory: before loading, the bytes a model would add are read from its safetensors headers; least recently used
+models are evicted until the weights plus the working memory of the request fit the budget. ``memory_bytes()`` is
+what is resident, each shared tensor counted once. Low-VRAM mode keeps weights in CPU memory and moves one whole
+component at a time to the GPU during a call (diffusers' model CPU offload).
 """
 from __future__ import annotations
 
@@ -15,23 +22,21 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import psutil
 import torch
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from safetensors import safe_open
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from studio.names import safe_name
-from studio.paths import allow_pickle, resolve_inside
-from studio.registry import ModelSpec, default_model, get_spec, list_models
+from studio.memory import free_memory, module_bytes, safetensors_bytes
+from studio.paths import allow_pickle
+from studio.registry import CONFIGS_DIR, VAES, ModelSpec, get_spec
+from studio.resolve import ModelLoadError, read_safetensors_header, resolve_spec
 
-SHARED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+SHARED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
+WEIGHT_COMPONENTS = ("text_encoder", "text_encoder_2", "vae")
 PIPELINE_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-
-
-class ModelLoadError(ValueError):
-    """A model could not be loaded; the message says what was wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -41,94 +46,44 @@ class Runtime:
 
     @property
     def variant(self) -> str | None:
-        return "fp16" if self.dtype == torch.float16 else None
+        """Hub repos publish half-precision weights as the "fp16" variant; bf16 loads those and casts (half the
+        download of the fp32 files, same values up to bf16 rounding)."""
+        return "fp16" if self.dtype in (torch.float16, torch.bfloat16) else None
 
 
 def choose_runtime() -> Runtime:
-    """CUDA with fp16 (bf16 with STUDIO_DTYPE=bf16) when a GPU is present, else CPU with fp32."""
+    """CUDA with fp16 (bf16 with STUDIO_DTYPE=bf16) when a GPU is present, else CPU with fp32.
+
+    STUDIO_GPU_MEMORY_GB caps what this process may allocate on the GPU (room for a training job, or to behave like
+    a smaller card); allocations beyond it raise CUDA out-of-memory like a full card would.
+    """
     if torch.cuda.is_available():
         dtype = torch.bfloat16 if os.environ.get("STUDIO_DTYPE") == "bf16" else torch.float16
+        if os.environ.get("STUDIO_GPU_MEMORY_GB"):
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(
+                min(1.0, float(os.environ["STUDIO_GPU_MEMORY_GB"]) * 2**30 / total))
         return Runtime(torch.device("cuda"), dtype)
     return Runtime(torch.device("cpu"), torch.float32)
 
 
 def default_budget(runtime: Runtime) -> int:
+    """Bytes the cache may fill with weights and a request's working memory: STUDIO_CACHE_GB, else 92 % of the GPU
+    memory this process may use (the rest: CUDA context, fragmentation), or half the RAM on a CPU."""
     if "STUDIO_CACHE_GB" in os.environ:
         return int(float(os.environ["STUDIO_CACHE_GB"]) * 2**30)
     if runtime.device.type == "cuda":
-        return int(torch.cuda.get_device_properties(0).total_memory * 0.85)
+        gb = os.environ.get("STUDIO_GPU_MEMORY_GB")
+        total = int(float(gb) * 2**30) if gb else torch.cuda.get_device_properties(0).total_memory
+        return int(total * 0.92)
     return int(psutil.virtual_memory().total * 0.5)
 
 
-def unet_param_count(unet: torch.nn.Module) -> int:
-    return sum(p.numel() for p in unet.parameters())
-
-
-def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None) -> ModelSpec:
-    """A registry name, or a local folder / .safetensors path (checked against ``roots`` when given)."""
-    if not name_or_path or not str(name_or_path).strip():
-        raise ModelLoadError("no model given; choose one of: " + ", ".join(s.name for s in list_models()))
-    names = {s.name for s in list_models()}
-    if name_or_path in names:
-        return get_spec(name_or_path)
-    looks_like_path = os.sep in name_or_path or name_or_path.endswith(".safetensors") or Path(name_or_path).exists()
-    if not looks_like_path:
-        get_spec(name_or_path)  # raises the "unknown model" error listing the known names
-    path = resolve_inside(name_or_path, roots) if roots is not None else Path(name_or_path).expanduser().resolve()
-    if not path.exists():
-        raise ModelLoadError(f"model path {name_or_path!r} does not exist")
-    full = path.is_dir() and (path / "model_index.json").exists()
-    name = safe_name(path.stem) or "local"
-    return ModelSpec(name=name, source=str(path), base=None if full else default_model())
-
-
-def _fingerprint(folder: Path) -> str:
-    """Content hash of a component folder (config + weights): equal hashes mean the same weights."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file():
-            digest.update(file.name.encode())
-            with file.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _module_bytes(modules) -> int:
-    seen, total = set(), 0
-    for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-    return total
-
-
-def _explain(spec: ModelSpec, err: Exception) -> ModelLoadError:
-    if spec.source_kind == "hub":
-        return ModelLoadError(
-            f"model {spec.name!r} ({spec.source}) is not available: it is not in the local Hugging Face cache and "
-            f"the hub cannot be reached ({type(err).__name__}). Download it on a machine with internet "
-            f"(`huggingface-cli download {spec.source}`), or point the studio at a local copy: "
-            f"`python -m studio generate --model /path/to/diffusers-folder` or a single .safetensors file, "
-            f"or put the folder under the models dir so it appears in the list.")
-    return ModelLoadError(f"model {spec.name!r} could not be loaded from {spec.source}: {type(err).__name__}: {err}")
-
-
-def read_safetensors_header(spec: ModelSpec, path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the file header, without reading weights; a clear error for a corrupt file."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as err:
-        raise ModelLoadError(f"model {spec.name!r}: {path} is not a valid .safetensors file ({err})") from err
-
-
-def check_unet_file(spec: ModelSpec, path: Path, unet_config: dict) -> None:
+def check_unet_file(spec: ModelSpec, path: Path, config: dict) -> None:
     """A diffusers-keyed UNet file must have exactly the keys and shapes of the base's UNet architecture."""
-    found = read_safetensors_header(spec, path)
+    found = read_safetensors_header(spec.name, path)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet2DConditionModel.from_config(unet_config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in UNet2DConditionModel.from_config(config).state_dict().items()}
     if not set(found) & set(expected):
         return  # original (LDM) key names: diffusers converts them and reports its own errors
     wrong = sorted(k for k in expected if found.get(k) != expected[k]) + sorted(set(found) - set(expected))
@@ -138,113 +93,327 @@ def check_unet_file(spec: ModelSpec, path: Path, unet_config: dict) -> None:
             f"base {spec.base!r}): {len(wrong)} tensors missing, extra or of another shape, e.g. {wrong[:3]}")
 
 
-class ModelCache:
-    """Loaded pipelines by name, least-recently-used evicted first when their weights exceed ``budget_bytes``."""
+def vae_status(choice: str) -> str:
+    """Where a VAE choice would come from, for the UI: the model's own, the local cache, or the hub."""
+    repo = VAES[choice]
+    if repo is None:
+        return "the model's own"
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    def __init__(self, budget_bytes: int | None = None, runtime: Runtime | None = None):
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return f"{repo}, in the local cache"
+    return f"{repo}, not cached (offline)" if constants.HF_HUB_OFFLINE else f"{repo}, downloads on first use"
+
+
+# ---------------------------------------------------------------------------------------------- files on disk
+
+def local_folder(spec: ModelSpec) -> Path | None:
+    """The folder holding ``spec``'s components on this machine: its own folder, or its Hugging Face cache snapshot
+    (never downloads); None for a single file or a hub repo that is not cached."""
+    if spec.source_kind == "folder":
+        return Path(spec.source)
+    if spec.source_kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec.source, local_files_only=True))
+        except Exception:  # not cached
+            return None
+    return None
+
+
+def weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The .safetensors files diffusers/transformers read from a component folder for ``variant``."""
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [f for f in files if ".fp16." not in f.name and ".fp16-" not in f.name]
+    tagged = [f for f in files if f".{variant}." in f.name or f".{variant}-" in f.name] if variant else []
+    return tagged or plain
+
+
+def component_fingerprint(folder: Path) -> str:
+    """Identity of a component folder without hashing its weights: every small file's bytes, and for each weight
+    file its size, its safetensors header and four 64 KiB samples spread over the data."""
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.rglob("*")) if f.is_file())
+    return _fingerprint(stats)
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(stats: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, size, _ in stats:
+        digest.update(f"{Path(name).name}:{size}".encode())
+        with open(name, "rb") as fh:
+            if size <= 1 << 20:
+                digest.update(fh.read())
+                continue
+            head = fh.read(8)
+            digest.update(head + fh.read(min(int.from_bytes(head, "little"), 1 << 24)))
+            for k in range(1, 5):
+                fh.seek(size * k // 5)
+                digest.update(fh.read(1 << 16))
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+@dataclass
+class _Loaded:
+    spec: ModelSpec
+    pipe: StableDiffusionXLPipeline
+    warm: bool = False  # a call has run since loading (first-call costs paid)
+
+
+class ModelCache:
+    """Loaded pipelines by name; least recently used evicted first so that weights plus a request's working memory
+    stay within ``budget_bytes``. One instance per app; safe to share between threads (loads are serialised)."""
+
+    def __init__(self, budget_bytes: int | None = None, runtime: Runtime | None = None, *, offload: bool = False):
         self.runtime = runtime or choose_runtime()
         self.budget_bytes = budget_bytes if budget_bytes is not None else default_budget(self.runtime)
-        self._pipes: OrderedDict[str, StableDiffusionXLPipeline] = OrderedDict()
-        self._components: dict[str, object] = {}  # fingerprint -> loaded component
+        self.offload = offload or os.environ.get("STUDIO_LOW_VRAM") == "1"
+        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._parts: dict[str, object] = {}  # component key -> loaded text encoder / tokenizer / VAE / scheduler
+        self._vaes: dict[str, AutoencoderKL] = {}  # VAE choice -> loaded replacement VAE
         self._lock = threading.RLock()
 
     # -- public -----------------------------------------------------------------------------------------------
-    def get(self, name_or_spec: str | ModelSpec, *, roots: list[Path] | None = None) -> StableDiffusionXLPipeline:
+    def get(self, name_or_spec: str | ModelSpec, *, roots: list[Path] | None = None,
+            workspace_bytes: int = 0) -> StableDiffusionXLPipeline:
+        """The pipeline of a model, loading it if needed after evicting what must go for it and ``workspace_bytes``
+        (the working memory of the coming call) to fit."""
         spec = name_or_spec if isinstance(name_or_spec, ModelSpec) else resolve_spec(name_or_spec, roots=roots)
         with self._lock:
-            if spec.name in self._pipes:
-                self._pipes.move_to_end(spec.name)
-                return self._pipes[spec.name]
+            if spec.name in self._models:
+                self._models.move_to_end(spec.name)
+                self._make_room(0, workspace_bytes, keep=spec.name)
+                return self._models[spec.name].pipe
+            self._check_source(spec)
+            self._make_room(lambda: self.estimate_bytes(spec), workspace_bytes, keep=None)
             try:
-                pipe = self._load(spec)
+                self._models[spec.name] = _Loaded(spec, self._load(spec))
             except ModelLoadError:
                 raise
             except Exception as err:  # library errors become one clear message naming the model
                 raise _explain(spec, err) from err
-            self._pipes[spec.name] = pipe
-            self._evict(keep=spec.name)
-            return pipe
+            finally:
+                self._prune_parts()  # parts loaded for a model that failed are not kept
+            self._make_room(0, 0, keep=spec.name)  # estimates can miss (a download): enforce after loading too
+            return self._models[spec.name].pipe
 
     def loaded(self) -> list[str]:
-        return list(self._pipes)
+        return list(self._models)
+
+    def spec(self, name: str) -> ModelSpec:
+        return self._models[name].spec
 
     def memory_bytes(self) -> int:
-        """Bytes of weights held, each shared component counted once."""
-        return _module_bytes(m for p in self._pipes.values() for m in p.components.values()
-                             if isinstance(m, torch.nn.Module))
+        """Bytes of weights resident, each shared tensor counted once."""
+        return module_bytes(self._resident_modules())
+
+    def model_bytes(self, name: str) -> int:
+        """Bytes of the weights a loaded model uses (its UNet, and the text encoders and VAE it shares)."""
+        pipe = self._models[name].pipe
+        return module_bytes(m for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+
+    def estimate_bytes(self, spec: ModelSpec) -> int:
+        """Bytes loading ``spec`` would add now, from safetensors headers (components already resident cost 0; small
+        non-persistent buffers such as position ids are not in the files); a UNet not on this machine is counted
+        from its published size, other parts not on this machine as 0."""
+        dtype = self.runtime.dtype
+        total = self._unet_bytes(spec)
+        parts = self._parts_spec(spec)
+        folder = local_folder(parts)
+        for comp in WEIGHT_COMPONENTS:
+            if self._part_key(parts, comp) in self._parts or folder is None or not (folder / comp).is_dir():
+                continue
+            total += sum(safetensors_bytes(f, dtype) for f in weight_files(folder / comp, self._variant(parts)))
+        return total
+
+    def is_warm(self, name: str) -> bool:
+        return name in self._models and self._models[name].warm
+
+    def mark_warm(self, name: str) -> None:
+        if name in self._models:
+            self._models[name].warm = True
+
+    def vae(self, choice: str, pipe: StableDiffusionXLPipeline) -> AutoencoderKL | None:
+        """The replacement VAE for ``choice`` (None for "default"), loaded once; it must fit ``pipe``'s latents."""
+        if choice not in VAES:
+            raise ValueError(f"unknown VAE {choice!r}; choose one of: {', '.join(VAES)}")
+        if VAES[choice] is None:
+            return None
+        with self._lock:
+            if choice not in self._vaes:
+                repo = VAES[choice]
+                try:
+                    vae = AutoencoderKL.from_pretrained(repo, dtype=self.runtime.dtype)
+                except Exception as err:
+                    raise ModelLoadError(
+                        f"VAE {choice!r} ({repo}) is not available: it is not in the local Hugging Face cache and "
+                        f"the hub cannot be reached ({type(err).__name__}); `huggingface-cli download {repo}` on a "
+                        f"machine with internet, or choose the default VAE") from err
+                self._vaes[choice] = vae.to(self._home)
+            vae = self._vaes[choice]
+        own = pipe.vae.config
+        if (vae.config.latent_channels, len(vae.config.block_out_channels)) != (
+                own.latent_channels, len(own.block_out_channels)):
+            raise ValueError(f"VAE {choice!r} is for SDXL-class models ({vae.config.latent_channels} latent "
+                             f"channels, scale factor {2 ** (len(vae.config.block_out_channels) - 1)}); this model "
+                             "has its own VAE of another shape: choose the default VAE")
+        return vae
+
+    def set_offload(self, offload: bool) -> None:
+        """Low-VRAM mode on or off: weights move to CPU memory (on) or back to the device (off)."""
+        with self._lock:
+            if offload == self.offload:
+                return
+            self.offload = offload
+            for module in self._resident_modules():
+                module.to(self._home)
+            free_memory(self.runtime.device)
+
+    @property
+    def offload_device(self) -> torch.device | None:
+        """The accelerator a call should stream components to (low-VRAM mode), else None."""
+        return self.runtime.device if self.offload else None
+
+    def free(self, keep: str | None = None) -> None:
+        """Evict every model but ``keep`` and the replacement VAEs, and return the memory (after an out-of-memory)."""
+        with self._lock:
+            for name in [n for n in self._models if n != keep]:
+                del self._models[name]
+            self._vaes.clear()
+            self._prune_parts()
+            free_memory(self.runtime.device)
 
     def clear(self) -> None:
-        with self._lock:
-            self._pipes.clear()
-            self._components.clear()
+        self.free(keep=None)
 
-    # -- loading ----------------------------------------------------------------------------------------------
-    def _load(self, spec: ModelSpec) -> StableDiffusionXLPipeline:
+    # -- memory -------------------------------------------------------------------------------------------------
+    @property
+    def _home(self) -> torch.device:
+        return torch.device("cpu") if self.offload else self.runtime.device
+
+    def _resident_modules(self) -> list[torch.nn.Module]:
+        modules = [m for e in self._models.values() for m in e.pipe.components.values()
+                   if isinstance(m, torch.nn.Module)]
+        return modules + list(self._vaes.values())
+
+    def _make_room(self, need, workspace_bytes: int, keep: str | None) -> None:
+        """Evict least recently used models (never ``keep``) until resident + ``need`` + workspace fits the budget.
+        ``need`` may be a callable: what a load adds depends on which shared parts are still resident."""
+        while True:
+            needed = need() if callable(need) else need
+            if self.memory_bytes() + needed + workspace_bytes <= self.budget_bytes:
+                return
+            victims = [n for n in self._models if n != keep]
+            if not victims:
+                return
+            del self._models[victims[0]]
+            self._prune_parts()
+            free_memory(self.runtime.device)
+
+    def _prune_parts(self) -> None:
+        live = {id(m) for e in self._models.values() for m in e.pipe.components.values()}
+        self._parts = {key: m for key, m in self._parts.items() if id(m) in live}
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    def _check_source(self, spec: ModelSpec) -> None:
         if spec.source_kind in ("folder", "file") and not Path(spec.source).exists():
             raise ModelLoadError(f"model {spec.name!r}: path {spec.source} does not exist")
         if spec.source.endswith((".ckpt", ".bin", ".pt")) and not allow_pickle():
             raise ModelLoadError(f"model {spec.name!r}: {spec.source} is a pickle checkpoint, which can run code; "
                                  "only .safetensors are loaded (a local user may opt in with STUDIO_ALLOW_PICKLE=1)")
-        if spec.base:
-            base = self.get(spec.base)
-            unet = self._load_unet(spec, get_spec(spec.base) if spec.base in {s.name for s in list_models()} else None)
-            return StableDiffusionXLPipeline.from_pipe(base, unet=unet, dtype=self.runtime.dtype)
-        return self._load_pipeline(spec)
+        if spec.source_kind == "file" and not spec.base:
+            raise ModelLoadError(f"model {spec.name!r}: a single .safetensors file holds a UNet; name the model "
+                                 "that supplies its text encoders and VAE (base)")
+        if spec.source_kind == "folder" and not spec.base:
+            index = Path(spec.source) / "model_index.json"
+            if not index.exists():
+                raise ModelLoadError(f"model {spec.name!r}: {spec.source} has no model_index.json (a UNet-only "
+                                     "folder needs a base)")
+            kind = json.loads(index.read_text()).get("_class_name")
+            if kind not in PIPELINE_CLASSES:
+                raise ModelLoadError(f"model {spec.name!r}: {spec.source} holds a {kind}, not an SDXL-family "
+                                     f"pipeline ({', '.join(PIPELINE_CLASSES)})")
 
-    def _common_kwargs(self, spec: ModelSpec) -> dict:
+    def _parts_spec(self, spec: ModelSpec) -> ModelSpec:
+        """Where a model's text encoders, tokenizers, VAE and scheduler come from: its base, or itself."""
+        return get_spec(spec.base) if spec.base else spec
+
+    def _variant(self, spec: ModelSpec) -> str | None:
+        return self.runtime.variant if spec.fp16_variant else None
+
+    def _part_key(self, spec: ModelSpec, comp: str) -> str:
+        folder = local_folder(spec)
+        if folder is not None and (folder / comp).is_dir():
+            return f"{comp}:{component_fingerprint(folder / comp)}"
+        return f"{comp}:{spec.source}"
+
+    def _unet_bytes(self, spec: ModelSpec) -> int:
+        folder = local_folder(spec)
+        element = torch.tensor([], dtype=self.runtime.dtype).element_size()
+        if spec.source_kind == "file":
+            try:
+                return safetensors_bytes(spec.source, self.runtime.dtype)
+            except Exception as err:
+                raise ModelLoadError(f"model {spec.name!r}: {spec.source} is not a valid .safetensors file "
+                                     f"({err})") from err
+        if folder is not None:
+            unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+            files = weight_files(unet_dir, self._variant(spec))
+            if files:
+                return sum(safetensors_bytes(f, self.runtime.dtype) for f in files)
+        return (spec.unet_params or 0) * element
+
+    def _kwargs(self, spec: ModelSpec) -> dict:
         kwargs = dict(dtype=self.runtime.dtype, use_safetensors=not allow_pickle())
-        if spec.fp16_variant and self.runtime.variant:
-            kwargs["variant"] = self.runtime.variant
+        if self._variant(spec):
+            kwargs["variant"] = self._variant(spec)
         return kwargs
 
-    def _load_unet(self, spec: ModelSpec, base: ModelSpec | None) -> UNet2DConditionModel:
-        kwargs = self._common_kwargs(spec)
+    def _load(self, spec: ModelSpec) -> StableDiffusionXLPipeline:
+        parts = self._parts_spec(spec)
+        unet = self._load_unet(spec, parts) if spec.base else None
+        shared = {}
+        for comp in SHARED_COMPONENTS:
+            key = self._part_key(parts, comp)
+            if key in self._parts:
+                shared[comp] = self._parts[key]
+        if unet is not None:
+            shared["unet"] = unet
+        pipe = StableDiffusionXLPipeline.from_pretrained(parts.source, **shared, **self._kwargs(parts))
+        pipe.to(self._home)
+        for comp in SHARED_COMPONENTS:
+            self._parts.setdefault(self._part_key(parts, comp), getattr(pipe, comp))
+        return pipe
+
+    def _load_unet(self, spec: ModelSpec, base: ModelSpec) -> UNet2DConditionModel:
+        kwargs = self._kwargs(spec)
         source = Path(spec.source)
         if spec.source_kind == "file":
-            if base is None:
-                raise ModelLoadError(f"model {spec.name!r}: a single-file UNet needs a base model for its config")
-            kwargs.pop("use_safetensors")
-            kwargs.pop("variant", None)
-            config = UNet2DConditionModel.load_config(base.source, subfolder="unet")
+            released = CONFIGS_DIR / base.name
+            config_source = local_folder(base) or (released if (released / "unet").is_dir() else base.source)
+            config = UNet2DConditionModel.load_config(str(config_source), subfolder="unet")
             check_unet_file(spec, source, config)
-            unet = UNet2DConditionModel.from_single_file(str(source), config=base.source, subfolder="unet", **kwargs)
+            unet = UNet2DConditionModel.from_single_file(str(source), config=str(config_source), subfolder="unet",
+                                                         dtype=self.runtime.dtype)
         elif spec.source_kind == "hub" or (source / "unet").is_dir():
             unet = UNet2DConditionModel.from_pretrained(spec.source, subfolder="unet", **kwargs)
         else:
             unet = UNet2DConditionModel.from_pretrained(spec.source, **kwargs)
-        return unet.to(self.runtime.device)
+        return unet.to(self._home)
 
-    def _load_pipeline(self, spec: ModelSpec) -> StableDiffusionXLPipeline:
-        kwargs = self._common_kwargs(spec)
-        if spec.source_kind == "file":
-            kwargs.pop("use_safetensors")
-            pipe = StableDiffusionXLPipeline.from_single_file(spec.source, **kwargs)
-            return pipe.to(self.runtime.device)
-        shared, fingerprints = {}, {}
-        if spec.source_kind == "folder":
-            index = json.loads((Path(spec.source) / "model_index.json").read_text())
-            if index.get("_class_name") not in PIPELINE_CLASSES:
-                raise ModelLoadError(f"model {spec.name!r}: {spec.source} holds a {index.get('_class_name')}, "
-                                     f"not an SDXL-family pipeline ({', '.join(PIPELINE_CLASSES)})")
-            for comp in SHARED_COMPONENTS:
-                folder = Path(spec.source) / comp
-                if folder.is_dir():
-                    fingerprints[comp] = f"{comp}:{_fingerprint(folder)}"
-                    if fingerprints[comp] in self._components:
-                        shared[comp] = self._components[fingerprints[comp]]
-        else:
-            fingerprints = {comp: f"{comp}:{spec.source}" for comp in SHARED_COMPONENTS}
-            shared = {c: self._components[f] for c, f in fingerprints.items() if f in self._components}
-        pipe = StableDiffusionXLPipeline.from_pretrained(spec.source, **shared, **kwargs).to(self.runtime.device)
-        for comp, fp in fingerprints.items():
-            self._components.setdefault(fp, getattr(pipe, comp))
-        return pipe
 
-    def _evict(self, keep: str) -> None:
-        while self.memory_bytes() > self.budget_bytes and len(self._pipes) > 1:
-            victim = next(name for name in self._pipes if name != keep)
-            del self._pipes[victim]
-        live = {id(m) for p in self._pipes.values() for m in p.components.values()}
-        self._components = {fp: m for fp, m in self._components.items() if id(m) in live}
-        if self.runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
+def _explain(spec: ModelSpec, err: Exception) -> ModelLoadError:
+    repos = [s.source for s in ([spec] + ([get_spec(spec.base)] if spec.base else [])) if s.source_kind == "hub"]
+    missing = [r for r in repos if local_folder(ModelSpec("probe", r)) is None] or repos
+    if missing:
+        return ModelLoadError(
+            f"model {spec.name!r} ({spec.source}) is not available: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not in the local Hugging Face cache and the hub cannot be "
+            f"reached ({type(err).__name__}). Download on a machine with internet "
+            f"(`huggingface-cli download {missing[0]}`), or point the studio at a local copy: "
+            f"`python -m studio generate --model /path/to/diffusers-folder` or a single .safetensors file, "
+            f"or put the folder under the models dir so it appears in the list.")
+    return ModelLoadError(f"model {spec.name!r} could not be loaded from {spec.source}: {type(err).__name__}: {err}")

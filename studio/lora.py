@@ -4,10 +4,10 @@
     with loras_applied(pipe, [ref]):
         images = pipe(prompt).images
 
-Adapters are loaded once per pipeline (diffusers ``load_lora_weights`` through peft) and switched with
-``set_adapters``; generations without LoRAs run with every adapter disabled. ``fuse=True`` merges the weights for
-the duration of the call (faster denoising) and unmerges afterwards. Text encoders may be shared by several
-pipelines, so adapters are only active inside the ``with`` block (generations run one at a time).
+Adapters are loaded for the call (diffusers ``load_lora_weights`` through peft), activated with their scales by
+``set_adapters``, and unloaded when the ``with`` block ends: the cached pipeline — and the text encoders and VAE it
+shares with other models — leaves the block exactly as it entered it, same modules and same weights, so the Layers
+tab, exports and other models never see a LoRA (generations run one at a time).
 """
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ def ensure_loaded(pipe, ref: LoraRef, roots: list[Path] | None = None) -> str:
     try:
         pipe.load_lora_weights(str(path), adapter_name=name)
     except Exception as err:
+        pipe.unload_lora_weights()  # a half-injected LoRA must not stay behind
         raise ValueError(f"LoRA {ref.name!r} does not fit this model's architecture: {err}") from err
     if name not in _loaded_adapters(pipe):
         raise ValueError(f"LoRA {ref.name!r} does not fit this model's architecture: none of its layers matched")
@@ -93,23 +94,16 @@ def ensure_loaded(pipe, ref: LoraRef, roots: list[Path] | None = None) -> str:
 
 
 @contextmanager
-def loras_applied(pipe, loras: list[LoraRef], *, roots: list[Path] | None = None, fuse: bool = False):
-    """Activate ``loras`` with their scales inside the block; every adapter is disabled outside it."""
+def loras_applied(pipe, loras: list[LoraRef], *, roots: list[Path] | None = None):
+    """Apply ``loras`` with their scales inside the block; afterwards the pipeline holds no adapter at all."""
     if len(loras) > MAX_LORAS:
         raise ValueError(f"at most {MAX_LORAS} LoRAs per model; got {len(loras)}")
     if not loras:
-        if _loaded_adapters(pipe):
-            pipe.disable_lora()
         yield
         return
-    names = [ensure_loaded(pipe, ref, roots) for ref in loras]
-    pipe.enable_lora()
-    pipe.set_adapters(names, adapter_weights=[ref.scale for ref in loras])
-    if fuse:
-        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     try:
+        names = [ensure_loaded(pipe, ref, roots) for ref in loras]
+        pipe.set_adapters(names, adapter_weights=[ref.scale for ref in loras])
         yield
     finally:
-        if fuse:
-            pipe.unfuse_lora()
-        pipe.disable_lora()
+        pipe.unload_lora_weights()

@@ -5,13 +5,14 @@
 A *vote* is a mapping with at least ``model_a``, ``model_b`` (the models shown as "Model A" / "Model B") and
 ``vote`` in {"A", "B", "tie", "bad"}; ``category`` and ``created_at`` (epoch seconds) are used by `filter_votes`.
 This is exactly what `studio.arena.load_votes` returns. Nothing here touches the database or the UI.
+`parse_date` turns the UI's and the CLI's date filters into the epoch bounds `filter_votes` takes.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -57,8 +58,19 @@ def _score(vote: Mapping) -> float:
         raise ValueError(f"vote must be one of {', '.join(VOTE_SCORES)}; got {vote.get('vote')!r}") from None
 
 
-def _timestamp(t: float | datetime | None) -> float | None:
-    return t.timestamp() if isinstance(t, datetime) else t
+def parse_date(text: str | None, *, end: bool = False) -> float | None:
+    """An ISO date or date-time -> epoch seconds (None for empty text). A date alone as an ``end`` bound includes that
+    whole day (``until="2026-11-27"`` keeps the votes of the 27th). ValueError for anything else."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"dates look like 2026-11-27 or 2026-11-27T14:00; got {text!r}") from None
+    if end and len(text) == 10:
+        moment += timedelta(days=1)
+    return moment.timestamp()
 
 
 def models_of(votes: Iterable[Mapping]) -> list[str]:
@@ -66,10 +78,9 @@ def models_of(votes: Iterable[Mapping]) -> list[str]:
     return sorted({v["model_a"] for v in votes} | {v["model_b"] for v in votes})
 
 
-def filter_votes(votes: Iterable[Mapping], *, category: str | None = None, since: float | datetime | None = None,
-                 until: float | datetime | None = None) -> list[Mapping]:
-    """Votes of one prompt category and/or a time range (`since` inclusive, `until` exclusive; epoch or datetime)."""
-    since, until = _timestamp(since), _timestamp(until)
+def filter_votes(votes: Iterable[Mapping], *, category: str | None = None, since: float | None = None,
+                 until: float | None = None) -> list[Mapping]:
+    """Votes of one prompt category and/or a time range (`since` inclusive, `until` exclusive; epoch seconds)."""
     return [v for v in votes
             if (category is None or v.get("category") == category)
             and (since is None or v["created_at"] >= since)
@@ -178,8 +189,8 @@ def _newton(x: np.ndarray, s: np.ndarray, w: np.ndarray, ridge: float, max_iter:
     return beta
 
 
-def _fit(battles: _Battles, w: np.ndarray, config: RatingConfig) -> tuple[np.ndarray, bool]:
-    """Ratings (NaN for models absent from `w`) and whether the separable-data ridge was needed."""
+def _fit(battles: _Battles, w: np.ndarray, config: RatingConfig) -> np.ndarray:
+    """Ratings (NaN for models absent from `w`); the tiny ridge only when the data are separable."""
     n, keep = len(battles.models), w > 0
     a, b, s, w = battles.a[keep], battles.b[keep], battles.s[keep], w[keep]
     present = np.zeros(n, dtype=bool)
@@ -194,7 +205,7 @@ def _fit(battles: _Battles, w: np.ndarray, config: RatingConfig) -> tuple[np.nda
         beta[c] -= beta[c].mean()
     ratings = config.scale * beta + config.init
     ratings[~present] = np.nan
-    return ratings, not strongly
+    return ratings
 
 
 def fit_bradley_terry(votes: Sequence[Mapping], config: RatingConfig = RatingConfig()) -> dict[str, float]:
@@ -208,21 +219,14 @@ def fit_bradley_terry(votes: Sequence[Mapping], config: RatingConfig = RatingCon
 
     When the MLE does not exist (a model never lost, or never won, against its group — "separable" data, where the
     unpenalised coefficients run to infinity) a tiny ridge ``config.separable_ridge / 2 * |coef|^2`` is added so the
-    ratings stay finite; `bradley_terry_is_regularized` reports when that happens.
+    ratings stay finite.
     """
     models = models_of(votes)
     if not models:
         return {}
     battles = _aggregate(votes, models)
-    ratings, _ = _fit(battles, battles.w, config)
+    ratings = _fit(battles, battles.w, config)
     return dict(zip(models, ratings.tolist()))
-
-
-def bradley_terry_is_regularized(votes: Sequence[Mapping], config: RatingConfig = RatingConfig()) -> bool:
-    """True when `votes` are separable, so `fit_bradley_terry` had to add its tiny ridge."""
-    models = models_of(votes)
-    battles = _aggregate(votes, models)
-    return bool(models) and _fit(battles, battles.w, config)[1]
 
 
 def bootstrap_bradley_terry(votes: Sequence[Mapping], config: RatingConfig = RatingConfig()
@@ -236,7 +240,7 @@ def bootstrap_bradley_terry(votes: Sequence[Mapping], config: RatingConfig = Rat
     battles = _aggregate(votes, models)
     rng = np.random.default_rng(config.seed)
     total = int(battles.w.sum())
-    samples = np.stack([_fit(battles, rng.multinomial(total, battles.w / total).astype(float), config)[0]
+    samples = np.stack([_fit(battles, rng.multinomial(total, battles.w / total).astype(float), config)
                         for _ in range(config.bootstrap_rounds)])
     tail = 100 * (1 - config.ci) / 2
     lo, hi = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
@@ -265,14 +269,6 @@ def win_rate_matrix(votes: Iterable[Mapping], models: Sequence[str] | None = Non
         return models, np.where(games > 0, wins / games, np.nan)
 
 
-def predicted_win_matrix(ratings: Mapping[str, float], config: RatingConfig = RatingConfig()
-                         ) -> tuple[list[str], np.ndarray]:
-    """P[i, j] = `predicted_win_prob` of model i over model j from ratings (diagonal 0.5)."""
-    models = sorted(ratings, key=lambda m: -ratings[m])
-    r = np.array([ratings[m] for m in models])
-    return models, 1.0 / (1.0 + config.base ** ((r[None, :] - r[:, None]) / config.scale))
-
-
 @dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
@@ -284,12 +280,9 @@ class LeaderboardRow:
     votes: int
     win_rate: float  # (wins + ties/2 + both-bad/2) / votes
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def leaderboard(votes: Sequence[Mapping], config: RatingConfig = RatingConfig(), *, category: str | None = None,
-                since: float | datetime | None = None, until: float | datetime | None = None) -> list[LeaderboardRow]:
+                since: float | None = None, until: float | None = None) -> list[LeaderboardRow]:
     """Leaderboard rows sorted by Bradley-Terry rating, after `filter_votes`; Elo uses the votes sorted by time."""
     votes = filter_votes(votes, category=category, since=since, until=until)
     if not votes:

@@ -15,11 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from studio.names import safe_name
-from studio.paths import DEMO_DIR, models_dir
+from studio.paths import ASSETS_DIR, DEMO_DIR, models_dir
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SOURCE_KINDS = ("hub", "folder", "file")
 SPEC_FILE = "studio_model.json"  # optional, inside an exported folder: {"base": ..., "description": ...}
+CONFIGS_DIR = ASSETS_DIR / "configs"  # released configs laid out like the hub repos: configs/<model>/unet/config.json
+# VAE choices for SDXL-class models: "default" is the model's own; fp16-fix is SDXL's VAE rescaled so that it decodes
+# in fp16 without overflowing (its config says force_upcast: false, so the pipeline does not upcast to fp32).
+VAES = {"default": None, "fp16-fix": "madebyollin/sdxl-vae-fp16-fix"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class ModelSpec:
     default_size: int | None = None  # native resolution in pixels
     default_steps: int = 25
     default_guidance: float = 5.0
+    default_negative_prompt: str = ""  # the model card's recommended negative prompt
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -54,13 +59,20 @@ class ModelSpec:
         return asdict(self)
 
 
+# Defaults from the model cards: SDXL's card calls the pipeline with its defaults (CFG 5.0); SSD-1B's and Vega's ask for
+# a negative prompt (the ones in their usage examples) and "a CFG around 9.0". No card gives a step count (their
+# examples run the pipeline default, 50); 30 is the step count of diffusers' SDXL/SSD-1B speed benchmarks.
 BUILTIN = [
     ModelSpec("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", fp16_variant=True, unet_params=2_567_463_684,
-              default_size=1024, default_steps=30, description="SDXL base 1.0 (teacher)"),
+              default_size=1024, default_steps=30, default_guidance=5.0, description="SDXL base 1.0 (teacher)"),
     ModelSpec("ssd-1b", "segmind/SSD-1B", base="sdxl", fp16_variant=True, unet_params=1_331_334_404,
-              default_size=1024, default_steps=30, description="Segmind SSD-1B: SDXL distilled, 50% smaller"),
+              default_size=1024, default_steps=30, default_guidance=9.0,
+              default_negative_prompt="ugly, blurry, poor quality",
+              description="Segmind SSD-1B: SDXL distilled, 50% smaller"),
     ModelSpec("vega", "segmind/Segmind-Vega", base="sdxl", fp16_variant=True, unet_params=745_225_604,
-              default_size=1024, default_steps=30, description="Segmind Vega: SDXL distilled, 70% smaller"),
+              default_size=1024, default_steps=30, default_guidance=9.0,
+              default_negative_prompt="(worst quality, low quality, illustration, 3d, 2d, painting, cartoons, sketch)",
+              description="Segmind Vega: SDXL distilled, 70% smaller"),
 ]
 DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega"}
 
@@ -72,14 +84,13 @@ def _demo_specs() -> list[ModelSpec]:
         path = DEMO_DIR / folder
         if (path / "model_index.json").exists() or (path / "unet").exists():
             base = None if (path / "model_index.json").exists() else DEMO_NAMES["teacher"]
-            specs.append(ModelSpec(name, str(path), base=base, default_size=64, default_steps=20,
-                                   default_guidance=_card_guidance(path), description=f"demo family: {folder}"))
+            meta = _read_spec_file(path)
+            specs.append(ModelSpec(name, str(path), base=base, default_size=meta.get("default_size", 64),
+                                   default_steps=meta.get("default_steps", 20),
+                                   default_guidance=float(meta.get("default_guidance", 5.0)),
+                                   default_negative_prompt=meta.get("default_negative_prompt", ""),
+                                   description=f"demo family: {folder}"))
     return specs
-
-
-def _card_guidance(path: Path) -> float:
-    meta = _read_spec_file(path)
-    return float(meta.get("default_guidance", 5.0))
 
 
 def _read_spec_file(path: Path) -> dict:
@@ -102,7 +113,8 @@ def _exported_specs() -> list[ModelSpec]:
                                description=meta.get("description", "exported"),
                                default_size=meta.get("default_size"),
                                default_steps=meta.get("default_steps", 25),
-                               default_guidance=meta.get("default_guidance", 5.0)))
+                               default_guidance=meta.get("default_guidance", 5.0),
+                               default_negative_prompt=meta.get("default_negative_prompt", "")))
     return specs
 
 
@@ -140,19 +152,39 @@ def is_available_offline(spec: ModelSpec) -> bool:
     return isinstance(try_to_load_from_cache(spec.source, probe), str)
 
 
+def unet_config(spec: ModelSpec) -> dict | None:
+    """The model's UNet config without loading weights or downloading: from its folder, from the Hugging Face
+    cache, or from the released configs committed under assets/configs/<name>/; None when none is at hand."""
+    candidates = []
+    if spec.source_kind == "folder":
+        folder = Path(spec.source)
+        candidates += [folder / "unet" / "config.json", folder / "config.json"]
+    elif spec.source_kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.source, "unet/config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    if spec.name in {s.name for s in BUILTIN}:
+        candidates.append(CONFIGS_DIR / spec.name / "unet" / "config.json")
+    for file in candidates:
+        if file.is_file():
+            return json.loads(file.read_text())
+    return None
+
+
 def count_unet_params(spec: ModelSpec) -> int | None:
-    """Published size, or counted from a local UNet config on the meta device (no weights read)."""
-    if spec.unet_params or spec.source_kind != "folder":
+    """Published size, or counted from the UNet config on the meta device (no weights read)."""
+    if spec.unet_params:
         return spec.unet_params
-    folder = Path(spec.source)
-    config = folder / "unet" / "config.json" if (folder / "unet").is_dir() else folder / "config.json"
-    if not config.exists():
+    config = unet_config(spec)
+    if config is None:
         return None
     import torch
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads(config.read_text()))
+        unet = UNet2DConditionModel.from_config(config)
     return sum(p.numel() for p in unet.parameters())
 
 

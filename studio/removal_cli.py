@@ -11,20 +11,25 @@ import json
 from pathlib import Path
 
 from studio.blocks import block_map, count_params, format_table, meta_unet, total
-from studio.removal import (RECIPES, RemovalPlan, build_student, export_student, name_map, parse_units, plan_kind,
-                            recipe_plan, runtime_modules, student_config)
+from studio.recipes import RECIPES, recipe_plan
+from studio.released import released_models, released_unet_config
+from studio.removal import (RemovalPlan, build_student, export_student, name_map, parse_units, plan_kind,
+                            runtime_modules, student_config)
 
 
 def load_unet_config(path: str | Path) -> dict:
-    """A UNet config from a ``config.json``, a diffusers UNet folder, or a pipeline folder (its ``unet/``)."""
+    """A UNet config from a ``config.json``, a diffusers UNet folder, a pipeline folder (its ``unet/``), or the name
+    of a released config under ``assets/configs/`` (``sdxl``, ``sd-v1-4``, ...)."""
+    if str(path) in released_models():
+        return released_unet_config(str(path))
     p = Path(path)
     for candidate in (p, p / "config.json", p / "unet" / "config.json"):
         if candidate.is_file():
             cfg = json.loads(candidate.read_text())
             if cfg.get("_class_name", "UNet2DConditionModel") == "UNet2DConditionModel":
                 return cfg
-    raise ValueError(f"--unet-config {path}: no UNet2DConditionModel config.json there "
-                     f"(give a config.json, a UNet folder, or a pipeline folder with unet/)")
+    raise ValueError(f"--unet-config {path}: no UNet2DConditionModel config.json there (give a config.json, a UNet "
+                     f"folder, a pipeline folder with unet/, or one of {', '.join(released_models())})")
 
 
 def _unet_folder(path: str | Path) -> tuple[str, str | None]:

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from studio.build import SDXLArch, build_sdxl_pipeline  # noqa: E402
-from studio.tokenizer import build_tokenizer  # noqa: E402
+from studio.demo.tokenizer import build_tokenizer  # noqa: E402
 
 torch.set_num_threads(2)
 TINY_ARCH = SDXLArch(block_out_channels=(8, 16, 16), head_dim=8, text_hidden=(16, 16), text_layers=(1, 1),

@@ -2,7 +2,7 @@
 SDXL-ready batches (VAE latents, two-encoder text embeddings, time ids) with optional caching.
 
     items = load_items("data/train")                      # imagefolder with metadata.jsonl (file_name, text)
-    items = load_items("demo", count=512, size=64)        # training.synthetic shapes
+    items = load_items("demo", count=512, size=64)        # studio.demo.shapes (demo:orange: a new concept)
     batches = SDXLBatches(items, pipe, buckets=[(64, 64)], cache_latents=True, cache_text=True)
     batch = batches.batch(batches.generator(seed, step, micro), batch_size=8)
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training import synthetic
+from studio.demo import concepts, shapes
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,21 @@ def load_imagefolder(folder: str | Path, caption_column: str = "text") -> list[I
 
 
 def demo_items(count: int, *, size: int = 64, seed: int = 0) -> list[ImageCaption]:
-    """``count`` samples of the synthetic shapes train split (``training.synthetic``)."""
-    cfg = synthetic.SyntheticConfig(seed=seed, size=size, count=count, split="train")
-    return [ImageCaption(s.image, s.text) for s in synthetic.samples(cfg)]
+    """``count`` samples of the synthetic shapes train split (``studio.demo.shapes``)."""
+    cfg = shapes.SyntheticConfig(seed=seed, size=size, count=count, split="train")
+    return [ImageCaption(s.image, s.text) for s in shapes.samples(cfg)]
+
+
+DEMO_CONCEPT_COUNTS = (256, 256)  # "demo:<concept>" datasets: concept images, original (prior-preservation) images
+
+
+def concept_items(concept: str, *, size: int = 64) -> list[ImageCaption]:
+    """A ``"demo:<concept>"`` dataset: ``studio.demo.concepts`` images of the concept plus original train-split
+    images (prior preservation by data mixing), generated in memory exactly as ``concepts.export_concept_data``
+    writes them."""
+    count, reg_count = DEMO_CONCEPT_COUNTS
+    return [ImageCaption(image, meta["text"])
+            for _, image, meta in concepts.concept_records(count, concept, reg_count=reg_count, size=size)]
 
 
 def hf_items(dataset, *, image_column: str = "image", caption_column: str = "text") -> list[ImageCaption]:
@@ -84,14 +96,17 @@ def hf_items(dataset, *, image_column: str = "image", caption_column: str = "tex
 
 def load_items(source, *, count: int = 0, size: int = 64, seed: int = 0,
                caption_column: str = "text") -> list[ImageCaption]:
-    """``"demo"`` (synthetic, ``count`` images of side ``size``), an imagefolder path, ``"hf:<name or path>"`` (needs
-    the optional ``datasets`` package), a ``datasets.Dataset``, or a list of ImageCaption."""
+    """``"demo"`` (synthetic, ``count`` images of side ``size``), ``"demo:<concept>"`` (``concept_items``), an
+    imagefolder path, ``"hf:<name or path>"`` (needs the optional ``datasets`` package), a ``datasets.Dataset``, or a
+    list of ImageCaption."""
     if isinstance(source, list):
         return source
     if not isinstance(source, (str, Path)):
         return hf_items(source, caption_column=caption_column)
     if str(source) == "demo":
         return demo_items(count, size=size, seed=seed)
+    if str(source).startswith("demo:"):
+        return concept_items(str(source)[5:], size=size)
     if str(source).startswith("hf:"):
         try:
             import datasets
@@ -160,12 +175,7 @@ class SDXLBatches:
         if cache_latents:
             self._latents = self._cached_latents(cache_dir)
         if cache_text:
-            texts = sorted({it.text for it in items})
-            self._text = {}
-            for k in range(0, len(texts), 64):
-                chunk = texts[k:k + 64]
-                embeds, pooled = self._encode_text(chunk)
-                self._text.update({t: (embeds[j], pooled[j]) for j, t in enumerate(chunk)})
+            self._text = self._cached_text(cache_dir)
 
     @staticmethod
     def generator(seed: int, step: int, micro: int = 0, process: int = 0) -> torch.Generator:
@@ -184,18 +194,33 @@ class SDXLBatches:
         """Prompt and pooled embeddings through the pipeline's own ``encode_prompt`` (as the teacher was trained)."""
         embeds, _, pooled, _ = self.pipe.encode_prompt(captions, device=self.pipe.text_encoder.device,
                                                        do_classifier_free_guidance=False)
-        return embeds.float().cpu(), pooled.float().cpu()
+        return embeds.cpu(), pooled.cpu()  # in the encoders' dtype (fp16 on a GPU); batches are made fp32
 
     def _fingerprint(self) -> str:
-        vae = self.pipe.vae
-        h = hashlib.sha256(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")},
-                                      sort_keys=True, default=str).encode())
+        h = _modules_hash([self.pipe.vae])
         h.update(json.dumps(self.buckets).encode())
-        for p in vae.parameters():
-            h.update(np.float64(p.detach().double().sum().item()).tobytes())
         for it in self.items:
             h.update(f"{it.image if isinstance(it.image, Path) else it.image.tobytes()[:4096]!r}|{it.text}".encode())
         return h.hexdigest()[:16]
+
+    def _cached_text(self, cache_dir: str | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Caption -> (embeds, pooled), each caption encoded once. With ``cache_dir`` the cache is a file keyed by
+        the text encoders and captions, memory-mapped on reuse, so a large caption set need not fit in RAM."""
+        texts = sorted({it.text for it in self.items})
+        h = _modules_hash([self.pipe.text_encoder, self.pipe.text_encoder_2])
+        h.update(json.dumps(texts).encode())
+        path = Path(cache_dir) / f"text-{h.hexdigest()[:16]}.pt" if cache_dir else None
+        if path is not None and path.exists():
+            data = torch.load(path, mmap=True)
+        else:
+            chunks = [self._encode_text(texts[k:k + 64]) for k in range(0, len(texts), 64)]
+            data = {"texts": texts, "embeds": torch.cat([c[0] for c in chunks]),
+                    "pooled": torch.cat([c[1] for c in chunks])}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(data, path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").rename(path)
+        return {t: (data["embeds"][i], data["pooled"][i]) for i, t in enumerate(data["texts"])}
 
     def _cached_latents(self, cache_dir: str | None) -> dict[int, torch.Tensor]:
         path = Path(cache_dir) / f"latents-{self._fingerprint()}.pt" if cache_dir else None
@@ -229,10 +254,21 @@ class SDXLBatches:
         else:
             embeds, pooled = self._encode_text(captions)
         keep = (~drop).float()
-        embeds, pooled = embeds * keep[:, None, None], pooled * keep[:, None]
+        embeds, pooled = embeds.float() * keep[:, None, None], pooled.float() * keep[:, None]
         dev = self.device
         return {"latents": latents.to(dev), "prompt_embeds": embeds.to(dev), "pooled": pooled.to(dev),
                 "time_ids": sdxl_time_ids(self.buckets[b], batch_size).to(dev), "captions": captions, "indices": idx}
+
+
+def _modules_hash(modules) -> "hashlib._Hash":
+    """A fingerprint of frozen modules: their configs and the sum of every parameter (cheap, changes with weights)."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(json.dumps({k: v for k, v in m.config.items() if not k.startswith("_")} if hasattr(m.config, "items")
+                            else m.config.to_dict(), sort_keys=True, default=str).encode())
+        for p in m.parameters():
+            h.update(np.float64(p.detach().double().sum().item()).tobytes())
+    return h
 
 
 def add_training_noise(latents: torch.Tensor, noise_sched, gen: torch.Generator, *, noise_offset: float = 0.0,

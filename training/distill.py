@@ -3,8 +3,8 @@
 
     python -m training.distill --config configs/distill-demo-ssd.toml --set steps=10 lr=1e-4   # or --steps 10
     accelerate launch -m training.distill --config configs/distill-ssd1b-from-sdxl.toml
-    python -m training.distill bench                 # cost of a KD step vs a plain fine-tuning step
-    python -m training.distill evaluate --student outputs/distill/demo-ssd/final   # evaluator scores vs teacher
+    python -m training.distill_bench                 # cost of a KD step vs a plain fine-tuning step
+    python -m training.demo_family evaluate --model outputs/distill/demo-ssd/final   # evaluator scores
 
 Loss (every MSE a mean over its tensor, as in both papers):
     L = λ_task·MSE(ε_S, target) + λ_out·MSE(ε_S, Σ_i w_i ε_Ti) + λ_feat·Σ_l c_l·MSE(f_S^l, Σ_i w_i f_Ti^l)
@@ -14,7 +14,7 @@ transformer layer (SSD-1B), level ``"block"`` every down/mid/up block (BK-SDM); 
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import re
 import sys
@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.distill_config import FEATURE_LEVELS, DistillConfig, load_config
-from training.trainer import Trainer, cli_parser, run_with_progress, trainer_from_cli
+from studio.recipes import recipe_plan
+from studio.removal import RemovalPlan, build_student
+from studio.train_config.distill import FEATURE_LEVELS, DistillConfig
+from training.cli import cli_parser, run_with_progress, trainer_from_cli
+from training.models import DTYPES, default_guidance, frozen_dtype
+from training.trainer import Trainer, make_accelerator
 
-__all__ = ["DistillConfig", "DistillTask", "FeatureHooks", "feature_pairs", "load_config", "make_trainer",
-           "run_distill"]
 _LAYER_RE = re.compile(r"\.(resnets|transformer_blocks)\.\d+$")
 
 
@@ -80,19 +82,6 @@ class FeatureHooks:
 
 # ---------------------------------------------------------------- the distillation task
 
-def _guidance(folder: str | Path) -> float:
-    sources = (("studio_model.json", ("default_guidance",)), ("training_config.json", ("config", "guidance_scale")))
-    for name, key in sources:
-        path = Path(folder) / name
-        if path.exists():
-            d = json.loads(path.read_text())
-            for k in key:
-                d = d.get(k, {}) if isinstance(d, dict) else {}
-            if isinstance(d, (int, float)):
-                return float(d)
-    return 5.0
-
-
 def _compose(names: dict[str, str], previous: dict[str, str]) -> dict[str, str]:
     """new student -> old student map followed by old student -> teacher map."""
     out = {}
@@ -118,8 +107,7 @@ class DistillTask:
         self.cfg, self.device, self.process_index = cfg, torch.device(device), process_index
         self.pipe = StableDiffusionXLPipeline.from_pretrained(cfg.teachers[0]["path"])
         self.pipe.set_progress_bar_config(disable=True)
-        low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-        dtype = low if low is not None and self.device.type == "cuda" else torch.float32
+        dtype = frozen_dtype(cfg.mixed_precision, self.device)
         self.teachers, total = [], sum(t["weight"] for t in cfg.teachers)
         for i, t in enumerate(cfg.teachers):
             unet = self.pipe.unet if i == 0 else StableDiffusionXLPipeline.from_pretrained(t["path"]).unet
@@ -135,8 +123,10 @@ class DistillTask:
         for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             m.requires_grad_(False).eval()
         self.pipe.vae.to(self.device)
+        for m in (self.pipe.text_encoder, self.pipe.text_encoder_2):  # frozen: on the GPU in the training dtype
+            m.to(self.device, dtype)
         self.noise_sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.guidance = cfg.validation_guidance or _guidance(cfg.teachers[0]["path"])
+        self.guidance = cfg.validation_guidance or default_guidance(cfg.teachers[0]["path"])
         items = items if items is not None else load_items(
             cfg.dataset, count=cfg.dataset_count, size=max(max(b) for b in cfg.buckets), seed=cfg.seed,
             caption_column=cfg.caption_column)
@@ -152,8 +142,6 @@ class DistillTask:
     # student
     def _initial_student(self):
         from diffusers import UNet2DConditionModel
-
-        from studio.removal import build_student, recipe_plan
 
         cfg, teacher = self.cfg, self.teachers[0][0]
         if not Path(cfg.student).is_dir():
@@ -171,8 +159,6 @@ class DistillTask:
 
     def rebuild(self, step: int) -> bool:
         """Apply the progressive stages with ``at_step <= step`` (each removes more units); True when applied."""
-        from studio.removal import RemovalPlan, build_student, recipe_plan
-
         due = sum(s["at_step"] <= step for s in self.cfg.stages)
         if due <= self._stage:
             return False
@@ -252,26 +238,26 @@ class DistillTask:
         return total, scalars
 
     # validation and export
-    def _pipeline(self, unet):
+    def _render(self, unet) -> list:
+        """Validation images of ``unet`` (an fp32 student or a teacher). The prompts are encoded once by the frozen
+        encoders (fp16 on a GPU) and handed over in the UNet's dtype: the pipeline has no text encoders of its own,
+        so it casts embeddings to the UNet's dtype rather than the encoders'."""
         from diffusers import StableDiffusionXLPipeline
 
-        p = self.pipe
-        pipe = StableDiffusionXLPipeline(vae=p.vae, text_encoder=p.text_encoder, text_encoder_2=p.text_encoder_2,
-                                         tokenizer=p.tokenizer, tokenizer_2=p.tokenizer_2, unet=unet,
-                                         scheduler=p.scheduler)
+        p, size, prompts = self.pipe, self.cfg.buckets[0], list(self.cfg.validation_prompts)
+        pipe = StableDiffusionXLPipeline(vae=p.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=unet, scheduler=p.scheduler)
         pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def _render(self, unet) -> list:
-        size = self.cfg.buckets[0]
-        gens = [torch.Generator().manual_seed(self.cfg.seed + i) for i in range(len(self.cfg.validation_prompts))]
+        embeds = p.encode_prompt(prompts, device=self.device, do_classifier_free_guidance=self.guidance > 1)
+        pe, ne, pp, npp = (None if e is None else e.to(unet.dtype) for e in embeds)
+        gens = [torch.Generator().manual_seed(self.cfg.seed + i) for i in range(len(prompts))]
         hooks, self._hooks = self._hooks, []  # keep validation activations out of the feature buffers
         for h in hooks:
             h.features.clear()
         try:
-            return self._pipeline(unet)(list(self.cfg.validation_prompts),
-                                        num_inference_steps=self.cfg.validation_steps, guidance_scale=self.guidance,
-                                        width=size[0], height=size[1], generator=gens).images
+            return pipe(prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp,
+                        negative_pooled_prompt_embeds=npp, num_inference_steps=self.cfg.validation_steps,
+                        guidance_scale=self.guidance, width=size[0], height=size[1], generator=gens).images
         finally:
             for h in hooks:
                 h.features.clear()
@@ -281,7 +267,7 @@ class DistillTask:
         """Teacher (rendered once) and student images side by side; evaluator scores for demo prompts."""
         from PIL import Image
 
-        from studio.evaluator import evaluate_batch, parse_prompt
+        from studio.demo.evaluator import demo_accuracy
 
         out_dir.mkdir(parents=True, exist_ok=True)
         prompts = list(self.cfg.validation_prompts)
@@ -295,20 +281,16 @@ class DistillTask:
         for i, im in enumerate(self._teacher_images + images):
             grid.paste(im, ((i % len(prompts)) * w, (i // len(prompts)) * h))
         grid.save(out_dir / f"step-{step:06d}.png")
-        try:
-            for p in prompts:
-                parse_prompt(p)
-        except ValueError:
-            return {}
-        student = evaluate_batch(images, prompts)["accuracy"]["all"]
-        teacher = evaluate_batch(self._teacher_images, prompts)["accuracy"]["all"]
-        return {"val_student_all": student, "val_teacher_all": teacher}
+        student, teacher = demo_accuracy(images, prompts), demo_accuracy(self._teacher_images, prompts)
+        return {} if student is None else {"val_student_all": student, "val_teacher_all": teacher}
 
     def export(self, out_dir: Path) -> Path:
-        """UNet-only folder: ``unet/`` (diffusers, safetensors), ``name_map.json``, ``distill_config.json``,
-        ``studio_model.json`` (base + default guidance) and a short README.md."""
+        """UNet-only folder: ``unet/`` (diffusers, safetensors, in ``save_dtype``), ``name_map.json``,
+        ``distill_config.json``, ``studio_model.json`` (base + default guidance) and a short README.md."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir / "unet", safe_serialization=True)
+        dtype = DTYPES[self.cfg.save_dtype]
+        unet = self.model if dtype == torch.float32 else copy.deepcopy(self.model).to(dtype)  # the run keeps fp32
+        unet.save_pretrained(out_dir / "unet", safe_serialization=True)
         (out_dir / "name_map.json").write_text(json.dumps(self.names, indent=1) + "\n")
         (out_dir / "distill_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
         base = self.cfg.base_name or Path(self.cfg.teachers[0]["path"]).name
@@ -327,8 +309,6 @@ class DistillTask:
 
 def make_trainer(cfg: DistillConfig, *, items: list | None = None) -> Trainer:
     """A Trainer wired to a DistillTask on the accelerator's device."""
-    from training.trainer import make_accelerator
-
     acc = make_accelerator(cfg)
     task = DistillTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
     return Trainer(cfg, task, accelerator=acc)
@@ -344,45 +324,10 @@ def run_distill(cfg: DistillConfig, *, resume_from: str | None = None, on_step=N
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        p = argparse.ArgumentParser(prog="python -m training.distill bench",
-                                    description="cost of a KD step vs a plain fine-tuning step")
-        p.add_argument("--teacher", default=None, help="pipeline folder (default: the demo teacher, else random)")
-        p.add_argument("--student", default="ssd-1b")
-        p.add_argument("--level", default="layer", choices=FEATURE_LEVELS)
-        p.add_argument("--batch-size", type=int, default=4)
-        p.add_argument("--steps", type=int, default=6)
-        a = p.parse_args(argv[1:])
-        from training.distill_eval import bench
-
-        r = bench(a.teacher, student=a.student, level=a.level, batch_size=a.batch_size, steps=a.steps)
-        print(json.dumps(r, indent=1))
-        print(f"KD step {r['kd_step_s'] * 1000:.0f} ms vs plain fine-tuning step {r['plain_step_s'] * 1000:.0f} ms: "
-              f"ratio {r['ratio']:.2f}x (goal <= 1.3x; FLOP lower bound with a live teacher "
-              f"1 + teacher/(3 x student) MACs = {r['ratio_flop_bound']:.2f}x)")
-        return 0
-    if argv[:1] == ["evaluate"]:
-        p = argparse.ArgumentParser(prog="python -m training.distill evaluate",
-                                    description="evaluator scores of a student vs its teacher")
-        p.add_argument("--student", required=True, help="exported student folder (with unet/)")
-        p.add_argument("--teacher", default="assets/demo/teacher")
-        p.add_argument("--n", type=int, default=100)
-        p.add_argument("--steps", type=int, default=20)
-        p.add_argument("--guidance", type=float, default=None)
-        p.add_argument("--out", default=None, help="write the report as JSON here")
-        a = p.parse_args(argv[1:])
-        from training.distill_eval import evaluate_student
-
-        r = evaluate_student(a.student, a.teacher, n=a.n, steps=a.steps, guidance=a.guidance)
-        text = json.dumps(r, indent=1)
-        if a.out:
-            Path(a.out).write_text(text + "\n")
-        print(text)
-        return 0
     p = cli_parser("python -m training.distill", __doc__.splitlines()[0], "DistillConfig")
     p.add_argument("--print-pairs", action="store_true", help="print the feature pairs and exit")
     a, extra = p.parse_known_args(argv)
-    built = trainer_from_cli(a, extra, load_config, make_trainer)
+    built = trainer_from_cli(a, extra, DistillConfig.load, make_trainer)
     if built is None:
         return 2
     cfg, trainer = built

@@ -23,7 +23,6 @@ lambda_task ||e_hat_theta(z_t) - e||^2 (v for v-prediction models) - the undisti
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -32,118 +31,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.fewstep_config import FewStepConfig
-from training.lora import load_base, load_lora_into, lora_weight_file, save_lora
-from training.trainer import Trainer, cli_parser, read_config_file, run_with_progress, trainer_from_cli
+from studio.fewstep import lcm_scheduler, load_fewstep_pipeline, low_res, recommended_settings
+from studio.registry import SPEC_FILE
+from studio.train_config.fewstep import FewStepConfig
+from training.cli import cli_parser, run_with_progress, trainer_from_cli
+from training.fewstep_models import (FewStepModules, bcast, build_adapter, consistency_distance, ddim_step,
+                                     x0_and_eps)
+from training.lora_files import load_lora_into, save_lora
+from training.models import DTYPES, default_guidance, frozen_dtype, load_base
+from training.trainer import Trainer, make_accelerator
 
 __all__ = ["FewStepConfig", "FewStepModules", "FewStepTask", "build_adapter", "consistency_distance",
-           "load_config", "load_fewstep_pipeline", "low_res", "recommended_settings", "make_trainer", "run_fewstep"]
+           "load_fewstep_pipeline", "low_res", "recommended_settings", "make_trainer", "run_fewstep"]
 
 TRAINABLE_FILE, TARGET_FILE = "trainable.safetensors", "target.safetensors"
-SPEC_FILE, CONFIG_FILE = "studio_model.json", "fewstep_config.json"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> FewStepConfig:
-    """A FewStepConfig from a TOML or JSON file plus ``overrides`` by field name (a saved config.json works)."""
-    data = read_config_file(path) if path is not None else {}
-    return FewStepConfig.from_dict({**data, **(overrides or {})})
+CONFIG_FILE = "fewstep_config.json"
 
 
 # ---------------------------------------------------------------- the consistency math (LCMScheduler's helpers)
 
-def _bcast(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
-
-
-def x0_and_eps(output: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
-               prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, epsilon) implied by a model ``output`` (epsilon or v prediction) at the noisy latent ``z``, timesteps ``t``."""
-    a = _bcast(alphas_cumprod[t])
-    if prediction_type == "v_prediction":
-        return a.sqrt() * z - (1 - a).sqrt() * output, a.sqrt() * output + (1 - a).sqrt() * z
-    return (z - (1 - a).sqrt() * output) / a.sqrt(), output
-
-
-def ddim_step(x0: torch.Tensor, eps: torch.Tensor, t_to: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The deterministic DDIM update to timestep ``t_to`` from an (x0, epsilon) pair."""
-    a = _bcast(alphas_cumprod[t_to])
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
-
-
-def consistency_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "huber", c: float = 1e-3) -> torch.Tensor:
-    """Mean pseudo-Huber sqrt((a - b)^2 + c^2) - c (elementwise, as diffusers' LCM scripts) or mean squared error."""
-    if kind == "l2":
-        return F.mse_loss(a.float(), b.float())
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c * c) - c).mean()
-
-
-def low_res(image, resolution: int, size: int):
-    """The condition of super-resolution: ``image`` cropped to the training square as ``training.data`` crops it, then
-    box-downsampled to ``size`` x ``size`` (a PIL image; pipelines upsample it with their control image processor)."""
-    from PIL import Image
-
-    from training.data import to_pixels
-
-    px = ((to_pixels(image.convert("RGB"), (resolution, resolution)) + 1) * 127.5).round().clamp(0, 255)
-    return Image.fromarray(px.byte().permute(1, 2, 0).numpy()).resize((size, size), Image.BOX)
-
-
 # ---------------------------------------------------------------- models
-
-class FewStepModules(torch.nn.Module):
-    """A denoiser: a UNet (a full student, or a frozen UNet carrying LoRA adapters) plus, for conditional students, a
-    ControlNet adapter whose residuals enter the UNet. ``forward`` returns the UNet output (epsilon or v)."""
-
-    def __init__(self, unet, controlnet=None):
-        super().__init__()
-        self.unet = unet
-        self.controlnet = controlnet
-
-    def enable_gradient_checkpointing(self):
-        self.unet.enable_gradient_checkpointing()
-        if self.controlnet is not None:
-            self.controlnet.enable_gradient_checkpointing()
-
-    def forward(self, z, t, text: dict, control=None, timestep_cond=None):
-        kwargs = {"encoder_hidden_states": text["prompt_embeds"],
-                  "added_cond_kwargs": {"text_embeds": text["pooled"], "time_ids": text["time_ids"]}}
-        if self.controlnet is not None:
-            down, mid = self.controlnet(z, t, controlnet_cond=control, return_dict=False, **kwargs)
-            kwargs |= {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        return self.unet(z, t, timestep_cond=timestep_cond, **kwargs).sample
-
-
-def build_adapter(unet, channels=(16, 32, 32)):
-    """A tiny ControlNet for ``unet``: the UNet's encoder layout with plain ``DownBlock2D`` blocks and an
-    attention-free mid block (its resnets, resamplers, conv_in and time embedding copied from the UNet, as ControlNet
-    copies the encoder), zero-initialised output convolutions (the UNet is unchanged at step 0) and a condition
-    encoder of ``len(channels) - 1`` stride-2 convolutions (4x for the demo VAE, 8x for SDXL's)."""
-    from diffusers import ControlNetModel
-
-    c = unet.config
-    layers = c.layers_per_block if isinstance(c.layers_per_block, int) else c.layers_per_block[0]
-    controlnet = ControlNetModel(
-        in_channels=c.in_channels, conditioning_channels=3, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
-        down_block_types=("DownBlock2D",) * len(c.block_out_channels), mid_block_type="UNetMidBlock2D",
-        block_out_channels=tuple(c.block_out_channels), layers_per_block=layers, norm_num_groups=c.norm_num_groups,
-        norm_eps=c.norm_eps, cross_attention_dim=c.cross_attention_dim, conditioning_embedding_out_channels=tuple(channels))
-    own = controlnet.state_dict()
-    copied = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
-    controlnet.load_state_dict(copied, strict=False)
-    return controlnet
-
 
 def _guidance_embedding(pipe, scales: torch.Tensor, dim: int) -> torch.Tensor:
     """The pipeline's own embedding of a guidance scale (it embeds scale - 1, LCM's w)."""
     return pipe.get_guidance_scale_embedding(scales - 1, embedding_dim=dim)
-
-
-def lcm_scheduler(base_config, original_inference_steps: int = 50):
-    """``LCMScheduler`` on a model's noise schedule, its skipping schedule as the student was distilled."""
-    from diffusers import LCMScheduler
-
-    return LCMScheduler.from_config(base_config, original_inference_steps=original_inference_steps)
 
 
 # ---------------------------------------------------------------- the task
@@ -175,8 +86,7 @@ class FewStepTask:
         # the skipping schedule t_n = (n + 1) k - 1, n < N: LCMScheduler's training ("origin") timesteps
         self.solver_timesteps = (torch.arange(1, cfg.num_ddim_timesteps + 1) * self.skip - 1).to(self.device)
         self.alphas_cumprod = self.noise_sched.alphas_cumprod.to(self.device)
-        low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-        self.frozen_dtype = low if low is not None and self.device.type == "cuda" else torch.float32
+        self.frozen_dtype = frozen_dtype(cfg.mixed_precision, self.device)
 
         self.base_params = sum(p.numel() for p in pipe.unet.parameters())
         self.model, self.teacher, self.shared_teacher = self._build_models()
@@ -349,7 +259,7 @@ class FewStepTask:
         else:
             out = self.teacher(zz, torch.cat([t, t]), text2, control2).float()
         cond, uncond = out.chunk(2)
-        return uncond + _bcast(scales) * (cond - uncond)
+        return uncond + bcast(scales) * (cond - uncond)
 
     def consistency_pair(self, model, x0, noise, start, end, text, control=None, scales=None):
         """(student consistency output at (z_start, start), stop-gradient target at (z_end, end), raw student output).
@@ -362,7 +272,7 @@ class FewStepTask:
         if cfg.student == "full":
             w_embed = _guidance_embedding(self.pipe, scales.cpu(), cfg.time_cond_proj_dim).to(x0.device, x0.dtype)
         z = self.noise_sched.add_noise(x0, noise, start)
-        c_skip, c_out = (_bcast(v) for v in self.lcm.get_scalings_for_boundary_condition_discrete(start.float()))
+        c_skip, c_out = (bcast(v) for v in self.lcm.get_scalings_for_boundary_condition_discrete(start.float()))
         output = model(z, start, text, control, w_embed).float()
         x0_hat, _ = x0_and_eps(output, z, start, ac, self.prediction_type)
         pred = c_skip * z + c_out * x0_hat
@@ -374,7 +284,7 @@ class FewStepTask:
             else:  # codi: z_end = a_end x0_hat + s_end noise
                 z_end = ddim_step(x0_hat.detach(), noise, end, ac)
             target_model = self.target if self.target is not None else self.model
-            c_skip_e, c_out_e = (_bcast(v) for v in self.lcm.get_scalings_for_boundary_condition_discrete(end.float()))
+            c_skip_e, c_out_e = (bcast(v) for v in self.lcm.get_scalings_for_boundary_condition_discrete(end.float()))
             tx0, _ = x0_and_eps(target_model(z_end, end, text, control, w_embed).float(), z_end, end, ac,
                                 self.prediction_type)
             target = c_skip_e * z_end + c_out_e * tx0
@@ -441,9 +351,7 @@ class FewStepTask:
         """Scheduler, steps and guidance the output is meant to be used with."""
         cfg = self.cfg
         if cfg.objective == "task":  # the undistilled conditional model: an ordinary sampler with the teacher's CFG
-            from studio.loading import resolve_spec
-
-            guidance = cfg.inference_guidance or float(resolve_spec(cfg.teacher).default_guidance)
+            guidance = cfg.inference_guidance or default_guidance(cfg.teacher)
             return {"scheduler": "Euler", "steps": cfg.inference_steps, "guidance": guidance}
         return {"scheduler": "LCM", "scheduler_config": {"original_inference_steps": cfg.num_ddim_timesteps},
                 "steps": cfg.inference_steps, "guidance": cfg.recommended_guidance}
@@ -493,60 +401,10 @@ class FewStepTask:
 
 # ---------------------------------------------------------------- loading outputs (evaluation, tests, integration)
 
-def recommended_settings(source: str | Path) -> dict:
-    """Scheduler (``scheduler``, ``scheduler_config``), ``steps`` and ``guidance`` a few-step output recommends: from
-    its ``studio_model.json``, or for an LCM-LoRA file from the ``fewstep`` entry of its safetensors header."""
-    from safetensors import safe_open
-
-    source = Path(source)
-    if (source / SPEC_FILE).exists():
-        spec = json.loads((source / SPEC_FILE).read_text())
-        return {"scheduler": spec.get("scheduler", "LCM"), "scheduler_config": spec.get("scheduler_config", {}),
-                "steps": spec.get("default_steps", 4), "guidance": spec.get("default_guidance", 1.0)}
-    with safe_open(str(lora_weight_file(source)), framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("studio_lora_config", "{}"))
-    return {"scheduler": "LCM", "scheduler_config": {}, "steps": 4, "guidance": 1.0} | meta.get("fewstep", {})
-
-
-def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | None = None):
-    """A pipeline for a few-step output over ``base_pipe``'s components: a full-student folder (``unet/``), an
-    LCM-LoRA file or folder (fused into a copy of the base UNet), or a conditional folder (``controlnet/`` + LoRA:
-    a ``StableDiffusionXLControlNetPipeline``). Scheduler: the output's recommendation (LCM on its skipping schedule)
-    unless ``scheduler`` names one of ``studio.schedulers``."""
-    from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
-
-    from studio.schedulers import make_scheduler
-
-    source, rec = Path(source), recommended_settings(source)
-    parts = {k: getattr(base_pipe, k) for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
-    name = scheduler or rec["scheduler"]
-    parts["scheduler"] = (lcm_scheduler(base_pipe.scheduler.config, **rec.get("scheduler_config", {}))
-                          if name == "LCM" else make_scheduler(name, base_pipe.scheduler.config))
-    if (source / "unet").is_dir():
-        pipe = StableDiffusionXLPipeline(**parts, unet=UNet2DConditionModel.from_pretrained(source / "unet").float())
-    else:
-        unet = copy.deepcopy(base_pipe.unet)  # the LoRA is fused into a copy; the base pipeline stays as it was
-        if (source / "controlnet").is_dir():
-            controlnet = ControlNetModel.from_pretrained(source / "controlnet").float()
-            pipe = StableDiffusionXLControlNetPipeline(**parts, unet=unet, controlnet=controlnet)
-        else:
-            pipe = StableDiffusionXLPipeline(**parts, unet=unet)
-        lora = lora_weight_file(source)
-        if lora.exists():
-            pipe.load_lora_weights(str(lora), adapter_name="fewstep")
-            pipe.fuse_lora(adapter_names=["fewstep"])
-            pipe.unload_lora_weights()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 # ---------------------------------------------------------------- entry points
 
 def make_trainer(cfg: FewStepConfig, *, items: list | None = None) -> Trainer:
     """A Trainer wired to a FewStepTask on the accelerator's device (checkpoints: trainable weights + target)."""
-    from training.trainer import make_accelerator
-
     acc = make_accelerator(cfg)
     task = FewStepTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
     task.register_hooks(acc)
@@ -566,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(argv[1:])
     a, extra = cli_parser("python -m training.fewstep", __doc__.splitlines()[0], "FewStepConfig").parse_known_args(argv)
-    built = trainer_from_cli(a, extra, load_config, make_trainer)
+    built = trainer_from_cli(a, extra, FewStepConfig.load, make_trainer)
     if built is None:
         return 2
     cfg, trainer = built

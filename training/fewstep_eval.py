@@ -4,7 +4,7 @@ the few-step model cards' tables and a JSON.
     python -m training.fewstep report                  # every demo few-step model, 96 prompts, 1 thread
     python -m training.fewstep report --n 200 --json outputs/fewstep-report.json --no-cards
 
-Text-to-image quality is ``studio.evaluator``'s all-attributes-correct rate on ``training.demo_family.eval_prompts``
+Text-to-image quality is ``studio.demo.evaluator``'s all-attributes-correct rate on ``studio.demo.shapes.eval_prompts``
 (same prompts and seeds for every model); super-resolution quality is PSNR / SSIM to the ground truth and the
 evaluator on the output, on synthetic images drawn with a seed the training data never used. Latencies: one 64 px
 image (batch 1), every configuration timed in turn, round after round, in the same process (median of the rounds).
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# the demo-data modules (moving to studio/demo/ with issue 15) are imported here only
-from studio.evaluator import evaluate_batch, parse_prompt
-from training import synthetic
-from training.demo_family import eval_prompts, evaluate_pipeline
+from studio.demo import shapes
+from studio.demo.evaluator import evaluate_batch, parse_prompt
+from studio.fewstep import load_fewstep_pipeline, low_res, recommended_settings
+from training.demo_eval import evaluate_pipeline
 
 SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (training uses the config's seed, 0)
 STEPS = (1, 2, 4, 8)
@@ -65,15 +65,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def sr_items(n: int, *, size: int = 64) -> list[tuple]:
     """``n`` (ground-truth PIL image, caption) pairs for the super-resolution evaluation."""
-    return [(s.image, s.text) for s in (synthetic.sample(i, "train", seed=SR_EVAL_SEED, size=size) for i in range(n))]
+    return [(s.image, s.text) for s in (shapes.sample(i, "train", seed=SR_EVAL_SEED, size=size) for i in range(n))]
 
 
 @torch.no_grad()
 def evaluate_sr(pipe, items: list[tuple], *, steps: int, guidance: float, condition_size: int = 16, batch: int = 8,
                 seed: int = 0) -> tuple[dict, list]:
     """PSNR / SSIM to the ground truth and evaluator accuracy of a conditional pipeline's outputs."""
-    from training.fewstep import low_res
-
     images = []
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
@@ -110,8 +108,6 @@ def _grid(rows: list[list], path: Path) -> None:
 def validation_scores(task, step: int, out_dir: Path) -> dict[str, float]:
     """Few-step validation of a FewStepTask: text-to-image -> ``val_all`` (evaluator) over ``validation_prompts``;
     conditional -> ``val_psnr`` over four evaluation images (grid rows: condition, output, ground truth)."""
-    from training.fewstep import low_res
-
     cfg, rec = task.cfg, task.recommended
     pipe = task.pipeline()
     if cfg.condition:
@@ -170,7 +166,7 @@ def _log(msg: str) -> None:
 
 
 def _t2i(pipe, prompts, steps, guidance) -> dict:
-    report, _ = evaluate_pipeline(pipe, prompts, steps=steps, guidance_scale=guidance)
+    report, _ = evaluate_pipeline(pipe, prompts, steps=steps, guidance=guidance)
     return {"all": report["accuracy"]["all"], "accuracy": report["accuracy"], "steps": steps, "guidance": guidance}
 
 
@@ -189,7 +185,7 @@ def _best_ordinary(pipe, prompts, guidance, score) -> dict:
 
 def _latencies(configs: dict, rounds: int) -> dict:
     """Median seconds per image of each (pipe, steps, guidance), timed in turn round after round."""
-    prompt = synthetic.caption("star", "red", "blue")
+    prompt = shapes.caption("star", "red", "blue")
     times = {k: [] for k in configs}
     for pipe, steps, guidance in configs.values():  # warm-up
         pipe(prompt, num_inference_steps=steps, guidance_scale=guidance)
@@ -209,8 +205,6 @@ def run_report(n: int = 96, *, latency_rounds: int = 7, models: dict | None = No
     """Every demo few-step measurement, side by side in this process; returns the report dict."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from training.fewstep import load_fewstep_pipeline, recommended_settings
-
     m = {k: Path(v) for k, v in (models or MODELS).items()}
     load0 = os.getloadavg()
     t_start = time.time()
@@ -220,7 +214,7 @@ def run_report(n: int = 96, *, latency_rounds: int = 7, models: dict | None = No
                                        "unet": UNet2DConditionModel.from_pretrained(m["ssd"] / "unet")})
     ssd.set_progress_bar_config(disable=True)
     guidance = 5.0
-    prompts = eval_prompts(n, "train")
+    prompts = shapes.eval_prompts(n, "train")
     report = {"n": n, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": "python -m training.fewstep report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"]
                                                                          else []),
@@ -273,8 +267,6 @@ def _file_params(path: Path) -> int:
 
 
 def _sr_report(m: dict, teacher, n: int, guidances) -> dict:
-    from training.fewstep import load_fewstep_pipeline, low_res, recommended_settings
-
     items = sr_items(n)
     out = {"n": n, "rows": {}}
     rows = out["rows"]
@@ -321,7 +313,7 @@ def _pct(x: float) -> str:
 def t2i_table(r: dict) -> str:
     t2i, lat = r["t2i"], r["latency"]
     ref = t2i["teacher@20"]["all"]
-    lines = [f"Evaluator all-attributes-correct on {r['n']} prompts (`training.demo_family.eval_prompts`, same seeds for "
+    lines = [f"Evaluator all-attributes-correct on {r['n']} prompts (`studio.demo.shapes.eval_prompts`, same seeds for "
              f"every row); latency: one 64 px image, batch 1, {r['threads']} thread(s), median of interleaved rounds "
              f"(load average {r['loadavg']['start'][0]:.1f} at the start, {r['loadavg']['end'][0]:.1f} at the end).",
              "", "| model | sampler | steps | CFG | all correct | vs teacher@20 | latency | speed-up vs teacher@20 |",

@@ -1,4 +1,4 @@
-"""Shared training plumbing: a config base, a generic accelerate Trainer with a pluggable loss, checkpoints.
+"""Shared training plumbing: a generic accelerate Trainer with a pluggable loss, checkpoints, resume.
 
     trainer = Trainer(config, task)          # task: a TrainTask (distillation, LoRA, ...)
     result = trainer.run(resume_from="latest", on_step=lambda step, total, info: ..., should_stop=lambda: False)
@@ -19,76 +19,15 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
+from studio.train_config.base import LOG_FILE, STATE_FILE, TrainConfig, checkpoint_dirs, stop_requested
+
 FORMAT_VERSION = 1
-MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-STATE_FILE = "trainer_state.json"
-STOP_FILE = "STOP"  # <output_dir>/STOP stops a run like should_stop() (studio.jobs' graceful cancel)
-
-
-# ---------------------------------------------------------------- config
-
-@dataclass
-class TrainConfig:
-    """How to optimise (shared by every trainer); subclasses add what to train."""
-
-    steps: int = 1000  # optimizer steps
-    lr: float = 1e-4  # peak AdamW learning rate
-    lr_scheduler: str = "constant"  # diffusers get_scheduler name, see LR_SCHEDULERS
-    lr_warmup_steps: int = 0
-    batch_size: int = 8  # per device and micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate autocast)
-    ema_decay: float = 0.0  # diffusers EMAModel decay; 0 = no EMA
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = only the final one
-    keep_checkpoints: int = 2  # newest checkpoints kept (older ones deleted); 0 = keep all
-    validate_every: int = 0  # steps between validations; 0 = never (except none at the end)
-    seed: int = 0  # seeds init, batches, noise and timesteps
-    max_minutes: float = 0.0  # wall-clock budget of one run; when hit: checkpoint + export, like the last step
-    output_dir: str = "outputs/train"
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 1; got {getattr(self, name)!r}")
-        for name in ("lr_warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 0; got {getattr(self, name)!r}")
-        if not 0 < self.lr <= 1:
-            raise ValueError(f"{type(self).__name__}.lr must be in (0, 1]; got {self.lr}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"{type(self).__name__}.lr_scheduler must be one of {LR_SCHEDULERS}; "
-                             f"got {self.lr_scheduler!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"{type(self).__name__}.mixed_precision must be one of {MIXED_PRECISION}; "
-                             f"got {self.mixed_precision!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"{type(self).__name__}.ema_decay must be in [0, 1); got {self.ema_decay}")
-        for name in ("weight_decay", "max_grad_norm", "max_minutes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 0; got {getattr(self, name)}")
-        if not self.output_dir:
-            raise ValueError(f"{type(self).__name__}.output_dir must not be empty")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------- task protocol
@@ -132,13 +71,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- checkpoints
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-<step>`` folders with a complete ``trainer_state.json``, oldest first."""
-    root = Path(output_dir)
-    found = [p for p in root.glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]))
-
 
 def resolve_checkpoint(output_dir: str | Path, resume_from: str | Path) -> Path:
     """``"latest"`` -> newest checkpoint of ``output_dir``; a path -> that checkpoint (ValueError when missing)."""
@@ -254,8 +186,9 @@ class Trainer:
         return state.get("history", [])
 
     def _stop_file(self) -> bool:
-        """True when ``<output_dir>/STOP`` exists; on several processes every rank gets the same answer."""
-        flag = (self.out / STOP_FILE).exists()
+        """True when ``<output_dir>/STOP`` asks to stop now (``studio.train_config.base.request_stop``); on several
+        processes every rank gets the same answer."""
+        flag = stop_requested(self.out, self.step)
         if self.accelerator.num_processes > 1:
             flag = bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device),
                                                 reduction="sum").item())
@@ -265,7 +198,7 @@ class Trainer:
     def _log(self, info: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        path = self.out / "log.csv"
+        path = self.out / LOG_FILE
         rows = []
         if path.exists():
             with open(path, newline="") as f:
@@ -324,6 +257,7 @@ class Trainer:
         while self.step < cfg.steps:
             if (should_stop is not None and should_stop()) or self._stop_file():
                 stopped = True
+                print(f"stop requested: stopping at step {self.step}/{cfg.steps}", flush=True)
                 break
             if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
                 out_of_time = True
@@ -407,103 +341,3 @@ class Trainer:
             return self._with_ema(lambda: self.task.export(self.out / "final"))
         finally:
             self.task.model.train()
-
-
-# ---------------------------------------------------------------- command-line helpers
-
-def read_config_file(path: str | Path) -> dict:
-    """Fields from a TOML (stdlib tomllib) or JSON config file; a saved config.json / trainer_state.json wraps them
-    in ``config``."""
-    path = Path(path)
-    if path.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(path.read_text())
-    else:
-        data = json.loads(path.read_text())
-    return data.get("config", data)
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(pairs: list[str], extra: list[str]) -> dict:
-    """``--set a=1 b=x`` and ``--a 1 --b x`` -> {"a": 1, "b": "x"} (values parsed as JSON when they parse)."""
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ValueError(f"--set expects field=value; got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = _value(v)
-    i = 0
-    while i < len(extra):
-        if not extra[i].startswith("--"):
-            raise ValueError(f"unexpected argument {extra[i]!r}")
-        key = extra[i][2:]
-        if "=" in key:
-            key, v = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            v, i = extra[i + 1], i + 2
-        else:
-            v, i = "true", i + 1
-        out[key.replace("-", "_")] = _value(v)
-    return out
-
-
-def cli_parser(prog: str, description: str, config_name: str):
-    """The training CLIs' shared options: --config, --set FIELD=VALUE, --resume (and --<field> VALUE, see
-    ``trainer_from_cli``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                epilog="Any config field can be overridden as --<field> VALUE (JSON values parse).")
-    p.add_argument("--config", default=None, help=f"TOML or JSON file with {config_name} fields")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides by field name")
-    p.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
-    return p
-
-
-def trainer_from_cli(args, extra: list[str], load_config, make_trainer):
-    """(config, trainer) from ``cli_parser``'s options and the extra ``--<field> VALUE`` pairs; None after one
-    ``error:`` line when the config is refused (the CLI exits with 2)."""
-    import sys
-
-    try:
-        cfg = load_config(args.config, parse_overrides(args.set, extra))
-        return cfg, make_trainer(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
-
-
-def run_with_progress(trainer: "Trainer", resume_from: str | None, postfix_keys: tuple[str, ...], output) -> int:
-    """A CLI's run: a tqdm bar showing ``postfix_keys`` of the step info, then one ``done:`` line (``output(result)``
-    names what was written; studio.jobs reads this line) -> exit code 0; or one ``error:`` line for a non-finite
-    loss or a bad input found while running -> 3."""
-    import sys
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=trainer.config.steps, unit="step", disable=not trainer.accelerator.is_main_process)
-
-    def on_step(step, total, info):
-        bar.n = step
-        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in postfix_keys})
-        bar.refresh()
-
-    try:
-        result = trainer.run(resume_from=resume_from, on_step=on_step)
-    except (NonFiniteLossError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    finally:
-        bar.close()
-    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; {output(result)}; "
-          f"last checkpoint: {result.checkpoint}")
-    return 0
-

@@ -1,25 +1,28 @@
 """Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
 
-UI inputs map to GenerateRequest fields by name (REQUEST_FIELDS); the handler builds the request from that dict.
-A LoRA section (accordion) picks one discovered LoRA, its scale and the selected models it applies to; those inputs
-come after the request fields (``LORA_FIELDS``, the last parameters of ``on_generate``).
+UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest fields (``studio.ui.fields.handler_fields``), then the LoRA
+section (``LORA_FIELDS``) and the memory options (``MEMORY_FIELDS``), in the order of its signature (the API order;
+new parameters go last, with defaults). Choosing models applies the first model's defaults from the registry (steps,
+CFG, negative prompt; size = each model's native one) to every value the user has not changed.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import threading
 import time
 
 import gradio as gr
+from PIL import Image
 
-from studio.compare import MAX_MODELS, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
+from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
-from studio.loading import ModelCache
+from studio.hosting import deliverable, gpu_task
+from studio.loading import ModelCache, vae_status
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
-from studio.registry import default_model, list_models
+from studio.registry import VAES, default_model, get_spec, list_models
 from studio.schedulers import SCHEDULERS
+from studio.ui.access import lane
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -27,19 +30,62 @@ SIZE_PRESETS = {
     "1216×832": (1216, 832), "832×1216": (832, 1216), "1344×768": (1344, 768), "768×1344": (768, 1344),
     "512×512": (512, 512), "64×64 (demo family)": (64, 64),
 }
-LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's trailing (non-request) parameters
+LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parameters (after the request fields)
+MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
+DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt")  # taken from the registry when the model set changes
+DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
 
 
-def build_request_widgets() -> dict[str, gr.components.Component]:
+def model_defaults(name: str) -> dict:
+    """The registry's defaults for ``name`` (from its model card), keyed by request field."""
+    spec = get_spec(name)
+    return {"steps": spec.default_steps, "guidance": spec.default_guidance,
+            "negative_prompt": spec.default_negative_prompt}
+
+
+def apply_defaults(chosen: list[str], current: dict, applied: dict) -> tuple[dict, dict, str]:
+    """Values for DEFAULT_FIELDS when the model set changes: the first chosen model's defaults, except where the
+    user changed a value away from the defaults applied last time (their explicit value wins). Returns (values,
+    the defaults now applied, a line saying so)."""
+    known = [m for m in chosen or [] if m in {s.name for s in list_models()}]
+    if not known:
+        return dict(current), dict(applied), ""
+    new = model_defaults(known[0])
+    values, kept = {}, []
+    for field in DEFAULT_FIELDS:
+        touched = field in applied and current.get(field) != applied[field]
+        values[field] = current[field] if touched else new[field]
+        if touched and current[field] != new[field]:
+            kept.append(field)
+    return values, new, defaults_info(known, kept)
+
+
+def defaults_info(chosen: list[str], kept: list[str]) -> str:
+    def card(name):
+        d, spec = model_defaults(name), get_spec(name)
+        size = f"{spec.default_size}²" if spec.default_size else "its native size"
+        neg = f", negative prompt “{d['negative_prompt']}”" if d["negative_prompt"] else ""
+        return f"**{name}**: {d['steps']} steps, CFG {d['guidance']:g}{neg}, {size}"
+
+    text = "Defaults applied from " + card(chosen[0])
+    others = [card(m) for m in chosen[1:] if model_defaults(m) != model_defaults(chosen[0])]
+    if others:
+        text += ". Other cards (one request runs on every model): " + "; ".join(others)
+    if kept:
+        text += ". Your own value kept for: " + ", ".join(kept)
+    return text + "."
+
+
+def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     """One widget per GenerateRequest field, keyed by the field name."""
     w = {}
     w["prompt"] = gr.Textbox(label="Prompt", lines=2, value="a red circle on a blue background")
-    w["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, value="")
+    w["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, value=defaults["negative_prompt"])
     with gr.Row():
         w["seed"] = gr.Number(label="Seed (-1 = random)", value=-1, precision=0)
-        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
-        w["guidance"] = gr.Slider(0, 30, value=5.0, step=0.5, label="CFG scale")
+        w["steps"] = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
+        w["guidance"] = gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale")
     with gr.Row():
         w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Sampler")
         w["batch_size"] = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images per model")
@@ -54,6 +100,20 @@ def build_request_widgets() -> dict[str, gr.components.Component]:
     return w
 
 
+def build_memory_widgets() -> dict[str, gr.components.Component]:
+    """VAE choice (a request field) and low-VRAM mode."""
+    w = {}
+    with gr.Accordion("Memory and precision", open=False):
+        with gr.Row():
+            w["vae"] = gr.Dropdown([(f"{name} ({vae_status(name)})", name) for name in VAES], value="default",
+                                   label="VAE", info="fp16-fix: SDXL's VAE that decodes in fp16 without the fp32 "
+                                                     "upcast (SDXL-class models)")
+            w["low_vram"] = gr.Checkbox(False, label="Low VRAM (model CPU offload)",
+                                        info="weights stay in CPU memory, one component at a time on the GPU: "
+                                             "slower, fits smaller cards; no effect without a GPU")
+    return w
+
+
 def request_from_values(values: dict) -> GenerateRequest:
     """Widget values keyed by field name -> a validated request (0 size = the model's native size)."""
     values = dict(values)
@@ -61,6 +121,7 @@ def request_from_values(values: dict) -> GenerateRequest:
         values[name] = int(values[name]) if values[name] is not None else None
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
+    values["vae"] = values.get("vae") or "default"
     return GenerateRequest(**values)
 
 
@@ -95,6 +156,15 @@ def lora_map(models: list[str], lora: str | None, scale: float, lora_models: lis
     return {m: [ref] for m in targets}
 
 
+def display_image(image: Image.Image) -> tuple[Image.Image, int]:
+    """A small image enlarged by a whole number (≤ MAX_ZOOM, nearest neighbour: pixels stay sharp) toward
+    DISPLAY_PX; large ones unchanged (the gallery fits them to the column). Returns (image, zoom)."""
+    zoom = max(1, min(MAX_ZOOM, DISPLAY_PX // max(image.size)))
+    if zoom == 1:
+        return image, 1
+    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST), zoom
+
+
 class GenerateHandlers:
     """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
 
@@ -104,47 +174,59 @@ class GenerateHandlers:
     def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
                     init_image, strength: float, request: gr.Request, progress=gr.Progress(),
-                    lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None):
+                    lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
+                    vae: str = "default", low_vram: bool = False):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
-        the last three (``LORA_FIELDS``) pick an optional LoRA, its scale and the models it applies to.
+        then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to), the request's ``vae`` and
+        ``low_vram`` (model CPU offload). A model that fails shows its error; the other columns still finish.
         """
         try:
             models = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
-                                           height=height, init_image=init_image, strength=strength))
+                                           height=height, init_image=init_image, strength=strength, vae=vae))
             loras = lora_map(models, lora, lora_scale, lora_models)
         except ValueError as err:
             raise gr.Error(str(err)) from err
         stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
         stop.clear()
+        self.cache.set_offload(bool(low_vram))
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
 
         def on_step(step, total, info):
-            progress((step, total), desc=f"{info['model']} ({len(results) + 1}/{len(models)})")
+            phase = f" {info['phase']}" if "phase" in info else ""
+            progress((step, total), desc=f"{info['model']}{phase} ({len(results) + 1}/{len(models)})")
 
         try:
             for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
                                             on_step=on_step, should_stop=stop.is_set):
                 results.append(result)
-                files += [str(p) for p in result.save(out_dir)]
+                if result.error:
+                    gr.Warning(f"{result.model}: {result.error}")
+                files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
                 yield _outputs(models, results, files)
         except GenerationCancelled:
             gr.Warning("Generation cancelled")
-        except ValueError as err:  # a model that cannot load: say which and why, keep what is done
+        except ValueError as err:  # a name that does not resolve: nothing ran
             raise gr.Error(str(err)) from err
 
 
 def _outputs(models, results, files):
     galleries = []
     for i in range(MAX_MODELS):
-        if i < len(results):
-            r = results[i]
-            galleries.append(gr.Gallery(value=[(im, f"{r.model} · seed {r.seed + j}") for j, im in
-                                               enumerate(r.images)], label=r.model, visible=True))
+        if i < len(results) and results[i].error:
+            galleries.append(gr.Gallery(value=None, label=f"{results[i].model} — failed (see the table)",
+                                        visible=True))
+        elif i < len(results):
+            r, shown = results[i], []
+            for j, im in enumerate(r.images):
+                big, zoom = display_image(im)
+                shown.append((big, f"{r.model} · seed {r.seed + j} · {im.width}×{im.height}"
+                                   + (f" shown at {zoom}×" if zoom > 1 else "")))
+            galleries.append(gr.Gallery(value=shown, label=r.model, visible=True, columns=min(len(shown), 2)))
         else:
             galleries.append(gr.Gallery(value=None, label=models[i] if i < len(models) else "",
                                         visible=i < len(models)))
@@ -152,17 +234,10 @@ def _outputs(models, results, files):
     return (*galleries, stats_rows(results), files, seed)
 
 
-def handler_fields() -> list[str]:
-    """The request fields on_generate takes, in its signature's order (inputs are wired by these names): the
-    parameters after ``models`` up to the first one that is not a GenerateRequest field."""
-    names = {f.name for f in dataclasses.fields(GenerateRequest)}
+def api_parameters() -> list[str]:
+    """on_generate's API parameters in order (what gradio_client passes): models, the request fields, LoRA, memory."""
     params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
-    out = []
-    for name in params[params.index("models") + 1:]:
-        if name not in names:
-            break
-        out.append(name)
-    return out
+    return [p for p in params if p not in ("self", "request", "progress")]
 
 
 def on_cancel(request: gr.Request) -> str:
@@ -185,6 +260,13 @@ def on_refresh_lists() -> tuple[dict, dict]:
     return on_list_models(), on_list_loras()
 
 
+def on_models_change(chosen, steps, guidance, negative_prompt, applied):
+    """Apply the registry defaults of the newly chosen models (user-changed values stay)."""
+    values, applied, info = apply_defaults(list(chosen or []), dict(steps=steps, guidance=guidance,
+                                                                    negative_prompt=negative_prompt), applied or {})
+    return values["steps"], values["guidance"], values["negative_prompt"], applied, info
+
+
 def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Component]:
     """The LoRA accordion: which LoRA, its scale, the selected models it applies to (keyed by LORA_FIELDS)."""
     w = {}
@@ -204,34 +286,42 @@ def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Compon
 def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     """The Generate tab; returns [models, lora], the outputs of ``on_refresh_lists``."""
     names = [s.name for s in list_models()]
+    first = default_model()
+    defaults = model_defaults(first)
+    widgets: dict[str, gr.components.Component] = {}
     with gr.Row():
-        models = gr.Dropdown(names, value=[default_model()], multiselect=True, max_choices=MAX_MODELS,
-                             label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
+        widgets["models"] = gr.Dropdown(names, value=[first], multiselect=True, max_choices=MAX_MODELS,
+                                        label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
         refresh = gr.Button("↻ models", scale=0)
-    widgets = build_request_widgets()
-    lora_widgets = build_lora_widgets(names)
+    defaults_md = gr.Markdown(defaults_info([first], []))
+    applied = gr.State(defaults)
+    widgets.update(build_request_widgets(defaults))
+    widgets.update(build_memory_widgets())
+    widgets.update(build_lora_widgets(names))
     with gr.Row():
         go = gr.Button("Generate", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
     with gr.Row():
-        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=2, height="auto",
-                                object_fit="contain", format="png",
+        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=1, height="auto",
+                                object_fit="scale-down", format="png",
                                 elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
-    stats = gr.Dataframe(headers=STATS_COLUMNS, label="Stats (speed-up = first model's latency / this model's)",
-                         interactive=False)
+    stats = gr.Dataframe(headers=STATS_COLUMNS, label=STATS_CAPTION, interactive=False, wrap=True)
     with gr.Row():
         files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
         with gr.Column():
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
-    inputs = [models, *(widgets[name] for name in handler_fields()), *(lora_widgets[n] for n in LORA_FIELDS)]
-    event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
-                     api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+    inputs = [widgets[name] for name in api_parameters()]
+    event = go.click(gpu_task(GenerateHandlers(cache).on_generate), inputs, [*galleries, stats, files, seed_used],
+                     api_name="generate", **lane("gpu"))
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
-    refresh.click(on_list_models, None, models, api_name="list_models")
+    refresh.click(on_list_models, None, widgets["models"], api_name="list_models")
+    models, lora_models = widgets["models"], widgets["lora_models"]
     models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
                                                      value=[m for m in picked or [] if m in (chosen or [])]),
-                  [models, lora_widgets["lora_models"]], lora_widgets["lora_models"], api_name=False)
-    return [models, lora_widgets["lora"]]
+                  [models, lora_models], lora_models, api_name=False)
+    models.change(on_models_change, [models, *(widgets[f] for f in DEFAULT_FIELDS), applied],
+                  [*(widgets[f] for f in DEFAULT_FIELDS), applied, defaults_md], api_name=False)
+    return [models, widgets["lora"]]

@@ -1,6 +1,7 @@
-"""Train tab: launch distillation / LoRA jobs from presets, watch them (loss curve, ETA, validation grid, log tail),
-cancel, resume, delete, download outputs. A thin wrapper over ``studio.jobs.JobRunner`` (which owns the processes);
-the page polls with ``gr.Timer`` instead of holding a request open.
+"""Train tab: launch distillation / LoRA jobs from presets (the TOML files under ``configs/``), watch them (loss curve,
+ETA, validation grid, log tail), cancel, resume, delete, download outputs. A thin wrapper over
+``studio.jobs.JobRunner`` (which owns the processes); the page polls with ``gr.Timer`` instead of holding a request
+open.
 
 The config editor is JSON keyed by the job kind's config field names; the common-field widgets write into it by name.
 """
@@ -11,9 +12,8 @@ import shlex
 
 import gradio as gr
 
-from studio.jobs import (KINDS, LOSS_KEYS, PRESETS, JobRunner, command_line, format_seconds, preset_config,
+from studio.jobs import (KINDS, LOSS_KEYS, JobRunner, command_line, format_seconds, list_presets, preset_config,
                          validate_config)
-from studio.loading import ModelCache
 from studio.paths import data_dir, model_roots
 
 COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind)
@@ -84,9 +84,12 @@ class JobsHandlers:
     def __init__(self, runner: JobRunner):
         self.runner = runner
 
-    def on_preset(self, label: str):
-        """Preset -> job type, config JSON and the common-field values."""
-        kind, config = preset_config(label)
+    def on_preset(self, name: str):
+        """Preset (a configs/*.toml file stem) -> job type, config JSON, the common-field values, its check."""
+        try:
+            kind, config = preset_config(name)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
         return (kind, json.dumps(config, indent=1), *(config.get(f) for f in COMMON_FIELDS), check_text(kind, config),
                 cli_for(kind, config))
 
@@ -200,20 +203,20 @@ def on_config_edit(config_text: str):
 
 # ---------------------------------------------------------------- layout
 
-def build_jobs_tab(cache: ModelCache | None = None, *, runner: JobRunner | None = None, poll_s: float = 2.0,
-                   watch: bool = True) -> JobRunner:
+def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watch: bool = True) -> JobRunner:
     """The Train tab; ``runner`` defaults to one on ``data_dir()/jobs`` (one per app). ``watch`` polls it from a
     background thread too, so queued jobs start with no browser open. Returns the runner."""
     runner = runner or JobRunner()
     if watch:
         runner.watch(poll_s)
     h = JobsHandlers(runner)
-    first = next(iter(PRESETS))
+    presets = list_presets()
+    first = presets[0].name
     kind0, config0 = preset_config(first)
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("### New job")
-            preset = gr.Dropdown(list(PRESETS), value=first, label="Preset")
+            preset = gr.Dropdown([(p.title, p.name) for p in presets], value=first, label="Preset (configs/*.toml)")
             with gr.Row():
                 kind = gr.Radio(list(KINDS), value=kind0, label="Job type")
                 name = gr.Textbox(label="Output name in the model list", placeholder="automatic")

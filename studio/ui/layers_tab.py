@@ -3,13 +3,16 @@
     with gr.Tab("Layers"):
         build_layers_tab(cache)
 
+Besides the registry's models, the model list offers the released configs committed under ``assets/configs/`` that
+no registry model covers (SD 1.4, BK-SDM): their block maps and removal plans need no weights; compare, sweep and
+export do.
+
 Widgets map to AblationConfig fields by name (``WIDGET_FIELDS``); each handler takes exactly those fields as named
 parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them. Compare, sweep and
 export share the "gpu" concurrency id with the Generate tab: run-time ablation patches the cached teacher's UNet.
 """
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 
@@ -20,8 +23,10 @@ from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, co
 from studio.blocks import plot_block_map
 from studio.generation import MAX_STEPS, GenerationCancelled
 from studio.loading import ModelCache
+from studio.recipes import RECIPES
 from studio.registry import default_model, list_models
-from studio.removal import RECIPES
+from studio.released import released_models
+from studio.ui.fields import handler_fields
 
 MAP_COLUMNS = ["unit", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # MACs: one batch-1 UNet forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
@@ -46,12 +51,6 @@ def config_from_values(values: dict) -> AblationConfig:
         resolution=(int(values["resolution"]) or None) if values["resolution"] is not None else None)
 
 
-def handler_fields(fn) -> list[str]:
-    """AblationConfig fields a handler takes, in its signature's order (inputs are wired by these names)."""
-    names = {f for f in AblationConfig.__dataclass_fields__}
-    return [p for p in inspect.signature(fn).parameters if p in names]
-
-
 def _fmt(n: float) -> str:
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
@@ -61,11 +60,30 @@ def _fmt(n: float) -> str:
 
 # ---------------------------------------------------------------- handlers
 
+def config_only_models() -> list[str]:
+    """Released UNet configs (assets/configs/) with no registry model: block map and plans only."""
+    names = {s.name for s in list_models()}
+    return [m for m in released_models() if m not in names]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, value) of the model dropdown: the registry's models, then the config-only released ones."""
+    return [(s.name, s.name) for s in list_models()] + [(f"{m} (released config, no weights)", m)
+                                                       for m in config_only_models()]
+
+
 class LayersHandlers:
     """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
 
     def __init__(self, cache: ModelCache):
         self.cache = cache
+
+    def _pipe(self, model: str):
+        """The loaded teacher; a clear error for a config-only entry (it has no weights to generate with)."""
+        if model in config_only_models():
+            raise ValueError(f"{model} is a released UNet config without weights: its block map and removal plans "
+                             f"work here, but compare, sweep and export need a model with weights (a registry model)")
+        return self.cache.get(model)
 
     def _facts(self, model: str) -> tuple[dict, int, int]:
         try:
@@ -119,7 +137,7 @@ class LayersHandlers:
         try:
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
                                              steps=steps, guidance=guidance, resolution=resolution))
-            pipe = self.cache.get(config.model)
+            pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
             cmp = compare_ablation(pipe, plan, config, on_step=lambda s, n, info: progress(
                 (s, n), desc=f"{info['model']} model"))
@@ -154,7 +172,7 @@ class LayersHandlers:
         try:
             config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
                                              steps=steps, guidance=guidance, resolution=resolution))
-            pipe = self.cache.get(config.model)
+            pipe = self._pipe(config.model)
             result = sweep(pipe, config, units=list(units) or None, groups=bool(groups), should_stop=stop.is_set,
                            on_step=lambda s, n, info: progress((s, n), desc=info.get("unit", "full model")))
         except ValueError as err:
@@ -173,7 +191,7 @@ class LayersHandlers:
         try:
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
                                              steps=1, guidance=0, resolution=0))
-            pipe = self.cache.get(config.model)
+            pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
             out = export_plan(pipe, plan, (out_name or "").strip(), teacher_name=config.model)
         except ValueError as err:
@@ -205,9 +223,8 @@ def _initial_units(model: str) -> list[tuple[str, str]]:
 def build_layers_tab(cache: ModelCache) -> None:
     handlers = LayersHandlers(cache)
     w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
-    names = [s.name for s in list_models()]
     with gr.Row():
-        w["model"] = gr.Dropdown(names, value=default_model(), label="Model (teacher)", scale=3)
+        w["model"] = gr.Dropdown(model_choices(), value=default_model(), label="Model (teacher)", scale=3)
         w["resolution"] = gr.Number(value=0, precision=0, label="Resolution (px, 0 = native)", scale=1)
         show = gr.Button("Show block map", scale=1)
     info = gr.Markdown("Choose a model and press **Show block map**.")
@@ -217,8 +234,8 @@ def build_layers_tab(cache: ModelCache) -> None:
         plot = gr.Plot(show_label=False)
     gr.Markdown("### Remove units")
     with gr.Row():
-        w["recipe"] = gr.Dropdown([NO_RECIPE, *RECIPES], value=NO_RECIPE, label="Recipe (SDXL-layout models)",
-                                  scale=1)
+        w["recipe"] = gr.Dropdown([NO_RECIPE, *RECIPES], value=NO_RECIPE, scale=1,
+                                  label="Recipe (SSD-1B, Vega, KOALA: SDXL layout; BK-SDM: SD 1.x layout)")
         plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.")
     w["units"] = gr.CheckboxGroup(
         choices=_initial_units(w["model"].value), elem_id="layers-units", label="Units to remove",
@@ -257,15 +274,15 @@ def build_layers_tab(cache: ModelCache) -> None:
     show.click(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name="layers_map")
     w["model"].change(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=False)
     gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
-          [w[n] for n in handler_fields(handlers.on_plan)], plan_info, api_name="layers_plan")
+          [w[n] for n in handler_fields(handlers.on_plan, AblationConfig)], plan_info, api_name="layers_plan")
     gpu = dict(concurrency_id="gpu", concurrency_limit=1)
-    compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare)],
+    compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
                   [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
-    run_sweep.click(handlers.on_sweep, [*(w[n] for n in handler_fields(handlers.on_sweep)), groups],
+    run_sweep.click(handlers.on_sweep, [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups],
                     [ranked, heatmap, csv, sweep_info], api_name="layers_sweep", **gpu)
     cancel.click(on_cancel, None, sweep_info, api_name="layers_cancel")
-    export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export)), out_name], export_info,
-                 api_name="layers_export", **gpu)
+    export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export, AblationConfig)), out_name],
+                 export_info, api_name="layers_export", **gpu)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from studio.evaluator import ATTRIBUTES, evaluate_batch
-from training.synthetic import DEMO_WORDS, HELDOUT, caption
+from studio.demo.evaluator import ATTRIBUTES, evaluate_batch
+from studio.demo.shapes import DEMO_WORDS, HELDOUT, caption
 
 TEACHER = Path(__file__).resolve().parents[2] / "assets" / "demo" / "teacher"
 # four prompts per shape covering every colour and background, plus the twelve held-out combinations

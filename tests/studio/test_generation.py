@@ -1,13 +1,17 @@
-"""Generation: determinism, schedulers, img2img without copies, PNG metadata, bad requests, cancel."""
+"""Generation: determinism, schedulers, stats, img2img without copies, PNG metadata, bad requests, cancel."""
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from studio.generation import GenerateRequest, GenerationCancelled, generate
+from studio.memory import module_bytes
 from studio.pngmeta import read_png
 from studio.schedulers import SCHEDULERS
 from tests.conftest import make_tiny_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
@@ -41,18 +45,58 @@ def test_batch_image_i_equals_single_image_with_seed_plus_i(pipe):
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
-def test_every_scheduler_runs(pipe, name):
-    result = generate(pipe, GenerateRequest(prompt="a green star", seed=1, steps=2, scheduler=name))
-    assert result.images[0].size == (32, 32)
+def test_the_requested_scheduler_runs_the_loop(pipe, name):
+    """The scheduler object stepping the loop is of the requested kind with its options, fresh for the call; the
+    cached pipeline keeps its own."""
+    cls, overrides = SCHEDULERS[name]
+    used = []
+    result = generate(pipe, GenerateRequest(prompt="a green star", seed=1, steps=2, scheduler=name),
+                      on_step=lambda s, t, info: used.append(info["scheduler"]))
+    assert len(used) == 2 and all(type(s) is cls for s in used)
+    assert all(used[0].config[k] == v for k, v in overrides.items())
+    assert used[0] is not pipe.scheduler and type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert used[0].config.num_train_timesteps == pipe.scheduler.config.num_train_timesteps  # the model's schedule
     assert result.request.scheduler == name and f"Sampler: {name}" in result.parameters[0]
 
 
-def test_stats_are_measured(pipe):
-    result = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=3))
+def test_different_schedulers_give_different_images(pipe):
+    def run(name):
+        return arr(generate(pipe, GenerateRequest(prompt="a green star", seed=1, steps=3, scheduler=name)).images[0])
+
+    euler, ddim, dpm, karras = run("Euler"), run("DDIM"), run("DPM++ 2M"), run("DPM++ 2M Karras")
+    assert np.array_equal(euler, run("Euler"))
+    for a, b in ((euler, ddim), (euler, dpm), (dpm, karras)):
+        assert np.abs(a - b).mean() > 0.5
+
+
+def test_stats_measure_the_call(pipe):
+    start = time.perf_counter()
+    result = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=8))
+    outer = time.perf_counter() - start
     s = result.stats
-    assert s.latency_s > 0 and s.it_per_s > 0
+    assert 0.5 * outer < s.latency_s <= outer  # the call itself, not a part of it and not more
+    assert s.it_per_s == pytest.approx(8 / s.latency_s)
+    one = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=1)).stats
+    assert one.latency_s < s.latency_s
+    weights = module_bytes([pipe.unet, pipe.text_encoder, pipe.text_encoder_2, pipe.vae])
+    assert s.weights_mb * 2**20 == weights and s.memory_kind == "process RSS"
     assert s.unet_params == sum(p.numel() for p in pipe.unet.parameters())
-    assert s.peak_memory_mb > 50 and s.memory_kind == "process RSS"
+    assert not s.vae_tiled and not s.offloaded
+
+
+def test_large_images_decode_in_tiles_and_the_shared_vae_is_left_as_it_was(pipe, monkeypatch):
+    import studio.generation
+
+    monkeypatch.setattr(studio.generation, "TILE_ABOVE_PIXELS", 48 * 48)  # tiny model: "large" is 64²
+    during = []
+    result = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=1, width=64, height=64,
+                                            batch_size=2),
+                      on_step=lambda s, t, info: during.append((pipe.vae.use_tiling, pipe.vae.use_slicing)))
+    assert result.stats.vae_tiled and during == [(True, True)]
+    assert not pipe.vae.use_tiling and not pipe.vae.use_slicing  # shared with other pipelines: restored
+    small = generate(pipe, GenerateRequest(prompt="a red circle", seed=1, steps=1, width=32, height=32),
+                     on_step=lambda s, t, info: during.append((pipe.vae.use_tiling, pipe.vae.use_slicing)))
+    assert not small.stats.vae_tiled and during[-1] == (False, False)
 
 
 def test_png_metadata_round_trip(pipe, tmp_path):

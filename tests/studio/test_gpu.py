@@ -17,5 +17,6 @@ def test_cuda_runtime_loads_fp16_and_reports_cuda_peak(family):
     assert base.unet.dtype == runtime.dtype and student.vae is base.vae
     req = GenerateRequest(prompt="a red circle", seed=4, steps=3)
     a, b = generate(student, req), generate(student, req)
-    assert a.stats.memory_kind == "cuda peak" and a.stats.peak_memory_mb > 0
+    assert a.stats.memory_kind == "cuda peak" and a.stats.peak_added_mb > 0
+    assert a.stats.weights_mb * 2**20 <= torch.cuda.memory_allocated()  # resident on the device
     assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))

@@ -97,7 +97,8 @@ def test_bad_configs_are_refused_before_any_process_starts(tiny_folder, tmp_path
     for cfg, message in [({"steps": 0}, "steps must be an integer >= 1"),
                          ({"student": "nope"}, "neither a recipe"),
                          ({"bogus": 1}, "unknown field"),
-                         ({"teachers": [{"path": str(tmp_path / "missing")}]}, "not a diffusers pipeline folder")]:
+                         ({"teachers": [{"path": str(tmp_path / "missing")}]}, "missing' does not exist; point"),
+                         ({"teachers": [{"path": str(tmp_path)}]}, "is not a diffusers pipeline folder")]:
         with pytest.raises(ValueError, match=message):
             runner.submit("distill", tiny_job(tiny_folder) | cfg)
     with pytest.raises(ValueError, match="unknown job kind"):
@@ -138,28 +139,25 @@ def teacher(family):
     return family["base"]
 
 
-def test_queue_restart_kill_resume_cancel_and_registration(teacher, tmp_path):
-    """One slot: job 1 runs, 2 and 3 queue. Cancel 3 while queued; restart the runner (re-attach to 1); 1 finishes
-    and is registered; 2 starts only then; kill -9 of 2 is reported as failed with the reason; resume continues
-    from its newest checkpoint; cancel stops it."""
+def test_queue_kill_resume_cancel_and_registration(teacher, tmp_path):
+    """One slot: job 1 runs, 2 and 3 queue. Cancel 3 while queued; 1 finishes and is registered; 2 starts only then;
+    kill -9 of 2 is reported as failed with the reason; resume continues from its newest checkpoint; a stop scheduled
+    at a known step ends it there with a checkpoint."""
     from studio.registry import list_models
+    from studio.train_config.base import checkpoint_dirs
 
     root = tmp_path / "jobs"
-    first = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})
-    j1 = first.submit("distill", tiny_job(teacher, steps=3), name="Tiny Student 1")
-    j2 = first.submit("distill", tiny_job(teacher, steps=40, checkpoint_every=2))
-    j3 = first.submit("distill", tiny_job(teacher))
-    assert [first.status(j).status for j in (j1, j2, j3)] == ["running", "queued", "queued"]
-    assert first.cancel(j3).status == "cancelled" and first.status(j3).runs == 0
-    pid = first.status(j1).pid
+    runner = JobRunner(root, slots=1, grace_s=60, env={"OMP_NUM_THREADS": "1"})
+    j1 = runner.submit("distill", tiny_job(teacher, steps=3), name="Tiny Student 1")
+    j2 = runner.submit("distill", tiny_job(teacher, steps=40, checkpoint_every=2))
+    j3 = runner.submit("distill", tiny_job(teacher))
+    assert [runner.status(j).status for j in (j1, j2, j3)] == ["running", "queued", "queued"]
+    assert runner.cancel(j3).status == "cancelled" and runner.status(j3).runs == 0
 
-    runner = JobRunner(root, slots=1, grace_s=5, env={"OMP_NUM_THREADS": "1"})  # "restart" the studio
-    assert runner.status(j1).status == "running" and runner.status(j1).pid == pid
-    del first
     wait_until(runner, lambda: runner.status(j1).status != "running", what="job 1 to end")
     done = runner.status(j1)
     assert done.status == "finished", (done.message, runner.log_tail(j1))
-    assert done.name == "tiny-student-1" and "registered as tiny-student-1" in done.message
+    assert done.returncode == 0 and done.name == "tiny-student-1" and "registered as tiny-student-1" in done.message
     spec = next(s for s in list_models() if s.name == "tiny-student-1")
     assert spec.base == "tiny-base" and os.path.isfile(os.path.join(spec.source, "unet", "config.json"))
     assert runner.metrics(j1)[-1]["step"] == 3 and runner.progress(j1)["step"] == 3
@@ -171,31 +169,96 @@ def test_queue_restart_kill_resume_cancel_and_registration(teacher, tmp_path):
     os.kill(second.pid, signal.SIGKILL)
     wait_until(runner, lambda: runner.status(j2).status != "running", what="job 2 to be reaped")
     failed = runner.status(j2)
+    newest = checkpoint_dirs(root / j2 / "train")[-1].name
     assert failed.status == "failed" and failed.returncode == -9
-    assert "SIGKILL" in failed.message and "resume continues from checkpoint-" in failed.message
+    assert "SIGKILL" in failed.message and failed.message.endswith(f"resume continues from {newest}")
 
-    assert runner.resume(j2).status == "running"
-    wait_until(runner, lambda: any("resumed from" in line for line in runner.log_tail(j2, 200)),
-               what="job 2 to resume")  # the trainer's line, after the progress bar's first frame
-    line = next(line for line in runner.log_tail(j2, 200) if "resumed from" in line)
-    step = int(line.rsplit(" ", 1)[1])
-    assert step >= 2 and f"checkpoint-{step}" in line
-    assert "--resume latest" in " ".join(runner.status(j2).command)
-    cancelled = runner.cancel(j2, wait_s=60)
-    assert cancelled.status == "cancelled" and cancelled.runs == 2, cancelled.message
-    steps = [r["step"] for r in runner.metrics(j2)]
-    assert steps == list(range(1, len(steps) + 1))
-    if cancelled.signals_sent == 0:  # stopped through the STOP file: a checkpoint at the step it stopped
-        assert cancelled.message.endswith(f"resume continues from checkpoint-{steps[-1]}")
+    resumed_at = int(newest.split("-")[1])
+    assert runner.resume(j2).status == "running" and "--resume latest" in " ".join(runner.status(j2).command)
+    runner.cancel(j2, at_step=resumed_at + 2)  # scheduled while the trainer still starts: it stops exactly there
+    wait_until(runner, lambda: runner.status(j2).status != "running", what="job 2 to stop at its step")
+    cancelled = runner.status(j2)
+    assert cancelled.status == "cancelled" and cancelled.runs == 2 and cancelled.signals_sent == 0, cancelled.message
+    assert cancelled.message.endswith(f"resume continues from checkpoint-{resumed_at + 2}")
+    assert any(f"resumed from {root / j2 / 'train' / newest} at step {resumed_at}" in line
+               for line in runner.log_tail(j2, 400))
+    assert [r["step"] for r in runner.metrics(j2)] == list(range(1, resumed_at + 3))
+
     assert runner.resume(j3).status == "running"  # a queued-then-cancelled job can still run
-    runner.cancel(j3, wait_s=60)
+    assert runner.cancel(j3, at_step=1, wait_s=120).status == "cancelled"
+    assert runner.status(j3).message.endswith("resume continues from checkpoint-1")
     runner.delete(j3)
     assert [j.id for j in runner.list()] == [j1, j2]
 
 
+def test_every_job_sees_only_its_own_gpu_and_the_app_hands_the_gpu_over_first(teacher, tmp_path, monkeypatch):
+    """Item 8 of issue 14: each job gets CUDA_VISIBLE_DEVICES (one of the GPUs the studio may use), and the
+    ``before_start`` hook (the app frees its GPU models) runs before the process starts and is noted in the status."""
+    from studio.jobs.runner import gpu_handover, job_gpu
+    from studio.loading import ModelCache
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the studio may use physical GPUs 3 and 5
+    assert [job_gpu(slot) for slot in range(3)] == ["3", "5", "3"]
+    calls = []
+    runner = JobRunner(tmp_path / "jobs", slots=2, env={"OMP_NUM_THREADS": "1"},
+                       before_start=lambda job: calls.append(job.slot) or f"GPU {job_gpu(job.slot)} freed")
+    jobs = [runner.submit("distill", tiny_job(teacher, steps=200)) for _ in range(2)]
+    try:
+        assert calls == [0, 1] and [runner.status(j).message for j in jobs] == ["GPU 3 freed", "GPU 5 freed"]
+        for j, gpu in zip(jobs, ("3", "5")):
+            proc = psutil.Process(runner.status(j).pid)
+            deadline = time.time() + 30
+            while "training.distill" not in " ".join(proc.cmdline()) and time.time() < deadline:
+                time.sleep(0.05)  # until the child has exec'd with its own environment
+            assert proc.environ()["CUDA_VISIBLE_DEVICES"] == gpu
+    finally:
+        for j in jobs:
+            runner.cancel(j, wait_s=60)
+    cpu_cache = ModelCache()
+    cpu_cache.get("tiny-base")
+    assert gpu_handover(cpu_cache)(runner.status(jobs[0])) == "" and cpu_cache.loaded() == ["tiny-base"]
+
+
+def test_the_app_restarts_and_reattaches_across_processes(teacher, tmp_path):
+    """The studio dies (SIGKILL) while its job trains; a new studio process re-attaches to the job, sees it stop at
+    the step its cancel named, resumes it and sees it finish and registers the student. No runner of this process
+    is involved: each studio is a process of its own, as in real use."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("jobs_process.py")
+    env = os.environ | {"STUDIO_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps(tiny_job(teacher, steps=6, checkpoint_every=2)))
+    first = subprocess.Popen([sys.executable, str(script), "submit", str(config), "4"], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    started = json.loads(first.stdout.readline())
+    os.kill(first.pid, signal.SIGKILL)  # the studio dies; its job trains on (its own session)
+    assert first.wait(30) == -signal.SIGKILL
+    assert psutil.pid_exists(started["pid"])
+
+    second = subprocess.run([sys.executable, str(script), "attach", started["job"]], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    attached, stopped, finished = (json.loads(line) for line in second.stdout.splitlines())
+    assert attached["attached"]["pid"] == started["pid"]  # re-attached: the same process, not failed or restarted
+    job = stopped["job"]
+    assert job["status"] == "cancelled" and job["returncode"] is None  # not the new studio's child: no exit code
+    assert job["message"] == "cancelled by the user; resume continues from checkpoint-4"
+    assert stopped["steps"] == [1, 2, 3, 4]
+    job = finished["job"]
+    assert job["status"] == "finished" and job["returncode"] == 0 and job["runs"] == 2, job["message"]
+    assert "done: 6 steps" in job["message"] and job["message"].endswith("registered as restarted")
+    assert finished["steps"] == [1, 2, 3, 4, 5, 6]
+    assert any("at step 4" in line and "checkpoint-4" in line for line in finished["log"])
+    assert (tmp_path / "data" / "models" / "restarted" / "unet" / "config.json").is_file()
+
+
 def test_lora_job_is_registered_where_the_generate_tab_finds_loras(teacher, tmp_path):
     from studio.ui.generate_tab import find_loras
-    from training.synthetic import export_imagefolder
+    from studio.demo.shapes import export_imagefolder
 
     data = export_imagefolder(tmp_path / "shapes", 4, size=32)
     runner = JobRunner(tmp_path / "jobs", slots=1, env={"OMP_NUM_THREADS": "1"})

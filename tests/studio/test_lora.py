@@ -13,7 +13,7 @@ from studio.generation import GenerateRequest, generate
 from studio.lora import LoraRef
 from studio.paths import model_roots
 from studio.pngmeta import read_png
-from studio.tokenizer import build_tokenizer
+from studio.demo.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS, make_tiny_pipeline
 
 
@@ -71,13 +71,39 @@ def test_text_encoder_lora_stays_inside_its_call_when_encoders_are_shared(tmp_pa
     assert np.array_equal(image(base_pipe)[0], base) and np.array_equal(image(other)[0], other_base)
 
 
-def test_fused_lora_matches_unfused(setup):
-    pipe, file = setup
-    unfused, _ = image(pipe, loras=[LoraRef(str(file), 0.7)])
-    fused, _ = image(pipe, loras=[LoraRef(str(file), 0.7)], fuse_loras=True)
-    base, _ = image(pipe)
-    assert np.abs(fused - unfused).max() <= 2
-    assert np.array_equal(base, image(pipe)[0])
+def test_lora_generation_leaves_the_cached_pipeline_as_it_was_for_the_layers_tab(family, tmp_path):
+    """A UNet + text-encoder LoRA generation through the app's cache, then the Layers tab's compare and export on
+    the same cached model: same modules, same weights, no adapter left (the KeyError this used to cause)."""
+    from studio.compare import iter_side_by_side
+    from studio.loading import ModelCache
+    from studio.ui.layers_tab import LayersHandlers
+
+    cache = ModelCache()
+    pipe = cache.get("tiny-base")
+    parts = ("unet", "text_encoder", "text_encoder_2")
+
+    def snapshot():
+        return {p: ([(n, type(m)) for n, m in getattr(pipe, p).named_modules()],
+                    {k: v.clone() for k, v in getattr(pipe, p).state_dict().items()}) for p in parts}
+
+    before = snapshot()
+    loras = [LoraRef(str(save_random_lora(make_tiny_pipeline(), tmp_path / "unet"))),
+             LoraRef(str(save_random_lora(make_tiny_pipeline(), tmp_path / "te", seed=1, text_encoders=True)), 0.5)]
+    (result,) = iter_side_by_side(cache, ["tiny-base"], GenerateRequest(prompt="a red circle", seed=2, steps=2),
+                                  loras={"tiny-base": loras}, warmup=False)
+    assert not result.error and "Lora hashes" in result.parameters[0]
+    after = snapshot()
+    for p in parts:
+        assert after[p][0] == before[p][0], p  # module tree: no peft wrapper left
+        assert after[p][1].keys() == before[p][1].keys()
+        assert all(torch.equal(after[p][1][k], v) for k, v in before[p][1].items()), p
+    assert not pipe.get_list_adapters() or not any(pipe.get_list_adapters().values())
+    units = ["mid_block.attentions.0", "mid_block.resnets.1"]
+    noop = lambda *a, **k: None  # noqa: E731 (gr.Progress stand-in: no UI here)
+    full, ablated, numbers, head = LayersHandlers(cache).on_compare("tiny-base", units, "(none)", "a red circle", "4",
+                                                                    2, 5.0, 0, progress=noop)
+    assert len(full) == len(ablated) == 1 and "(config)" in head
+    assert "tiny-lora-slim" in LayersHandlers(cache).on_export("tiny-base", units, "(none)", "tiny-lora-slim")
 
 
 def test_plain_diffusers_loads_the_same_file(setup):

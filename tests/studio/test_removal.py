@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,29 +10,19 @@ from diffusers import UNet2DConditionModel
 
 from studio.blocks import count_params, meta_unet
 from studio.build import SDXLArch, unet_config
-from studio.removal import (RECIPES, RemovalPlan, ablate, build_student, export_student, name_map, plan_kind,
-                            recipe_plan, student_config)
+from studio.recipes import RECIPES, recipe_plan
+from studio.released import RELEASED_DIR, released_models, released_unet_config
+from studio.removal import RemovalPlan, ablate, build_student, export_student, name_map, plan_kind, student_config
 from studio.removal_cli import register
 
-CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "configs"
-SDXL = json.loads((CONFIGS / "sdxl" / "unet" / "config.json").read_text())
-SD14 = json.loads((CONFIGS / "sd-v1-4" / "unet" / "config.json").read_text())
+SDXL = released_unet_config("sdxl")
+SD14 = released_unet_config("sd-v1-4")
 TINY = unet_config(SDXLArch(block_out_channels=(8, 16, 16), head_dim=8, text_hidden=(16, 16),
                             projection_dim=16, addition_time_embed_dim=4, image_size=32))
 TINY_SD1 = dict(SD14, block_out_channels=[8, 16, 16, 16], norm_num_groups=8, attention_head_dim=2,
                 cross_attention_dim=32, sample_size=16)
-RELEASED = {  # architectures.md: what the released students' configs change in SDXL base's
-    "ssd-1b": dict(transformer_layers_per_block=[1, 2, 4], mid_block_type="UNetMidBlock2D",
-                   reverse_transformer_layers_per_block=[[4, 4, 10], [2, 1, 1], 1]),
-    "vega": dict(transformer_layers_per_block=[1, 1, 2], mid_block_type="UNetMidBlock2D",
-                 reverse_transformer_layers_per_block=[[2, 2, 2], [1, 1, 1], 1]),
-    "bk-sdm-base": dict(layers_per_block=1),
-    "bk-sdm-small": dict(layers_per_block=1, mid_block_type=None),
-    "bk-sdm-tiny": dict(layers_per_block=1, mid_block_type=None, block_out_channels=[320, 640, 1280],
-                        down_block_types=["CrossAttnDownBlock2D"] * 3, up_block_types=["CrossAttnUpBlock2D"] * 3),
-}
-PUBLISHED = {"ssd-1b": 1_331_334_404, "vega": 745_225_604, "bk-sdm-base": 579.4e6, "bk-sdm-small": 482.3e6,
-             "bk-sdm-tiny": 323.4e6, "koala-700m": 782e6, "koala-1b": 1.16e9}
+RELEASED_STUDENTS = sorted(set(RECIPES) & set(released_models()))  # ssd-1b, vega, bk-sdm-base|small|tiny
+KOALA_PUBLISHED = {"koala-700m": 782e6, "koala-1b": 1.16e9}  # KOALA (Lee et al. 2023): no released config committed
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,24 +58,34 @@ def forward(unet: UNet2DConditionModel) -> torch.Tensor:
         return unet(x, torch.tensor([10, 700]), text, added_cond_kwargs=added).sample
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_params_on_reference_teachers(name):
-    teacher = SDXL if RECIPES[name].layout == "sdxl" else SD14
+def teacher_of(name: str) -> dict:
+    return SDXL if RECIPES[name].layout == "sdxl" else SD14
+
+
+def test_every_released_student_has_a_recipe():
+    assert RELEASED_STUDENTS == ["bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny", "ssd-1b", "vega"]
+
+
+@pytest.mark.parametrize("name", RELEASED_STUDENTS)
+def test_recipes_reproduce_the_released_configs(name):
+    """The recipe applied to the released teacher gives the released student: the same state-dict keys and shapes
+    as assets/configs/<name>/unet/config.json (the hub repo's file), hence the same parameter count."""
+    teacher, released = teacher_of(name), released_unet_config(name)
     plan = recipe_plan(name, teacher)
-    params = count_params(student_config(teacher, plan))
-    assert params == RECIPES[name].reference_params
-    published = PUBLISHED[name]
-    assert params == published if isinstance(published, int) else abs(params - published) < 0.0015 * published
     assert plan_kind(teacher, plan) == "config"
+    assert shapes(student_config(teacher, plan)) == shapes(released)
+    assert count_params(student_config(teacher, plan)) == count_params(released) == RECIPES[name].reference_params
 
 
-@pytest.mark.parametrize("name", sorted(RELEASED))
-def test_students_match_released_configs(name):
-    teacher = SDXL if RECIPES[name].layout == "sdxl" else SD14
-    assert shapes(student_config(teacher, recipe_plan(name, teacher))) == shapes(dict(teacher, **RELEASED[name]))
+@pytest.mark.parametrize("name", sorted(KOALA_PUBLISHED))
+def test_koala_recipes_match_the_published_sizes(name):
+    params = count_params(student_config(SDXL, recipe_plan(name, SDXL)))
+    assert params == RECIPES[name].reference_params
+    assert abs(params - KOALA_PUBLISHED[name]) < 0.0015 * KOALA_PUBLISHED[name]
 
 
 def test_reference_teachers():
+    """The committed teacher configs build the published sizes (SDXL 2.567 B in 1680 tensors, SD 1.4 859.5 M)."""
     assert count_params(SDXL) == 2_567_463_684 and len(shapes(SDXL)) == 1680
     assert round(count_params(SD14) / 1e5) / 10 == 859.5
 
@@ -215,11 +214,14 @@ def test_bk_sdm_tiny_on_a_small_sd1_unet(tmp_path):
 
 
 def test_cli_prune_dry_run_and_export(tmp_path, capsys):
-    assert run_cli(["prune", "--recipe", "ssd-1b", "--unet-config", str(CONFIGS / "sdxl" / "unet" / "config.json"),
+    assert run_cli(["prune", "--recipe", "ssd-1b", "--unet-config", str(RELEASED_DIR / "sdxl" / "unet" / "config.json"),
                     "--dry-run", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["params"] == 1_331_334_404 and report["kind"] == "config"
-    assert report["config"]["reverse_transformer_layers_per_block"] == [[4, 4, 10], [2, 1, 1], 1]
+    released = released_unet_config("ssd-1b")
+    assert report["params"] == count_params(released) and report["kind"] == "config"
+    assert report["config"]["reverse_transformer_layers_per_block"] == released["reverse_transformer_layers_per_block"]
+    assert run_cli(["prune", "--recipe", "bk-sdm-small", "--unet-config", "sd-v1-4", "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == count_params(released_unet_config("bk-sdm-small"))
     tiny_unet().save_pretrained(tmp_path / "teacher")
     assert run_cli(["prune", "--remove", "mid_block", "--teacher", str(tmp_path / "teacher"),
                     "--out", str(tmp_path / "student"), "--json"]) == 0

@@ -1,4 +1,5 @@
-"""training.demo_family: the teacher entry point runs end to end at toy size, learns, and is reproducible."""
+"""training.demo_family / demo_teacher: the teacher entry point runs end to end at toy size, learns, and is
+reproducible; the evaluation prompt set."""
 import csv
 import json
 
@@ -8,7 +9,8 @@ from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 
 from studio.build import build_sdxl_pipeline
 from training import demo_family
-from training.demo_family import TeacherConfig, demo_tokenizer, diffusion_loss, train_teacher
+from studio.demo.shapes import eval_prompts
+from training.demo_teacher import TeacherConfig, demo_tokenizer, diffusion_loss, train_teacher
 
 
 @pytest.fixture(autouse=True)
@@ -81,5 +83,5 @@ def test_config_validation_names_field(kwargs, field):
 
 
 def test_eval_prompts_cover_split_without_repeats():
-    prompts = demo_family.eval_prompts(24, "heldout")
+    prompts = eval_prompts(24, "heldout")
     assert len({p for p, _ in prompts}) == 12 and len({s for _, s in prompts}) == 24

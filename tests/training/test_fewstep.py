@@ -15,7 +15,7 @@ from training.data import demo_items
 from training.fewstep import (FewStepConfig, FewStepModules, consistency_distance, load_fewstep_pipeline, low_res,
                               main, make_trainer)
 from training.fewstep_eval import psnr, ssim
-from training.lora import LORA_WEIGHT_NAME
+from studio.train_config.lora import LORA_WEIGHT_NAME
 
 PROMPT = "a red circle on a blue background"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,7 +160,7 @@ def test_full_student_folder_loads_as_a_unet_with_a_guidance_input(tiny_folder, 
 
 def test_conditional_model_output_depends_on_the_condition_image(tiny_folder, items, tmp_path):
     result = make_trainer(tiny_config(tiny_folder, tmp_path, condition="sr", objective="codi", rank=2,
-                                      condition_size=8, steps=4, target_decay=0.0), items=items).run()
+                                      condition_size=8, steps=4, target_decay=0.0, lr=0.05), items=items).run()
     spec = json.loads((result.output / "studio_model.json").read_text())
     assert spec["pipeline"] == "StableDiffusionXLControlNetPipeline" and spec["condition"]["size"] == 8
     pipe = load_fewstep_pipeline(result.output, StableDiffusionXLPipeline.from_pretrained(tiny_folder))
@@ -228,7 +228,7 @@ def test_lcm_lora_targets_give_the_published_lcm_lora_sizes_on_the_released_conf
     from peft import LoraConfig
 
     from studio.paths import ASSETS_DIR
-    from training.fewstep_config import LCM_LORA_TARGETS
+    from studio.train_config.fewstep import LCM_LORA_TARGETS
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(ASSETS_DIR / "configs" / model / "unet"))

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from studio.build import SDXLArch, build_sdxl_pipeline
 from studio.lora import LoraRef, ensure_loaded
-from studio.tokenizer import build_tokenizer
+from studio.demo.tokenizer import build_tokenizer
 from tests.conftest import TINY_WORDS
-from training.lora import LORA_WEIGHT_NAME, LoraTrainConfig, load_config, main, make_trainer, run_lora
-from training.synthetic import export_imagefolder
+from studio.train_config.lora import LORA_WEIGHT_NAME, LoraTrainConfig
+from training.lora import main, make_trainer, run_lora
+from studio.demo.shapes import export_imagefolder
 from training.trainer import read_state
 
 PROMPT = "a red circle on a blue background"
@@ -149,8 +150,10 @@ def test_bad_inputs_get_clear_errors(tiny_folder, data, tmp_path, trained):
     for rank in (0, -2, 1.5):
         with pytest.raises(ValueError, match="rank must be an integer > 0"):
             tiny_config(tiny_folder, data, out, rank=rank)
-    with pytest.raises(ValueError, match="not an imagefolder with metadata.jsonl"):
+    with pytest.raises(ValueError, match="has no metadata.jsonl. Put your images there with a metadata.jsonl"):
         tiny_config(tiny_folder, tmp_path, out)
+    with pytest.raises(ValueError, match="'data/lora-images' does not exist. Put your images there"):
+        tiny_config(tiny_folder, "data/lora-images", out)
     with pytest.raises(ValueError, match="unknown model"):
         tiny_config("no-such-model", data, out)
     no_captions = tmp_path / "no-captions"
@@ -184,7 +187,7 @@ def test_bad_inputs_get_clear_errors(tiny_folder, data, tmp_path, trained):
 def test_demo_concept_data_and_scoring(concept, tiny_folder, tmp_path):
     from PIL import Image
 
-    from training.lora import concept_prompts, evaluate_concept, export_concept_data
+    from studio.demo.concepts import concept_prompts, evaluate_concept, export_concept_data
 
     folder = export_concept_data(tmp_path / concept, 4, concept, reg_count=2, size=32)
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
@@ -198,7 +201,8 @@ def test_demo_concept_data_and_scoring(concept, tiny_folder, tmp_path):
     assert len({p for p, _ in concept_prompts(40, concept)}) == 40
     with pytest.raises(ValueError, match="unknown demo concept"):
         concept_prompts(2, "teal")
-    cfg = load_config(f"configs/lora-demo-{concept}.toml", {"base_model": str(tiny_folder), "dataset": str(folder)})
+    cfg = LoraTrainConfig.load(f"configs/lora-demo-{concept}.toml",
+                               {"base_model": str(tiny_folder), "dataset": str(folder)})
     assert cfg.target_modules == ["attn2.to_k", "attn2.to_v"] and cfg.save_dtype == "fp16"
 
 
@@ -207,18 +211,20 @@ def test_demo_concept_dataset_name_builds_the_same_data_in_memory(tiny_folder, t
     import numpy as np
     from PIL import Image
 
-    from training.lora import DEMO_CONCEPT_COUNTS, concept_items, export_concept_data
+    from studio.demo.concepts import export_concept_data
+    from training.data import DEMO_CONCEPT_COUNTS, load_items
 
     folder = export_concept_data(tmp_path / "orange", 2, "orange", reg_count=2)
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    items = concept_items("demo:orange")
+    items = load_items("demo:orange")
     assert len(items) == sum(DEMO_CONCEPT_COUNTS)
     for item, row in zip([items[0], items[1], items[DEMO_CONCEPT_COUNTS[0]]], rows[:2] + rows[2:3]):
         assert item.text == row["text"]
         assert np.array_equal(np.asarray(item.image), np.asarray(Image.open(folder / row["file_name"])))
-    assert load_config(None, {"base_model": str(tiny_folder), "dataset": "demo:orange"}).dataset == "demo:orange"
+    cfg = LoraTrainConfig.load(None, {"base_model": str(tiny_folder), "dataset": "demo:orange"})
+    assert cfg.dataset == "demo:orange"
     with pytest.raises(ValueError, match="LoraTrainConfig.dataset: unknown demo concept 'teal'; allowed: demo:heart"):
-        load_config(None, {"base_model": str(tiny_folder), "dataset": "demo:teal"})
+        LoraTrainConfig.load(None, {"base_model": str(tiny_folder), "dataset": "demo:teal"})
 
 
 def test_a_teacher_lora_is_ported_to_a_student_through_its_name_map(tiny_folder, tmp_path):
@@ -228,8 +234,9 @@ def test_a_teacher_lora_is_ported_to_a_student_through_its_name_map(tiny_folder,
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    from studio.removal import build_student, export_student, recipe_plan
-    from training.lora import port_lora
+    from studio.recipes import recipe_plan
+    from studio.removal import build_student, export_student
+    from training.lora_files import port_lora
 
     teacher = StableDiffusionXLPipeline.from_pretrained(tiny_folder)
     plan = recipe_plan("vega", dict(teacher.unet.config))
@@ -284,5 +291,5 @@ def test_output_kd_matches_a_teacher_with_its_lora_fused(tiny_folder, data, tmp_
 
 @pytest.mark.parametrize("name", ["lora-demo-orange", "lora-demo-heart", "lora-demo-ssd-orange"])
 def test_shipped_lora_configs_validate_as_they_are(name):
-    cfg = load_config(f"configs/{name}.toml")
+    cfg = LoraTrainConfig.load(f"configs/{name}.toml")
     assert cfg.dataset.startswith("demo:") and cfg.save_dtype == "fp16" and cfg.rank == 2

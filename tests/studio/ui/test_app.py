@@ -9,12 +9,14 @@ from studio.generation import GenerateRequest
 from studio.loading import ModelCache
 from studio.pngmeta import read_png
 from studio.ui import build_app, launch
-from studio.ui.generate_tab import handler_fields
+from studio.ui.fields import handler_fields
+from studio.ui.generate_tab import GenerateHandlers
 from tests.studio.ui import free_port
 
 
 def test_handler_fields_are_exactly_the_request_fields():
-    assert set(handler_fields()) == {f.name for f in dataclasses.fields(GenerateRequest)}
+    assert set(handler_fields(GenerateHandlers.on_generate, GenerateRequest)) == \
+        {f.name for f in dataclasses.fields(GenerateRequest)}
 
 
 
@@ -92,14 +94,19 @@ def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, famil
         shutil.rmtree(lora)
 
 
-def test_lora_parameters_come_last_and_map_to_models(tmp_path):
+def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
+    """The /generate API is an interface: the original parameters keep their names and positions; LoRA and then
+    the VAE choice and low-VRAM mode were added at the end, with defaults."""
     import inspect
 
     from studio.lora import LoraRef
-    from studio.ui.generate_tab import LORA_FIELDS, GenerateHandlers, lora_map
+    from studio.ui.generate_tab import LORA_FIELDS, MEMORY_FIELDS, GenerateHandlers, api_parameters, lora_map
 
-    params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
-    assert tuple(params[-len(LORA_FIELDS):]) == LORA_FIELDS
+    assert api_parameters() == ["models", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
+                                "batch_size", "width", "height", "init_image", "strength", *LORA_FIELDS, "vae",
+                                *MEMORY_FIELDS]
+    signature = inspect.signature(GenerateHandlers.on_generate).parameters
+    assert all(signature[p].default is not inspect.Parameter.empty for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS))
     assert lora_map(["a", "b"], "", 1.0, ["a"]) == {}
     assert lora_map(["a", "b"], "x.safetensors", 0.5, []) == {m: [LoraRef("x.safetensors", 0.5)] for m in "ab"}
     assert lora_map(["a", "b"], "x.safetensors", 1.0, ["b"]) == {"b": [LoraRef("x.safetensors", 1.0)]}

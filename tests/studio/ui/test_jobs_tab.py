@@ -1,6 +1,6 @@
 """Train tab: field map, pure formatting, and the named endpoints through gradio_client on a live localhost server
-(preset, validate, refused bad config, submit a tiny distillation, cancel, resume, status with loss/log/outputs,
-delete)."""
+(presets from configs/, validate, refused bad config, submit a tiny distillation, a stop at a known step, resume,
+cancel of a queued job, status with loss/log/outputs, delete)."""
 import dataclasses
 import json
 import time
@@ -9,10 +9,10 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from studio.jobs import PRESETS, JobRunner
+from studio.jobs import JobRunner, list_presets
+from studio.train_config.base import TrainConfig
 from studio.ui.jobs_tab import COMMON_FIELDS, build_jobs_tab, cli_for, on_config_edit, on_field, plot_frame
 from tests.studio.ui import free_port
-from training.trainer import TrainConfig
 
 
 def test_common_fields_are_train_config_fields():
@@ -42,14 +42,14 @@ def app(family, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-jobs")
     runner = JobRunner(root, slots=1, grace_s=30, env={"OMP_NUM_THREADS": "1"})
     with gr.Blocks() as demo:
-        build_jobs_tab(None, runner=runner, watch=False)
+        build_jobs_tab(runner=runner, watch=False)
     _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
                                     allowed_paths=[str(root)])
     yield Client(url, verbose=False), runner, family["base"]
     demo.close()
 
 
-def wait_status(client, job_id, done, timeout=150):
+def wait_status(client, job_id, done, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         client.predict(api_name="/jobs_list")  # polls the runner (the page's timer does the same)
@@ -62,10 +62,12 @@ def wait_status(client, job_id, done, timeout=150):
 
 def test_preset_and_validation_before_launch(app):
     client, runner, teacher = app
-    kind, config_text, *fields, check_md, cli = client.predict(next(iter(PRESETS)), api_name="/jobs_preset")
+    kind, config_text, *fields, check_md, cli = client.predict(list_presets()[0].name, api_name="/jobs_preset")
     config = json.loads(config_text)
-    assert kind == "distill" and config["student"] == "vega" and fields[0] == config["steps"]
-    assert check_md.startswith(("✓", "✗")) and "python -m training.distill --config job.json" in cli
+    assert kind == "distill" and config["student"] == "vega" and fields[0] == config["steps"] == 250
+    assert check_md.startswith("✓ valid distill config: 250 steps") and "python -m training.distill --config" in cli
+    _, _, *_, check_md, _ = client.predict("distill-ssd1b-from-sdxl", api_name="/jobs_preset")
+    assert check_md.startswith("✗") and "huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0" in check_md
     message, _ = client.predict("distill", "{not json", api_name="/jobs_validate")
     assert "not valid JSON" in message
     bad = {"teachers": [{"path": str(teacher)}], "steps": 0}
@@ -76,37 +78,39 @@ def test_preset_and_validation_before_launch(app):
     assert runner.list() == []
 
 
-def test_submit_cancel_resume_status_and_delete_through_the_api(app):
+def test_submit_stop_resume_status_and_delete_through_the_api(app):
+    """Deterministic: the stop is scheduled at step 2 before the trainer has started (no race against the run)."""
     from studio.registry import list_models
 
     client, runner, teacher = app
-    config = dict(teachers=[{"path": str(teacher)}], student="vega", buckets=[[32, 32]], dataset_count=8, steps=30,
-                  batch_size=1, checkpoint_every=0, validate_every=15, validation_steps=2,
+    config = dict(teachers=[{"path": str(teacher)}], student="vega", buckets=[[32, 32]], dataset_count=8, steps=6,
+                  batch_size=1, checkpoint_every=0, validate_every=3, validation_steps=2,
                   validation_prompts=["a red circle on a blue background"])
     message, selected, table = client.predict("distill", json.dumps(config), "ui student", api_name="/jobs_submit")
     job_id = selected if isinstance(selected, str) else selected["value"]
     assert job_id in message and table["data"][0][0] == job_id
+    runner.cancel(job_id, at_step=2)  # what /jobs_cancel does, at a known step
 
-    wait_status(client, job_id, lambda s: "step 0/" not in s, timeout=120)  # the curve has a first point
-    # (30 steps: at ~0.2-0.8 s/step the cancel lands mid-run even on an idle machine)
-    client.predict(job_id, api_name="/jobs_cancel")
     summary, *_ = wait_status(client, job_id, lambda s: "**cancelled**" in s)
-    step = runner.metrics(job_id)[-1]["step"]
-    assert f"cancelled by the user; resume continues from checkpoint-{step}" in summary  # graceful: STOP file
-    assert runner.status(job_id).returncode == 0 and runner.status(job_id).signals_sent == 0
+    assert "step 2/6" in summary and "cancelled by the user; resume continues from checkpoint-2" in summary
+    assert runner.status(job_id).returncode == 0 and runner.status(job_id).signals_sent == 0  # graceful: STOP file
 
     client.predict(job_id, api_name="/jobs_resume")
-    runner.config(job_id)  # the frozen config is unchanged by a resume
-    summary, plot, image, log, files, command = wait_status(client, job_id, lambda s: "**finished**" in s,
-                                                            timeout=200)
+    _, selected, _ = client.predict("distill", json.dumps(config | {"steps": 2}), "", api_name="/jobs_submit")
+    queued = selected if isinstance(selected, str) else selected["value"]
+    assert runner.status(queued).status == "queued"  # the slot is taken: it waits
+    assert "cancelled before it started" in client.predict(queued, api_name="/jobs_cancel")
+    summary, plot, image, log, files, command = wait_status(client, job_id, lambda s: "**finished**" in s)
     assert "registered as ui-student" in summary and "ui-student" in [s.name for s in list_models()]
-    assert "--resume latest" in command or "starts over" in runner.status(job_id).message
+    assert "--resume latest" in command
     assert {series for _, _, series in plot["data"]} == {"loss", "task", "out", "feat"}
-    assert max(step for step, _, _ in plot["data"]) == 30
-    assert image and image.endswith(".png")
-    assert "done: 30 steps" in log
+    assert sorted({step for step, _, _ in plot["data"]}) == [1, 2, 3, 4, 5, 6]
+    assert image and image.endswith("step-000006.png")
+    assert "done: 6 steps" in log
+    assert any("resumed from" in line and "checkpoint-2 at step 2" in line for line in runner.log_tail(job_id, 400))
     assert any(f.endswith("diffusion_pytorch_model.safetensors") for f in files)
 
+    client.predict(queued, api_name="/jobs_delete")
     client.predict(job_id, api_name="/jobs_delete")
     assert runner.list() == []
 

@@ -10,7 +10,8 @@ from gradio_client import Client
 from studio.ablation import SWEEP_COLUMNS, AblationConfig
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
-from studio.ui.layers_tab import LayersHandlers, config_from_values, handler_fields
+from studio.ui.fields import handler_fields
+from studio.ui.layers_tab import LayersHandlers, config_from_values
 from tests.studio.ui import free_port
 
 LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"
@@ -18,8 +19,9 @@ LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"
 
 def test_handlers_take_config_fields_by_name():
     fields = {f.name for f in dataclasses.fields(AblationConfig)}
-    assert set(handler_fields(LayersHandlers.on_compare)) == fields
-    assert set(handler_fields(LayersHandlers.on_sweep)) == fields - {"recipe"}  # ticked units = what to sweep
+    assert set(handler_fields(LayersHandlers.on_compare, AblationConfig)) == fields
+    # the ticked units are what to sweep
+    assert set(handler_fields(LayersHandlers.on_sweep, AblationConfig)) == fields - {"recipe"}
     values = dict(model="tiny-base", units=[LAYER], recipe="(none)", prompts="a\n\nb ", seeds="1, 2", steps=3.0,
                   guidance=2.0, resolution=0)
     assert config_from_values(values) == AblationConfig("tiny-base", (LAYER,), "", ("a", "b"), (1, 2), 3, 2.0, None)
@@ -77,3 +79,15 @@ def test_sweep(client):
     assert "2 generated" in status and open(csv).readline().startswith("rank,unit")
     with pytest.raises(Exception, match="AblationConfig.resolution"):
         client.predict("tiny-base", [], "a", "0", 2, 5.0, 36, False, api_name="/layers_sweep")
+
+
+def test_released_configs_without_weights(client):
+    """SD 1.4 from assets/configs/: block map and BK-SDM plans on the real shapes; generating needs weights."""
+    table, plot, units, info = client.predict("sd-v1-4", 0, api_name="/layers_map")
+    assert "sd-v1-4" in info and "512×512" in info and "859,520,964" in info and plot is not None
+    assert any(r[0].strip() == "down_blocks.3" for r in table["data"])
+    plan = client.predict("sd-v1-4", [], "bk-sdm-small", 0, api_name="/layers_plan")
+    assert "Config-expressible" in plan and "859,520,964 → 482,346,884" in plan
+    with pytest.raises(Exception, match="released UNet config without weights"):
+        client.predict("sd-v1-4", [], "bk-sdm-small", "a red circle on a blue background", "0", 2, 5.0, 0,
+                       api_name="/layers_compare")

@@ -1,0 +1,46 @@
+"""Generate tab logic: per-model defaults applied when the model set changes (the user's own values win), and image
+zoom (small images at a whole-number zoom with sharp pixels, large ones untouched)."""
+import numpy as np
+from PIL import Image
+
+from studio.registry import get_spec
+from studio.ui.generate_tab import apply_defaults, display_image, model_defaults, on_models_change
+
+
+def test_defaults_come_from_the_registry_model_cards():
+    assert model_defaults("ssd-1b") == {"steps": 30, "guidance": 9.0, "negative_prompt": "ugly, blurry, poor quality"}
+    assert model_defaults("sdxl") == {"steps": 30, "guidance": 5.0, "negative_prompt": ""}
+    assert model_defaults("vega")["guidance"] == 9.0 and "worst quality" in model_defaults("vega")["negative_prompt"]
+    demo = get_spec("demo-teacher")
+    assert model_defaults("demo-teacher") == {"steps": demo.default_steps, "guidance": demo.default_guidance,
+                                              "negative_prompt": ""}
+
+
+def test_changing_models_applies_their_defaults_except_values_the_user_changed():
+    start = model_defaults("demo-teacher")
+    values, applied, info = apply_defaults(["ssd-1b"], dict(start), start)
+    assert values == model_defaults("ssd-1b") == applied
+    assert "Defaults applied from **ssd-1b**: 30 steps, CFG 9" in info and "1024²" in info
+    # the user sets CFG 7 by hand, then adds sdxl first: steps and negative prompt follow sdxl, CFG stays 7
+    mine = dict(values, guidance=7.0)
+    values, applied, info = apply_defaults(["sdxl", "ssd-1b"], mine, applied)
+    assert values == {"steps": 30, "guidance": 7.0, "negative_prompt": ""}
+    assert applied == model_defaults("sdxl") and "Your own value kept for: guidance" in info
+    assert "Other cards" in info and "**ssd-1b**: 30 steps, CFG 9" in info
+    # the UI handler returns the widget values in DEFAULT_FIELDS order, then the state and the line
+    steps, guidance, negative, state, line = on_models_change(["vega"], 30, 5.0, "", model_defaults("sdxl"))
+    assert (steps, guidance, negative) == (30, 9.0, model_defaults("vega")["negative_prompt"])
+    assert state == model_defaults("vega") and "**vega**" in line
+    assert apply_defaults([], {"steps": 3, "guidance": 1.0, "negative_prompt": "x"}, {})[0]["steps"] == 3
+
+
+def test_small_images_are_zoomed_by_whole_numbers_with_sharp_pixels():
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    big, zoom = display_image(small)
+    assert zoom == 4 and big.size == (256, 256)
+    assert np.array_equal(np.asarray(big)[::4, ::4], np.asarray(small))  # nearest neighbour: each pixel a 4×4 block
+    assert np.array_equal(np.asarray(big)[3::4, 3::4], np.asarray(small))
+    assert display_image(Image.new("RGB", (32, 32)))[1] == 4  # never more than 4×
+    assert display_image(Image.new("RGB", (128, 96)))[1] == 3
+    large = Image.new("RGB", (1024, 1024))
+    assert display_image(large) == (large, 1)  # fitted to the column by the gallery, not resampled here
