@@ -31,8 +31,7 @@ SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (trai
 STEPS = (1, 2, 4, 8)
 BASELINE_STEPS = (2, 4, 8)
 # ordinary samplers tried for the few-step baselines (the best one per step count is reported)
-ORDINARY = (("Euler", {}), ("Euler", {"timestep_spacing": "trailing"}), ("DPM++ 2M", {}),
-            ("DPM++ 2M", {"timestep_spacing": "trailing"}), ("UniPC", {}))
+ORDINARY = (("Euler", {}), ("Euler", {"timestep_spacing": "trailing"}), ("DPM++ 2M", {"timestep_spacing": "trailing"}))
 MARK = "<!-- fewstep-report:{} -->", "<!-- /fewstep-report:{} -->"
 
 
@@ -142,7 +141,11 @@ MODELS = {"teacher": DEMO / "teacher", "ssd": DEMO / "ssd", "lcm": DEMO / "lcm",
           "ssd_lcm_lora": DEMO / "loras" / "demo-ssd-lcm-lora.safetensors",
           "sr": DEMO / "sr", "sr_undistilled": DEMO / "sr" / "baselines" / "undistilled",
           "sr_two_stage": DEMO / "sr" / "baselines" / "two-stage"}
-CARDS = {"t2i": [DEMO / "lcm" / "README.md", DEMO / "loras" / "README.md"], "sr": [DEMO / "sr" / "README.md"]}
+CARDS = {"t2i": [DEMO / "lcm" / "README.md", DEMO / "loras" / "LCM-LORA.md"], "sr": [DEMO / "sr" / "README.md"]}
+# the tail of each shipped model's training log: the CLI's "done:" line and /usr/bin/time's
+# "TIME <wall> s wall, <user> s user, <sys> s sys" line (-f "TIME %e s wall, %U s user, %S s sys")
+TRAIN_LOGS = {"lcm": DEMO / "lcm" / "train.log", "lcm_lora": DEMO / "loras" / "demo-lcm-lora.train.log",
+              "ssd_lcm_lora": DEMO / "loras" / "demo-ssd-lcm-lora.train.log", "sr": DEMO / "sr" / "train.log"}
 
 
 def _sampler(name: str, overrides: dict, base_config):
@@ -253,9 +256,26 @@ def run_report(n: int = 96, *, latency_rounds: int = 7, models: dict | None = No
     # conditional
     if m["sr"].exists():
         report["sr"] = _sr_report(m, teacher, n, sr_guidances)
+    report["training"] = {k: training_cost(v) for k, v in TRAIN_LOGS.items() if training_cost(v)}
     report["seconds"] = time.time() - t_start
     report["loadavg"] = {"start": load0, "end": os.getloadavg()}
     return report
+
+
+def training_cost(path: Path) -> dict:
+    """Steps, wall and CPU seconds of a training run from the tail of its log (see TRAIN_LOGS); {} when absent."""
+    import re
+
+    if not path.exists():
+        return {}
+    text, out = path.read_text(), {}
+    done = re.search(r"done: (\d+) steps in (\d+)s", text)
+    timed = re.search(r"TIME ([\d.]+) s wall, ([\d.]+) s user, ([\d.]+) s sys", text)
+    if done:
+        out |= {"steps": int(done.group(1)), "train_loop_s": float(done.group(2))}
+    if timed:
+        out |= {"wall_s": float(timed.group(1)), "user_s": float(timed.group(2)), "sys_s": float(timed.group(3))}
+    return out
 
 
 def _file_params(path: Path) -> int:
@@ -313,7 +333,7 @@ def _pct(x: float) -> str:
 def t2i_table(r: dict) -> str:
     t2i, lat = r["t2i"], r["latency"]
     ref = t2i["teacher@20"]["all"]
-    lines = [f"Evaluator all-attributes-correct on {r['n']} prompts (`studio.demo.shapes.eval_prompts`, same seeds for "
+    lines = [f"Written by `{r['command']}`.", "", f"Evaluator all-attributes-correct on {r['n']} prompts (`studio.demo.shapes.eval_prompts`, same seeds for "
              f"every row); latency: one 64 px image, batch 1, {r['threads']} thread(s), median of interleaved rounds "
              f"(load average {r['loadavg']['start'][0]:.1f} at the start, {r['loadavg']['end'][0]:.1f} at the end).",
              "", "| model | sampler | steps | CFG | all correct | vs teacher@20 | latency | speed-up vs teacher@20 |",
@@ -339,12 +359,27 @@ def t2i_table(r: dict) -> str:
     for key, label in names.items():
         for steps, res in t2i.get(key, {}).items():
             row(label, "LCM", steps, res["guidance"], res["all"], f"{key}@4" if int(steps) == 4 else None)
+    lines += ["", "Size and training cost (steps, and the training command's wall-clock and CPU time from its log "
+              "under `/usr/bin/time`; the machine was shared, so the CPU time is the fairer figure):", "",
+              "| model | parameters | of its UNet | steps | wall | CPU user |", "|---|---|---|---|---|---|"]
+    params, cost = r["params"], r.get("training", {})
+    for key, label in names.items():
+        if key not in params:
+            continue
+        unet = params["ssd_unet" if key == "ssd_lcm_lora" else "teacher_unet"]
+        c = cost.get(key, {})
+        wall = f"{c['wall_s'] / 60:.1f} min" if "wall_s" in c else ""
+        user = f"{c['user_s'] / 60:.1f} min" if "user_s" in c else ""
+        lines.append(f"| {label} | {params[key]:,} | {100 * params[key] / unet:.2f} % | {c.get('steps', '')} | "
+                     f"{wall} | {user} |")
     return "\n".join(lines)
 
 
 def sr_table(r: dict) -> str:
     sr = r["sr"]
-    lines = [f"4x super-resolution (16x16 condition -> 64x64) on {sr['n']} synthetic images never used in training "
+    lines = [f"Written by `{r['command']}` (load average {r['loadavg']['start'][0]:.1f} at the start, "
+             f"{r['loadavg']['end'][0]:.1f} at the end).", "",
+             f"4x super-resolution (16x16 condition -> 64x64) on {sr['n']} synthetic images never used in training "
              f"(seed {SR_EVAL_SEED}); PSNR / SSIM to the ground truth, evaluator all-correct on the output.", "",
              "| model | steps | PSNR (dB) | SSIM | all correct | sampler |", "|---|---|---|---|---|---|"]
     for label, res in sr["rows"].items():
