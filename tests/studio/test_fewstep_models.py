@@ -74,3 +74,17 @@ def test_layers_ablation_and_removal_recipes_take_a_few_step_student():
     assert student.config.time_cond_proj_dim == 256 and names["time_embedding"] == "time_embedding"
     assert torch.equal(student.time_embedding.cond_proj.weight, pipe.unet.time_embedding.cond_proj.weight)
     assert student.config.transformer_layers_per_block[2] == [3, 4]  # one layer fewer in its first attention
+
+
+def test_the_job_runner_finds_what_a_few_step_run_exported(tmp_path):
+    from studio.jobs.kinds import final_output
+
+    lora_run, full_run = tmp_path / "lora", tmp_path / "full"
+    assert final_output("fewstep", lora_run) == [] and final_output("fewstep", full_run) == []
+    lora_run.mkdir()
+    for name in ("pytorch_lora_weights.safetensors", "fewstep_config.json"):
+        (lora_run / name).write_bytes(b"x")
+    assert [p.name for p in final_output("fewstep", lora_run)] == ["pytorch_lora_weights.safetensors",
+                                                                   "fewstep_config.json"]
+    (full_run / "final").mkdir(parents=True)
+    assert final_output("fewstep", full_run) == [full_run / "final"]
