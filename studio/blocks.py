@@ -117,6 +117,8 @@ def format_si(value: float, unit: str = "", digits: int = 3) -> str:
     if value == 0:
         return f"0 {unit}".rstrip()
     scale, prefix = si_scale(value)
+    if scale == 1 and float(value).is_integer():
+        return f"{int(value)} {unit}".rstrip()
     number = value / scale
     text = f"{number:.{max(0, digits - 1 - int(abs(number) >= 10) - int(abs(number) >= 100))}f}"
     return f"{text} {prefix}{unit}".rstrip()

@@ -91,12 +91,25 @@ def _has_cuda() -> bool:
         return False
 
 
+def _download_hint(path: str, config: dict) -> str:
+    """How to get a teacher folder: the hub download of the config's ``base_name`` when the registry knows it."""
+    from studio.registry import get_spec
+
+    try:
+        spec = get_spec(config.get("base_name", ""))
+    except ValueError:
+        spec = None
+    if spec is not None and spec.source_kind == "hub":
+        return f"download it with `huggingface-cli download {spec.source} --local-dir {path}`, or point teachers " \
+               f"at your local copy"
+    return "point teachers at a local diffusers pipeline folder"
+
+
 def missing_for(kind: str, config: dict, *, cuda: bool | None = None) -> list[str]:
     """Everything a config needs that this machine lacks, each with how to get it (unlike validation, which stops at
     the first problem): teacher / base model folders or downloads, the data set, a CUDA GPU for mixed precision.
     ``cuda`` defaults to ``torch.cuda.is_available()``. [] when nothing is missing."""
     from studio.registry import get_spec, is_available_offline
-    from studio.train_config.base import missing_model_hint
     from studio.train_config.distill import parse_teachers
 
     out = []
@@ -105,8 +118,7 @@ def missing_for(kind: str, config: dict, *, cuda: bool | None = None) -> list[st
         for t in parse_teachers(teachers) if isinstance(teachers, str) else teachers:
             path = t["path"] if isinstance(t, dict) else str(t)
             if not (Path(path) / "model_index.json").exists():
-                out.append(f"teacher `{path}` is not on this machine: "
-                           f"{missing_model_hint(path, config.get('base_name', ''))}")
+                out.append(f"teacher `{path}` is not on this machine: {_download_hint(path, config)}")
     elif kind == "lora":
         base = str(config.get("base_model", ""))
         try:

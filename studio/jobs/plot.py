@@ -33,7 +33,7 @@ def loss_figure(rows: list[dict], *, title: str = ""):
         return None
     values = [y for v in series.values() for _, y in v if y > 0]
     log = bool(values) and max(values) > LOG_SPAN * min(values)
-    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
+    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
     ax = fig.subplots()
     for key, points in series.items():
         ax.plot([s for s, _ in points], [y for _, y in points], label=SERIES_LABELS.get(key, key),
@@ -43,7 +43,7 @@ def loss_figure(rows: list[dict], *, title: str = ""):
     ax.set_xlabel("step")
     ax.set_ylabel("loss (log scale)" if log else "loss")
     ax.grid(alpha=0.3, which="both" if log else "major")
-    ax.legend(fontsize=8, loc="upper right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)  # beneath: never over a line
     if title:
         ax.set_title(title, fontsize=10)
     return fig

@@ -25,7 +25,7 @@ FIRST_STEP = ("**Start here:** pick a preset (the *demo* ones run on this CPU in
               "**Launch**; the job, its loss curve and its log appear on the right.")
 COMMON_FIELDS = TrainConfig.FORM[:6]  # the optimisation fields /jobs_preset returns (in this order) after the config
 OPTIMISE_FIELDS = TrainConfig.FORM  # shared by every job kind: one set of widgets
-JOB_COLUMNS = ["id", "name", "status", "step", "loss", "ETA"]
+JOB_COLUMNS = ["job", "status", "step", "loss", "ETA"]  # the output name is in the summary beneath
 LOG_LINES = 14  # the log box shows the whole tail
 
 
@@ -52,7 +52,7 @@ def job_rows(runner: JobRunner) -> list[list]:
         p = runner.progress(job.id)
         loss = f"{p['loss']:.4g}" if p["loss"] is not None else ""
         eta = format_seconds(p["eta_s"]) if job.status == "running" else ""
-        rows.append([job.id, job.name, shown_status(job), f"{p['step']}/{p['total']}", loss, eta])
+        rows.append([job.id, shown_status(job), f"{p['step']}/{p['total']}", loss, eta])
     return rows
 
 
@@ -278,7 +278,7 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
         with gr.Column(scale=3):
             gr.Markdown("### Jobs")
             table = gr.Dataframe(job_rows(runner), headers=JOB_COLUMNS, interactive=False, wrap=False,
-                                 column_widths=["34%", "26%", "12%", "10%", "9%", "9%"],
+                                 column_widths=["44%", "16%", "14%", "12%", "14%"],
                                  label="Jobs (newest first; click a row to select)", elem_id="jobs-table")
             with gr.Row():
                 selected = gr.Dropdown(h._ids(), value=None, label="Selected job", scale=4)

@@ -34,6 +34,8 @@ FIRST_STEP = ("**Start here:** press **Show block map** to see where the paramet
 MAP_COLUMNS = ["unit", "module path", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # batch-1 forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
 SHOWN_SWEEP_COLUMNS = [c for c in SWEEP_COLUMNS if c != "latency_ratio"]  # one timing per unit is noise: CSV only
+SWEEP_HEADERS = ["rank", "unit", "kind", "params saved", "MACs saved", "damage", "damage per M params", "SSIM",
+                 "PSNR (dB)", "fidelity drop", "module path"]  # SHOWN_SWEEP_COLUMNS in words (they wrap), then path
 NO_RECIPE = "(none)"
 MIN_TIMED_IMAGES = 3  # compare shows latency only with at least this many images per side
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, the sweep polls it
@@ -256,17 +258,6 @@ class LayersHandlers:
                 f"Generate tab now (press ↻ models) and can be chosen as a distillation student.")
 
 
-def gallery_columns(prompts: str, seeds: str):
-    """One gallery column per image up to 4 (prompt x seed pairs), so 1 image is large and 4 fit one row."""
-    try:
-        config = config_from_values(dict(model="x", units=(), recipe="", prompts=prompts, seeds=seeds, steps=1,
-                                         guidance=0, resolution=0))
-    except ValueError:
-        return gr.skip(), gr.skip()
-    n = min(4, len(config.prompts) * len(config.seeds))
-    return gr.Gallery(columns=n), gr.Gallery(columns=n)
-
-
 def sweep_table(rows: list[dict]) -> list[list]:
     """The ranked rows as the tab shows them: units by their short name, numbers formatted, no latency column."""
     def cell(column, value):
@@ -298,12 +289,12 @@ def _initial_units(model: str) -> list[tuple[str, str]]:
         return []
 
 
-HOVER_JS = """(paths) => {
+HOVER_JS = """() => {
   document.querySelectorAll('#layers-units label').forEach((label) => {
-    const path = (paths || {})[label.innerText.trim()];
-    if (path) label.title = path;
+    const box = label.querySelector('input');
+    if (box && box.name) label.title = box.name;
   });
-}"""  # each unit checkbox shows its module path on hover
+}"""  # each unit's whole label shows its module path on hover (gradio names each checkbox after its value)
 
 
 def build_layers_tab(cache: ModelCache) -> None:
@@ -326,23 +317,22 @@ def build_layers_tab(cache: ModelCache) -> None:
                                   label="Recipe: ticks its units, adjust them after (SSD-1B, Vega, KOALA: SDXL "
                                         "layout; BK-SDM: SD 1.x layout)")
         plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.", elem_id="layers-plan")
-    units0 = _initial_units(w["model"].value)
     w["units"] = gr.CheckboxGroup(
-        choices=units0, elem_id="layers-units", label="Units to remove (hover one for its module path)",
+        choices=_initial_units(w["model"].value), elem_id="layers-units", label="Units to remove (hover one for its module path)",
         info="The same names everywhere: d/mid/u = down/mid/up block; r1 = resnet 1; a0 = attention 0 (its whole "
              "stack); a0.3 = its transformer layer 3; 'mid' alone = the whole mid block.")
-    unit_paths = gr.JSON({label: path for label, path in units0}, visible=False)
     with gr.Row():
         w["prompts"] = gr.Textbox(value="a red circle on a blue background", lines=2, scale=3,
                                   label="Prompts (one per line; the demo grammar gets evaluator scores)")
         w["seeds"] = gr.Textbox(value="0", label="Seeds (comma-separated; 1-4 fit one row)", scale=1)
-        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", scale=1)
+        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", scale=1, elem_id="layers-steps")
         w["guidance"] = gr.Slider(0, 30, value=5.0, step=0.5, label="CFG scale", scale=1)
     with gr.Tab("Compare"):
         compare = gr.Button("Compare full vs ablated", variant="primary")
         compare_info = gr.Markdown()
-        full = gr.Gallery(label="Full model", columns=1, height=300, object_fit="contain", elem_id="layers-full")
-        ablated = gr.Gallery(label="Ablated (same prompt and seed, in the same column)", columns=1, height=300,
+        # 4 columns whatever the count: one image is shown at the size of four (uncropped), more wrap to new rows
+        full = gr.Gallery(label="Full model", columns=4, height="auto", object_fit="contain", elem_id="layers-full")
+        ablated = gr.Gallery(label="Ablated (same prompt and seed, in the same column)", columns=4, height="auto",
                              object_fit="contain", elem_id="layers-ablated")
         numbers = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, label="Numbers", wrap=True,
                                column_widths=["22%", "18%", "18%", "42%"])
@@ -355,7 +345,7 @@ def build_layers_tab(cache: ModelCache) -> None:
         sweep_info = gr.Markdown(elem_id="layers-sweep-info")
         confirm = gr.Button("Run the sweep", visible=False, variant="primary", elem_id="layers-sweep-confirm")
         go = gr.State(False)
-        ranked = gr.Dataframe(headers=[*SHOWN_SWEEP_COLUMNS, "module path"], interactive=False, wrap=False,
+        ranked = gr.Dataframe(headers=SWEEP_HEADERS, interactive=False, wrap=True,
                               label="Ranked units (least damage per parameter saved first)", max_height=360,
                               column_widths=["5%", "8%", "7%", "8%", "8%", "8%", "10%", "7%", "7%", "8%", "24%"])
         heatmap = gr.Plot(label="Damage over the UNet layout")
@@ -370,17 +360,14 @@ def build_layers_tab(cache: ModelCache) -> None:
     recipe_inputs = [w["model"], w["recipe"], w["resolution"]]
     for event, api in ((show.click, "layers_map"), (w["model"].change, False)):
         event(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=api).then(
-            lambda m: {label: path for label, path in _initial_units(m)}, w["model"], unit_paths,
-            api_visibility="private").then(handlers.on_recipe, recipe_inputs, w["units"], api_visibility="private")
-    gr.on(triggers=None, fn=None, inputs=[unit_paths], js=HOVER_JS)  # on load, and whenever the units change
+            handlers.on_recipe, recipe_inputs, w["units"], api_visibility="private").then(None, js=HOVER_JS)
+    w["recipe"].focus(None, js=HOVER_JS)  # the units shown before any map (the default model's)
     w["recipe"].input(handlers.on_recipe, recipe_inputs, w["units"], api_visibility="private")
     w["units"].input(handlers.on_units_edited, [w["model"], w["units"], w["recipe"]], w["recipe"],
                      api_visibility="private")
     gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
           [w[n] for n in handler_fields(handlers.on_plan, AblationConfig)], plan_info, api_name="layers_plan")
     gpu = dict(concurrency_id="gpu", concurrency_limit=1)
-    gr.on([w["prompts"].change, w["seeds"].change], gallery_columns, [w["prompts"], w["seeds"]], [full, ablated],
-          api_visibility="private")
     compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
                   [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
     sweep_inputs = [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups]

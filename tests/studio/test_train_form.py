@@ -69,7 +69,7 @@ def test_loss_plot_names_every_series_and_uses_a_log_scale_when_terms_span_decad
             for s in range(1, 30)]
     fig = loss_figure(rows)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [SERIES_LABELS[k] for k in ("loss", "task", "out",
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [SERIES_LABELS[k] for k in ("loss", "task", "out",
                                                                                                 "feat")]
     assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss (log scale)"
     close = loss_figure([{"step": 1, "loss": 1.0, "task": 0.5}, {"step": 2, "loss": 0.9, "task": 0.45}])
@@ -86,7 +86,7 @@ def test_gpu_presets_say_what_is_missing_and_how_to_get_it():
     kind, config = preset_config("distill-ssd1b-from-sdxl")
     missing = missing_for(kind, config, cuda=False)
     assert len(missing) == 3
-    assert ("huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --local-dir models/sdxl-base-1.0"
+    assert ("`huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --local-dir models/sdxl-base-1.0`"
             in missing[0])
     assert "data/sdxl-distill" in missing[1] and "metadata.jsonl" in missing[1]
     assert "no CUDA GPU" in missing[2] and "accelerate launch -m training.distill" in missing[2]

@@ -106,7 +106,7 @@ def test_submit_stop_resume_status_and_delete_through_the_api(app):
     assert "step 2/6" in summary and "cancelled by the user; resume continues from checkpoint-2" in summary
     assert "None" not in log and "stopped on request at step 2/6: nothing exported" in log
     table = client.predict(api_name="/jobs_list")[0]
-    assert [r[2] for r in table["data"] if r[0] == job_id] == ["cancelled"]
+    assert [r[1] for r in table["data"] if r[0] == job_id] == ["cancelled"]
     assert runner.status(job_id).returncode == 0 and runner.status(job_id).signals_sent == 0  # graceful: STOP file
 
     client.predict(job_id, api_name="/jobs_resume")

@@ -14,7 +14,7 @@ from studio.loading import ModelCache
 from studio.recipes import recipe_plan
 from studio.ui import build_app, launch
 from studio.ui.fields import handler_fields
-from studio.ui.layers_tab import SHOWN_SWEEP_COLUMNS, LayersHandlers, config_from_values, sweep_table
+from studio.ui.layers_tab import SHOWN_SWEEP_COLUMNS, SWEEP_HEADERS, LayersHandlers, config_from_values, sweep_table
 from tests.studio.ui import free_port
 
 LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"
@@ -87,9 +87,8 @@ def test_sweep(client):
     table, heatmap, csv, status = client.predict(
         "tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background", "4242", 2, 5.0, 0, False,
         api_name="/layers_sweep")  # a seed no other test sweeps with: the on-disk sweep cache is shared
-    assert len(table["data"]) == 2 and table["headers"] == [*SHOWN_SWEEP_COLUMNS, "module path"]
-    assert {r[-1] for r in table["data"]} == {"mid_block.attentions.0", LAYER} and "latency_ratio" not in table[
-        "headers"]  # one timing per unit is noise: only in the CSV
+    assert len(table["data"]) == 2 and table["headers"] == SWEEP_HEADERS
+    assert {r[-1] for r in table["data"]} == {"mid_block.attentions.0", LAYER} and "latency_ratio" not in SHOWN_SWEEP_COLUMNS  # one timing per unit is noise: only in the CSV
     assert "2 generated" in status and open(csv).readline().startswith("rank,unit")
     text = client.predict("tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background",
                                 "4242", 2, 5.0, 0, False, api_name="/layers_sweep_estimate")
