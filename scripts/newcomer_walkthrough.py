@@ -48,6 +48,8 @@ def layers(page, out: Path, log, timeout_s: float, args_skip_map: bool = False) 
         page.screenshot(path=out / name, full_page=True)
         log(f"compare with {n} seed(s): {name}")
     page.get_by_label("Seeds (comma-separated").fill("0")
+    page.locator("#layers-steps input[type=number]").fill("40")  # a sweep long enough to be asked about
+    page.locator("#layers-steps input[type=number]").press("Tab")
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#layers-sweep").click()
     page.wait_for_function("document.querySelector('#layers-sweep-info').innerText.includes('≈')",
@@ -56,7 +58,10 @@ def layers(page, out: Path, log, timeout_s: float, args_skip_map: bool = False) 
     page.locator("#layers-sweep").scroll_into_view_if_needed()
     page.screenshot(path=out / "layers-sweep-estimate.png", full_page=True)
     log("sweep estimate: " + page.locator("#layers-sweep-info").inner_text()[:200])
-    page.get_by_role("button", name="Cancel sweep").click()
+    if page.locator("#layers-sweep-confirm").is_visible():
+        log("asked before a long run: " + page.locator("#layers-sweep-confirm").inner_text())
+    else:
+        page.get_by_role("button", name="Cancel sweep").click()
 
 
 def state(page) -> tuple[str, int]:

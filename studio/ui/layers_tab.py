@@ -331,8 +331,8 @@ def build_layers_tab(cache: ModelCache) -> None:
         compare = gr.Button("Compare full vs ablated", variant="primary")
         compare_info = gr.Markdown()
         # 4 columns whatever the count: one image is shown at the size of four (uncropped), more wrap to new rows
-        full = gr.Gallery(label="Full model", columns=4, height="auto", object_fit="contain", elem_id="layers-full")
-        ablated = gr.Gallery(label="Ablated (same prompt and seed, in the same column)", columns=4, height="auto",
+        full = gr.Gallery(label="Full model", columns=4, fit_columns=False, height="auto", object_fit="contain", elem_id="layers-full")
+        ablated = gr.Gallery(label="Ablated (same prompt and seed, in the same column)", columns=4, fit_columns=False, height="auto",
                              object_fit="contain", elem_id="layers-ablated")
         numbers = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, label="Numbers", wrap=True,
                                column_widths=["22%", "18%", "18%", "42%"])
