@@ -47,6 +47,10 @@ def layers(page, out: Path, log, timeout_s: float, args_skip_map: bool = False) 
         page.get_by_role("button", name="Compare full vs ablated").scroll_into_view_if_needed()
         page.screenshot(path=out / name, full_page=True)
         log(f"compare with {n} seed(s): {name}")
+
+
+def sweep_estimate(page, out: Path, log, timeout_s: float) -> None:
+    page.get_by_role("tab", name="Layers").click()
     page.get_by_label("Seeds (comma-separated").fill("0")
     page.locator("#layers-steps input[type=number]").fill("40")  # a sweep long enough to be asked about
     page.locator("#layers-steps input[type=number]").press("Tab")
@@ -111,29 +115,26 @@ def train(page, out: Path, log, steps: int, cancel_at: int, timeout_s: float) ->
 
 
 def main(args) -> None:
-    t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", flush=True)
-
+    started = time.monotonic()
+    log = lambda msg: print(f"[{time.monotonic() - started:6.1f} s] {msg}", flush=True)  # noqa: E731
+    stages = {"layers": lambda page: layers(page, out, log, args.timeout),
+              "sweep": lambda page: sweep_estimate(page, out, log, args.timeout),
+              "train": lambda page: train(page, out, log, args.steps, args.cancel_at, args.timeout)}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS).new_page(
+            viewport={"width": 1400, "height": 1100})
         page.goto(args.url)
-        if "layers" in args.tabs:
-            layers(page, out, log, args.timeout)
-        if "train" in args.tabs:
-            train(page, out, log, args.steps, args.cancel_at, args.timeout)
-        browser.close()
+        for tab in args.tabs.split(","):
+            stages[tab](page)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860")
     parser.add_argument("--out", default="docs/screenshots")
-    parser.add_argument("--tabs", default="layers,train")
+    parser.add_argument("--tabs", default="layers,sweep,train", help="stages to run, in order")
     parser.add_argument("--steps", type=int, default=60, help="steps of the demo job launched on the Train tab")
     parser.add_argument("--cancel-at", type=int, default=8, help="cancel once the job has done this many steps")
     parser.add_argument("--timeout", type=float, default=900)
