@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_dataset, check_model, require_fraction,
-                                      require_non_negative)
+from studio.train_config.base import FRACTION, NON_NEGATIVE, SAVE_DTYPES, TrainConfig, check_dataset, check_model
 
 STUDENTS = ("full", "lora")
 OBJECTIVES = ("lcd", "codi", "task")
@@ -64,6 +64,8 @@ class FewStepConfig(TrainConfig):
         "a red circle on a blue background", "a yellow star on a black background",
         "a white square on a green background", "a cyan cross on a purple background"])
     output_dir: str = "outputs/fewstep"
+    BOUNDS: ClassVar = {"lambda_task": NON_NEGATIVE, "alpha": NON_NEGATIVE, "inference_guidance": NON_NEGATIVE,
+                        "caption_dropout": FRACTION}
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,7 +98,6 @@ class FewStepConfig(TrainConfig):
         if not 0 <= self.target_decay < 1:
             raise ValueError(f"{name}.target_decay must be in [0, 1) (0 = online student as target); "
                              f"got {self.target_decay}")
-        require_non_negative(self, ("lambda_task", "alpha", "inference_guidance"))
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
             raise ValueError(f"{name}.rank must be an integer >= 0; got {self.rank!r}")
         if isinstance(self.target_modules, str):  # CLI shorthand: "to_q,to_k"
@@ -124,7 +125,6 @@ class FewStepConfig(TrainConfig):
                 raise ValueError(f"{name}.init_from is for conditional models (condition = 'sr')")
             if self.student == "lora" and not self.rank:
                 raise ValueError(f"{name}.rank must be >= 1 for an LCM-LoRA")
-        require_fraction(self, "caption_dropout")
         if not isinstance(self.resolution, int) or self.resolution < 16 or self.resolution % 8:
             raise ValueError(f"{name}.resolution must be a multiple of 8, >= 16; got {self.resolution!r}")
         if self.dataset != "demo":
