@@ -10,8 +10,10 @@ This package is studio core: the job runner validates configs with these classes
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -65,18 +67,53 @@ def read_config_file(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------- validation helpers
 
-def require_ints(cfg, names: tuple[str, ...], minimum: int) -> None:
-    """ValueError naming the first field of ``names`` that is not an integer >= ``minimum``."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= {minimum}; got {value!r}")
+MAX_COUNT = 10_000_000  # steps and other counts of one run
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 2000  # characters of a prompt or other free text in a config
+MAX_PATH = 1024  # characters of a path-valued field; each of its names at most NAME_BYTES bytes (the file system's)
+NAME_BYTES = 255
+MAX_BUCKET = 4096  # pixels of a training bucket's side (SDXL trains at up to 1536)
+MAX_SHORTHAND = 4 * MAX_PATH  # characters of a list given as one comma-separated string
+MAX_ITEMS = 256  # entries of a list field (teachers, buckets, prompts, module names), unless SIZES says otherwise
 
 
-def require_non_negative(cfg, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be >= 0; got {getattr(cfg, name)}")
+def _number_ok(value, kind: str, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind == "int" and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and low <= value <= high
+
+
+def require_number(owner: str, name: str, value, kind: str, low: float, high: float) -> None:
+    """ValueError unless ``value`` is an ``int`` (kind "int") or a finite number (kind "float") in [low, high]."""
+    if not _number_ok(value, kind, low, high):
+        what = "an integer" if kind == "int" else "a finite number"
+        raise ValueError(f"{owner}.{name} must be {what} >= {_num(low)} and <= {_num(high)}; got {_short(value)}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def require_text(owner: str, name: str, value, max_chars: int = MAX_TEXT) -> None:
+    if not isinstance(value, str) or len(value) > max_chars or "\0" in value:
+        raise ValueError(f"{owner}.{name} must be text of at most {max_chars} characters; got "
+                         f"{_short(value)}")
+
+
+def require_path_text(owner: str, name: str, value) -> None:
+    """A path-valued string: at most MAX_PATH characters, each of its names at most NAME_BYTES bytes (longer ones
+    make the operating system refuse the path with "File name too long")."""
+    require_text(owner, name, value, MAX_PATH)
+    if any(len(part.encode("utf-8", "surrogatepass")) > NAME_BYTES for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"{owner}.{name}: each folder or file name in a path is at most {NAME_BYTES} bytes; got "
+                         f"{_short(value)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def require_fraction(cfg, name: str) -> None:
@@ -85,12 +122,49 @@ def require_fraction(cfg, name: str) -> None:
         raise ValueError(f"{type(cfg).__name__}.{name} must be in [0, 1); got {getattr(cfg, name)}")
 
 
+def check_fields(cfg) -> None:
+    """The checks every field of a config gets from its annotation: ``int`` and ``float`` fields are numbers within
+    ``BOUNDS`` (finite, bools refused), ``bool`` fields are booleans, ``str`` fields are text of at most MAX_TEXT
+    characters (path-valued ones, ``PATH_FIELDS``, at most MAX_PATH with names of at most NAME_BYTES bytes), ``list``
+    and ``dict`` fields hold at most ``SIZES.get(name, MAX_ITEMS)`` entries (``SHORTHAND`` fields may be a string)."""
+    owner, bounds = type(cfg).__name__, type(cfg).BOUNDS
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind in ("int", "float"):
+            low, high = bounds[f.name]
+            require_number(owner, f.name, value, kind, low, high)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{owner}.{f.name} must be true or false; got {_short(value)}")
+        elif kind == "str":
+            (require_path_text if f.name in type(cfg).PATH_FIELDS else require_text)(owner, f.name, value)
+        elif kind in ("list", "dict"):
+            if isinstance(value, str) and f.name in type(cfg).SHORTHAND:
+                require_text(owner, f.name, value, MAX_SHORTHAND)
+                continue
+            if not isinstance(value, list if kind == "list" else dict) and not (kind == "list" and
+                                                                                 isinstance(value, tuple)):
+                raise ValueError(f"{owner}.{f.name} must be a {'list' if kind == 'list' else 'table'}; got "
+                                 f"{_short(value)}")
+            most = type(cfg).SIZES.get(f.name, MAX_ITEMS)
+            if len(value) > most:
+                raise ValueError(f"{owner}.{f.name} takes at most {most} entries; got {len(value)}")
+
+
+def check_text_list(cfg, name: str, max_chars: int = MAX_TEXT, *, allow_empty: bool = False) -> None:
+    """Every entry of list field ``name`` is text of at most ``max_chars`` characters."""
+    for item in getattr(cfg, name):
+        if not isinstance(item, str) or len(item) > max_chars or (not allow_empty and not item.strip()):
+            raise ValueError(f"{type(cfg).__name__}.{name}: each entry is {'' if allow_empty else 'non-empty '}text "
+                             f"of at most {max_chars} characters; got {_short(item)}")
+
+
 def check_buckets(cfg) -> None:
-    """``cfg.buckets``: (width, height) pairs, positive multiples of 8; normalised to lists."""
-    if not cfg.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
-                              for b in cfg.buckets):
-        raise ValueError(f"{type(cfg).__name__}.buckets: each bucket is [width, height], positive multiples of 8; "
-                         f"got {cfg.buckets}")
+    """``cfg.buckets``: (width, height) pairs, multiples of 8 from 8 to MAX_BUCKET; normalised to lists."""
+    if not cfg.buckets or any(not isinstance(b, (list, tuple)) or len(b) != 2 or any(
+            not _number_ok(v, "int", 8, MAX_BUCKET) or v % 8 for v in b) for b in cfg.buckets):
+        raise ValueError(f"{type(cfg).__name__}.buckets: each bucket is [width, height], multiples of 8 from 8 to "
+                         f"{MAX_BUCKET}; got {_short(cfg.buckets)}")
     cfg.buckets = [list(b) for b in cfg.buckets]
 
 
@@ -99,7 +173,7 @@ def check_dataset(cfg, allowed: str) -> None:
     one (``allowed`` names the other accepted forms)."""
     folder = Path(cfg.dataset)
     if not (folder / "metadata.jsonl").exists():
-        what = "does not exist" if not folder.exists() else "has no metadata.jsonl"
+        what = "does not exist" if not folder.exists() else "has no metadata.jsonl"  # path length checked before
         raise ValueError(f"{type(cfg).__name__}.dataset: {cfg.dataset!r} {what}. Put your images there with a "
                          f"metadata.jsonl (one {{\"file_name\": ..., \"{cfg.caption_column}\": ...}} per line), "
                          f"or use {allowed}")
@@ -123,7 +197,21 @@ def missing_model_hint(path: str, registry_name: str = "") -> str:
 
 @dataclass
 class TrainConfig:
-    """How to optimise (shared by every trainer); subclasses add what to train."""
+    """How to optimise (shared by every trainer); subclasses add what to train.
+
+    Every field is checked by ``check_fields`` from its annotation before the field-specific checks: the number
+    fields within ``BOUNDS`` (a subclass extends it), string and list fields length-limited. ``PATH_FIELDS`` names the
+    path-valued fields and what they are (``studio.jobs.kinds.confine_config`` keeps them inside the allowed folders
+    for remote callers before anything else looks at them)."""
+
+    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
+        "steps": (1, MAX_COUNT), "lr": (0, 1), "lr_warmup_steps": (0, MAX_COUNT), "batch_size": (1, 4096),
+        "grad_accum": (1, 4096), "weight_decay": (0, 10), "max_grad_norm": (0, 1e6), "ema_decay": (0, 1),
+        "checkpoint_every": (0, MAX_COUNT), "keep_checkpoints": (0, 10_000), "validate_every": (0, MAX_COUNT),
+        "seed": (0, MAX_SEED), "max_minutes": (0, 1e6)}
+    PATH_FIELDS: ClassVar[dict[str, str]] = {"output_dir": "write"}  # field -> "read" | "write" | "model" | ...
+    SIZES: ClassVar[dict[str, int]] = {}  # list / dict field -> most entries (default MAX_ITEMS)
+    SHORTHAND: ClassVar[frozenset[str]] = frozenset()  # list fields that may be given as one comma-separated string
 
     steps: int = 1000  # optimizer steps
     lr: float = 1e-4  # peak AdamW learning rate
@@ -145,8 +233,7 @@ class TrainConfig:
 
     def __post_init__(self):
         name = type(self).__name__
-        require_ints(self, ("steps", "batch_size", "grad_accum"), 1)
-        require_ints(self, ("lr_warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "seed"), 0)
+        check_fields(self)
         if not 0 < self.lr <= 1:
             raise ValueError(f"{name}.lr must be in (0, 1]; got {self.lr}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -155,7 +242,6 @@ class TrainConfig:
             raise ValueError(f"{name}.mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"{name}.ema_decay must be in [0, 1); got {self.ema_decay}")
-        require_non_negative(self, ("weight_decay", "max_grad_norm", "max_minutes"))
         if not self.output_dir:
             raise ValueError(f"{name}.output_dir must not be empty")
 

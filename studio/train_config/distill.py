@@ -9,15 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.recipes import RECIPES
-from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_buckets, check_dataset, missing_model_hint,
-                                      require_fraction, require_non_negative)
+from studio.train_config.base import (MAX_COUNT, MAX_SHORTHAND, SAVE_DTYPES, TrainConfig, check_buckets, check_dataset,
+                                      check_text_list, missing_model_hint, require_fraction, require_number,
+                                      require_path_text, require_text)
 
 FEATURE_LEVELS = ("layer", "block")
+MAX_TEACHERS = 8
+MAX_WEIGHT = 1000.0  # a teacher's, a loss term's or a feature's weight
 
 
 @dataclass
 class DistillConfig(TrainConfig):
     """What to distill (the optimisation fields come from TrainConfig). Saved in every checkpoint and output."""
+
+    BOUNDS = {**TrainConfig.BOUNDS, "dataset_count": (1, MAX_COUNT), "caption_dropout": (0, 1),
+              "noise_offset": (0, 10), "lambda_task": (0, MAX_WEIGHT), "lambda_out": (0, MAX_WEIGHT),
+              "lambda_feat": (0, MAX_WEIGHT), "validation_steps": (1, 150), "validation_guidance": (0, 30)}
+    PATH_FIELDS = {**TrainConfig.PATH_FIELDS, "teachers": "teachers", "student": "recipe-or-folder",
+                   "dataset": "dataset", "cache_dir": "write"}
+    SIZES = {"teachers": MAX_TEACHERS, "buckets": 64, "stages": 100, "validation_prompts": 64,
+             "feature_weights": 10_000}
+    SHORTHAND = frozenset({"teachers"})
 
     teachers: list = field(default_factory=lambda: [{"path": "assets/demo/teacher", "weight": 1.0}])  # pipelines
     student: str = "ssd-1b"  # removal recipe applied to the (first) teacher, or an exported student folder
@@ -50,61 +62,83 @@ class DistillConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         self._check_teachers()
-        if self.student not in RECIPES and not Path(self.student).is_dir():
+        if self.student not in RECIPES and not Path(self.student).is_dir():  # its length was checked: no OSError
             raise ValueError(f"DistillConfig.student: {self.student!r} is neither a recipe ({', '.join(RECIPES)}) "
                              f"nor an existing student folder")
         if self.student_keep not in ("spread", "first"):
             raise ValueError(f"DistillConfig.student_keep must be 'spread' or 'first'; got {self.student_keep!r}")
-        if self.dataset == "demo":
-            if self.dataset_count < 1:
-                raise ValueError(f"DistillConfig.dataset_count must be >= 1; got {self.dataset_count}")
-        elif not self.dataset.startswith("hf:"):
+        if self.dataset != "demo" and not self.dataset.startswith("hf:"):
             check_dataset(self, "'demo' (the synthetic shapes) or 'hf:<dataset name>'")
         check_buckets(self)
         require_fraction(self, "caption_dropout")
-        require_non_negative(self, ("noise_offset", "lambda_task", "lambda_out", "lambda_feat", "validation_guidance"))
         if not (self.lambda_task or self.lambda_out or self.lambda_feat):
             raise ValueError("DistillConfig.lambda_task/lambda_out/lambda_feat: at least one must be > 0")
         if self.feature_level not in FEATURE_LEVELS:
             raise ValueError(f"DistillConfig.feature_level must be one of {FEATURE_LEVELS}; got {self.feature_level!r}")
-        if any(not isinstance(v, (int, float)) or v < 0 for v in self.feature_weights.values()):
-            raise ValueError(f"DistillConfig.feature_weights: weights must be numbers >= 0; got {self.feature_weights}")
+        for module, weight in self.feature_weights.items():
+            require_text("DistillConfig", "feature_weights (a module name)", module, 200)
+            require_number("DistillConfig", f"feature_weights[{module!r}]", weight, "float", 0, MAX_WEIGHT)
         self._check_stages()
-        if self.validation_steps < 1:
-            raise ValueError(f"DistillConfig.validation_steps must be >= 1; got {self.validation_steps}")
+        check_text_list(self, "validation_prompts")
+        require_text("DistillConfig", "base_name", self.base_name, 64)
+        require_text("DistillConfig", "caption_column", self.caption_column, 64)
         if self.save_dtype not in SAVE_DTYPES:
             raise ValueError(f"DistillConfig.save_dtype must be one of {SAVE_DTYPES}; got {self.save_dtype!r}")
 
-    def _check_teachers(self) -> None:
-        if isinstance(self.teachers, str):  # CLI shorthand: "path[@weight],path2[@weight]"
-            self.teachers = [dict(zip(("path", "weight"), t.split("@"))) for t in self.teachers.split(",")]
-        if not self.teachers:
+    @staticmethod
+    def parse_teachers(value) -> list[dict]:
+        """``teachers`` as a list of ``{path, weight}``: from that list, a list of paths, or the CLI shorthand
+        ``"path[@weight],path2[@weight]"``; ValueError for anything else (weights are checked by the caller)."""
+        if isinstance(value, str):
+            require_text("DistillConfig", "teachers", value, MAX_SHORTHAND)
+            value = [dict(zip(("path", "weight"), t.split("@", 1))) for t in value.split(",")]
+        if not isinstance(value, (list, tuple)) or not value:
             raise ValueError("DistillConfig.teachers: give at least one teacher pipeline folder")
+        if len(value) > MAX_TEACHERS:
+            raise ValueError(f"DistillConfig.teachers: at most {MAX_TEACHERS} teachers; got {len(value)}")
         teachers = []
+        for t in value:
+            t = {"path": t} if isinstance(t, str) else t
+            if not isinstance(t, dict) or set(t) - {"path", "weight"} or "path" not in t:
+                raise ValueError(f"DistillConfig.teachers: each entry is {{path, weight}}; got {str(t)[:200]}")
+            require_path_text("DistillConfig", "teachers (a path)", t["path"])
+            weight = t.get("weight", 1.0)
+            if isinstance(weight, str):
+                try:
+                    weight = float(weight)
+                except ValueError:
+                    raise ValueError(f"DistillConfig.teachers: weight must be a number; got {weight[:40]!r}") from None
+            teachers.append({"path": t["path"], "weight": weight})
+        return teachers
+
+    def _check_teachers(self) -> None:
+        self.teachers = self.parse_teachers(self.teachers)
         for t in self.teachers:
-            t = {"path": t} if isinstance(t, str) else dict(t)
-            if set(t) - {"path", "weight"} or "path" not in t:
-                raise ValueError(f"DistillConfig.teachers: each entry is {{path, weight}}; got {t}")
-            t["weight"] = float(t.get("weight", 1.0))
+            if isinstance(t["weight"], (int, float)) and not isinstance(t["weight"], bool) and t["weight"] <= 0:
+                raise ValueError(f"DistillConfig.teachers: weight must be > 0; got {t['weight']} for {t['path']}")
+            require_number("DistillConfig", "teachers (a weight)", t["weight"], "float", 0, MAX_WEIGHT)
+            t["weight"] = float(t["weight"])
             if not (Path(t["path"]) / "model_index.json").exists():
                 what = "does not exist" if not Path(t["path"]).exists() else "is not a diffusers pipeline folder " \
                                                                              "(no model_index.json)"
                 raise ValueError(f"DistillConfig.teachers: {t['path']!r} {what}; "
                                  f"{missing_model_hint(t['path'], self.base_name)}")
-            if t["weight"] <= 0:
-                raise ValueError(f"DistillConfig.teachers: weight must be > 0; got {t['weight']} for {t['path']}")
-            teachers.append(t)
-        self.teachers = teachers
 
     def _check_stages(self) -> None:
         last = 0
         for s in self.stages:
-            if set(s) - {"at_step", "units", "recipe"} or "at_step" not in s or ("units" in s) == ("recipe" in s):
+            if not isinstance(s, dict) or set(s) - {"at_step", "units", "recipe"} or "at_step" not in s or \
+                    ("units" in s) == ("recipe" in s):
                 raise ValueError(f"DistillConfig.stages: each stage is {{at_step, units}} or {{at_step, recipe}}; "
-                                 f"got {s}")
+                                 f"got {str(s)[:200]}")
+            require_number("DistillConfig", "stages (at_step)", s["at_step"], "int", 1, MAX_COUNT)
+            if "units" in s and (not isinstance(s["units"], list) or len(s["units"]) > 1000 or
+                                 not all(isinstance(u, str) and len(u) <= 200 for u in s["units"])):
+                raise ValueError(f"DistillConfig.stages: units is a list of at most 1000 unit names; got "
+                                 f"{str(s['units'])[:200]}")
             if not last < s["at_step"] < self.steps:
                 raise ValueError(f"DistillConfig.stages: at_step must increase within (0, steps={self.steps}); "
                                  f"got {s['at_step']}")
-            if "recipe" in s and s["recipe"] not in RECIPES:
-                raise ValueError(f"DistillConfig.stages: unknown recipe {s['recipe']!r}; allowed: {', '.join(RECIPES)}")
+            if "recipe" in s and (not isinstance(s["recipe"], str) or s["recipe"] not in RECIPES):
+                raise ValueError(f"DistillConfig.stages: unknown recipe {str(s['recipe'])[:64]!r}; allowed: {', '.join(RECIPES)}")
             last = s["at_step"]

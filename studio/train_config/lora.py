@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.demo.concepts import CONCEPTS
-from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_buckets, check_dataset, require_fraction,
-                                      require_non_negative)
+from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_buckets, check_dataset,
+                                      check_text_list, require_fraction, require_text)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # at the top of output_dir, where load_lora_weights looks
 CONFIG_NAME = "lora_config.json"
@@ -28,6 +28,14 @@ def lora_weight_file(path: str | Path) -> Path:
 @dataclass
 class LoraTrainConfig(TrainConfig):
     """What to adapt (the optimisation fields come from TrainConfig). Saved beside and inside every output."""
+
+    BOUNDS = {**TrainConfig.BOUNDS, "rank": (1, 1024), "alpha": (0, 10_000), "dropout": (0, 1),
+              "caption_dropout": (0, 1), "noise_offset": (0, 10), "snr_gamma": (0, 1000), "kd_weight": (0, 1000),
+              "validation_steps": (1, 150), "validation_guidance": (0, 30)}
+    PATH_FIELDS = {**TrainConfig.PATH_FIELDS, "base_model": "model", "dataset": "dataset", "init_lora": "read",
+                   "cache_dir": "write", "kd_teacher": "model", "kd_teacher_lora": "read"}
+    SIZES = {"buckets": 64, "validation_prompts": 64}
+    SHORTHAND = frozenset({"target_modules", "text_target_modules"})
 
     base_model: str = "demo-teacher"  # registry name (students included) or a local pipeline / UNet folder
     dataset: str = ""  # imagefolder with metadata.jsonl, "hf:<name or path>", or "demo:<concept>" (demo family)
@@ -68,27 +76,20 @@ class LoraTrainConfig(TrainConfig):
                                  f"allowed: {', '.join('demo:' + c for c in CONCEPTS)}")
         elif not self.dataset.startswith("hf:"):
             check_dataset(self, "'hf:<dataset name>' or 'demo:<concept>'")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise ValueError(f"{name}.rank must be an integer > 0; got {self.rank!r}")
-        if self.alpha < 0:
-            raise ValueError(f"{name}.alpha must be >= 0 (0 = rank); got {self.alpha}")
         require_fraction(self, "dropout")
         for field_name in ("target_modules", "text_target_modules"):
             value = getattr(self, field_name)
             if isinstance(value, str):  # CLI shorthand: "to_q,to_k"
                 value = [v.strip() for v in value.split(",") if v.strip()]
                 setattr(self, field_name, value)
-            if not value or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{name}.{field_name} must be a non-empty list of module names; got {value!r}")
-        if not isinstance(self.exclude_modules, str):
-            raise ValueError(f"{name}.exclude_modules must be a regex string ('' = none); got {self.exclude_modules!r}")
+            if not value or len(value) > 256 or not all(isinstance(v, str) and v and len(v) <= 200 for v in value):
+                raise ValueError(f"{name}.{field_name} must be a non-empty list of at most 256 module names; got "
+                                 f"{str(value)[:200]}")
         if self.exclude_modules:
             try:
                 re.compile(self.exclude_modules)
             except re.error as err:
                 raise ValueError(f"{name}.exclude_modules: bad regex {self.exclude_modules!r} ({err})") from None
-        if self.kd_weight < 0:
-            raise ValueError(f"{name}.kd_weight must be >= 0 (0 = no teacher); got {self.kd_weight}")
         if self.kd_weight and not self.kd_teacher:
             raise ValueError(f"{name}.kd_teacher: kd_weight {self.kd_weight} needs a teacher model to match")
         if self.kd_teacher:
@@ -99,9 +100,8 @@ class LoraTrainConfig(TrainConfig):
             raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
         check_buckets(self)
         require_fraction(self, "caption_dropout")
-        require_non_negative(self, ("noise_offset", "snr_gamma", "validation_guidance"))
-        if self.validation_steps < 1:
-            raise ValueError(f"{name}.validation_steps must be >= 1; got {self.validation_steps}")
+        check_text_list(self, "validation_prompts")
+        require_text(name, "caption_column", self.caption_column, 64)
         if self.save_dtype not in SAVE_DTYPES:
             raise ValueError(f"{name}.save_dtype must be one of {SAVE_DTYPES}; got {self.save_dtype!r}")
 
