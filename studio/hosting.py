@@ -44,6 +44,7 @@ ADMINS_ENV = "STUDIO_ADMINS"  # Hugging Face usernames, comma-separated
 PROXY_HOPS_ENV = "STUDIO_PROXY_HOPS"  # on Spaces: which x-forwarded-for entry, counted from the right, is the client
 PERSISTENT_ENV = "STUDIO_PERSISTENT_DIR"
 VOTES_DATASET_ENV = "STUDIO_VOTES_DATASET"
+HF_DATASETS_ENV = "STUDIO_HF_DATASETS"  # hub data sets ("owner/name", comma-separated) public-mode jobs may train on
 SPACES_DATA = Path("/data")  # a Space's persistent storage, when the Space has it
 
 
@@ -283,6 +284,7 @@ class Hosting:
     proxy_hops: int = 1
     mcp: bool = False
     oauth: bool = False  # "Sign in with Hugging Face" is available (a Space with hf_oauth: true)
+    hf_datasets: frozenset[str] = frozenset()  # hub data sets a public studio's jobs may use (local: any)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -304,9 +306,10 @@ class Hosting:
         hops = env.get(PROXY_HOPS_ENV, "1").strip() or "1"
         if not hops.isdigit():
             raise ValueError(f"{PROXY_HOPS_ENV}={hops!r}: expected an integer between 1 and 8")
+        datasets = frozenset(n.strip() for n in env.get(HF_DATASETS_ENV, "").split(",") if n.strip())
         return cls(mode=mode, caps=Caps.from_env(mode, env), on_spaces=on_spaces, admins=admins,
                    admin_password=env.get(ADMIN_PASSWORD_ENV) or None, proxy_hops=int(hops), mcp=mcp,
-                   oauth=on_spaces and bool(env.get("OAUTH_CLIENT_ID")) and bool(admins))
+                   oauth=on_spaces and bool(env.get("OAUTH_CLIENT_ID")) and bool(admins), hf_datasets=datasets)
 
     @property
     def public(self) -> bool:
@@ -331,6 +334,18 @@ class Hosting:
         """`AdminOnlyError` for a non-admin in public mode (local mode: everyone is an admin)."""
         if not visitor.admin:
             raise AdminOnlyError(f"{action} is for admins only on this public studio. {self.how_to_become_admin()}")
+
+    def require_owner(self, visitor: Visitor, owner: str | None, action: str) -> None:
+        """`AdminOnlyError` unless ``visitor`` is an admin or ``owner`` (a `Visitor.key`; None: unknown, e.g. no such
+        job — refused the same way, so a refusal says nothing about what exists)."""
+        if not visitor.admin and (not owner or owner != visitor.key):
+            raise AdminOnlyError(f"{action} is for the visitor who started it or an admin on this public studio. "
+                                 f"{self.how_to_become_admin()}")
+
+    @property
+    def hub_datasets(self) -> frozenset[str] | None:
+        """The hub data sets jobs may train on: `hf_datasets` in public mode, None (any) locally."""
+        return self.hf_datasets if self.public else None
 
     def how_to_become_admin(self) -> str:
         ways = []
@@ -425,8 +440,16 @@ def deliverable(path: str | os.PathLike, *, max_age_s: float = 3600) -> str:
     return str(Path(shutil.copy2(path, folder / Path(path).name)))
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache (``HF_HUB_CACHE``): downloaded models live there."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser().resolve()
+
+
 def _labelled_roots() -> list[tuple[str, Path]]:
-    roots = [("<data>", data_dir()), ("<persistent>", persistent_dir()), ("", REPO_ROOT.resolve())]
+    roots = [("<data>", data_dir()), ("<persistent>", persistent_dir()), ("", REPO_ROOT.resolve()),
+             ("<hf cache>", hub_cache_dir())]
     extra = [r for r in model_roots() if r not in (ASSETS_DIR.resolve(),) and not r.is_relative_to(data_dir())]
     roots += [(f"<model root {i + 1}>", r) for i, r in enumerate(extra)]
     return sorted(roots, key=lambda lr: len(str(lr[1])), reverse=True)  # most specific first
@@ -441,6 +464,21 @@ def display_path(path: str | os.PathLike) -> str:
             rel = resolved.relative_to(root).as_posix()
             return (f"{label}/{rel}" if rel != "." else label) if label else (rel if rel != "." else ".")
     return f"<outside the studio's folders>/{resolved.name}"
+
+
+def resolve_display_path(text: str) -> Path:
+    """The server path a path shown by `display_path` stands for: ``<data>/jobs/x`` -> ``<data dir>/jobs/x``,
+    ``<hf cache>/…``, ``<model root N>/…``, and a relative path under the repository (as the studio shows them).
+    Absolute paths stay as they are; nothing is resolved or checked here (callers confine the result)."""
+    text = str(text)
+    if text.startswith("<") and ">" in text:
+        label, _, rest = text.partition(">")
+        for name, root in _labelled_roots():
+            if name == label + ">":
+                return root / rest.lstrip("/")
+        return Path(text)  # an unknown label: a relative path that exists nowhere
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else REPO_ROOT.resolve() / path
 
 
 def redact(text: str) -> str:

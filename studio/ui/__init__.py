@@ -49,8 +49,9 @@ def build_app(cache: ModelCache | None = None, hosting: Hosting | None = None) -
             lists = build_generate_tab(cache)
         with gr.Tab("Layers"):
             build_layers_tab(cache)
-        with gr.Tab("Train"):
-            build_jobs_tab(runner=JobRunner(before_start=gpu_handover(cache)))  # a GPU job gets the GPU
+        with gr.Tab("Train") as train:
+            build_jobs_tab(runner=JobRunner(before_start=gpu_handover(cache)), hosting=hosting,  # a GPU job gets
+                           tab=train)  # the GPU
         with gr.Tab("Arena"):
             build_arena_tab(cache, hosting=hosting)
         generate.select(on_refresh_lists, None, lists, api_name=False)  # a finished job's student/LoRA is listed

@@ -63,6 +63,17 @@ def require_admin(request: gr.Request | None, action: str, hosting: Hosting | No
     return who
 
 
+def require_owner(request: gr.Request | None, owner: str | None, action: str, hosting: Hosting | None = None) -> Visitor:
+    """The caller, or a `gr.Error` unless it is an admin or ``owner`` (see `Hosting.require_owner`)."""
+    hosting = hosting or hosting_mod.current()
+    who = visitor(request, hosting)
+    try:
+        hosting.require_owner(who, owner, action)
+    except AdminOnlyError as err:
+        raise gr.Error(str(err)) from None
+    return who
+
+
 def lane(name: str, hosting: Hosting | None = None) -> dict:
     """``concurrency_id``/``concurrency_limit`` of lane ``name`` ("gpu", "sweep", "arena") for an event."""
     return hosting_mod.lane(name, (hosting or hosting_mod.current()).caps)

@@ -4,17 +4,29 @@ ETA, validation grid, log tail), cancel, resume, delete, download outputs. A thi
 open.
 
 The config editor is JSON keyed by the job kind's config field names; the common-field widgets write into it by name.
+
+Who may do what (``studio.hosting``): in public mode starting a job is for admins; a job records its owner (the
+submitting visitor's server-side identity) and only the owner or an admin cancels, resumes or deletes it, or sees its
+log, files and command. Anybody may list jobs, read a preset and check a config; every path in a config is confined
+to the studio's folders before anything looks at it (``studio.jobs.PathPolicy``), and messages show paths relative
+to the studio's roots. The tab is locked (buttons disabled, a note saying how to become an admin) until an admin
+opens it; job files reach the page as staged copies (``studio.hosting.deliverable``), never as data-folder paths.
 """
 from __future__ import annotations
 
 import json
+import math
 import shlex
 
 import gradio as gr
 
-from studio.jobs import (KINDS, LOSS_KEYS, JobRunner, command_line, format_seconds, list_presets, preset_config,
-                         validate_config)
-from studio.paths import data_dir, model_roots
+from studio import hosting as hosting_mod
+from studio.hosting import Hosting, deliverable, redact
+from studio.jobs import (KINDS, LOSS_KEYS, JobRunner, PathPolicy, command_line, format_seconds, list_presets,
+                         prepare_config, preset_config)
+from studio.paths import data_dir
+from studio.train_config import config_class
+import studio.ui.access as access
 
 COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind)
     "steps": "Steps", "lr": "Learning rate", "batch_size": "Batch size", "checkpoint_every": "Checkpoint every",
@@ -22,15 +34,23 @@ COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind
 JOB_COLUMNS = ["id", "type", "name", "status", "step", "loss", "ETA", "message"]
 PLOT_COLUMNS = ["step", "value", "series"]
 LOG_LINES = 14  # the log box shows the whole tail
+MAX_CONFIG_CHARS = 100_000  # of the JSON editor's text
+OWNERS_ONLY = "(shown to the job's owner and admins)"
 
 
 # ---------------------------------------------------------------- pure formatting
 
 def parse_config(text: str) -> dict:
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"the config must be JSON text; got {type(text).__name__}")
+    if len(text or "") > MAX_CONFIG_CHARS:
+        raise ValueError(f"the config has {len(text):,} characters; at most {MAX_CONFIG_CHARS:,}")
     try:
         config = json.loads(text or "{}")
     except json.JSONDecodeError as e:
         raise ValueError(f"the config is not valid JSON: {e}") from e
+    except RecursionError:
+        raise ValueError("the config is nested too deeply") from None
     if not isinstance(config, dict):
         raise ValueError("the config must be a JSON object of field names and values")
     return config
@@ -62,7 +82,8 @@ def job_rows(runner: JobRunner) -> list[list]:
         p = runner.progress(job.id)
         loss = f"{p['loss']:.4g}" if p["loss"] is not None else ""
         eta = format_seconds(p["eta_s"]) if job.status == "running" else ""
-        msg = job.message if len(job.message) < 90 else job.message[:87] + "…"
+        msg = redact(job.message)
+        msg = msg if len(msg) < 90 else msg[:87] + "…"
         rows.append([job.id, job.kind, job.name, job.status, f"{p['step']}/{p['total']}", loss, eta, msg])
     return rows
 
@@ -71,43 +92,58 @@ def job_summary(runner: JobRunner, job_id: str) -> str:
     job, p = runner.status(job_id), runner.progress(job_id)
     speed = f" · {p['sec_per_step']:.2f} s/step" if p["sec_per_step"] else ""
     eta = f" · ETA {format_seconds(p['eta_s'])}" if job.status == "running" and p["eta_s"] is not None else ""
-    out = f" · output `{job.output}`" if job.output else ""
+    out = f" · output `{hosting_mod.display_path(job.output)}`" if job.output else ""
     return f"**{job.id}** ({job.kind} → `{job.name}`): **{job.status}** · step {p['step']}/{p['total']}{speed}" \
-           f"{eta}{out}\n\n{job.message}"
+           f"{eta}{out}\n\n{redact(job.message)}"
 
 
 # ---------------------------------------------------------------- handlers
 
-class JobsHandlers:
-    """Event handlers bound to the app's one JobRunner."""
+def _error(err: Exception) -> gr.Error:
+    return gr.Error(redact(str(err)))
 
-    def __init__(self, runner: JobRunner):
+
+class JobsHandlers:
+    """Event handlers bound to the app's one JobRunner and its hosting (who may do what, the caps)."""
+
+    def __init__(self, runner: JobRunner, hosting: Hosting | None = None):
         self.runner = runner
+        self.hosting = hosting or hosting_mod.current()
+
+    def policy(self) -> PathPolicy:
+        return PathPolicy.default(self.hosting.hub_datasets)
 
     def on_preset(self, name: str):
         """Preset (a configs/*.toml file stem) -> job type, config JSON, the common-field values, its check."""
+        if not isinstance(name, str) or len(name) > 200:
+            raise gr.Error("choose one of the listed presets")
         try:
             kind, config = preset_config(name)
         except ValueError as e:
-            raise gr.Error(str(e)) from e
-        return (kind, json.dumps(config, indent=1), *(config.get(f) for f in COMMON_FIELDS), check_text(kind, config),
-                cli_for(kind, config))
+            raise _error(e) from None
+        if self.hosting.public:  # a downloaded teacher's hub-cache folder, shown as <hf cache>/… (it reads back)
+            config = shown_paths(kind, config)
+        return (kind, json.dumps(config, indent=1), *(config.get(f) for f in COMMON_FIELDS),
+                check_text(kind, config, self.policy()), cli_for(kind, config))
 
     def on_check(self, kind: str, config_text: str):
-        """Validate without launching: (message, CLI snippet)."""
+        """Validate without launching: (message, CLI snippet). The same check as launching (``prepare_config``)."""
         try:
             config = parse_config(config_text)
         except ValueError as e:
             return f"✗ {e}", ""
-        return check_text(kind, config), cli_for(kind, config)
+        return check_text(kind, config, self.policy()), cli_for(kind, config)
 
-    def on_submit(self, kind: str, config_text: str, name: str):
-        """Validate and queue; the job id (errors are raised before anything starts)."""
+    def on_submit(self, kind: str, config_text: str, name: str, request: gr.Request):
+        """Validate and queue; the job id (errors are raised before anything starts). Admins only in public mode;
+        the job records its owner; at most ``caps.queued_jobs`` jobs queued or running."""
+        who = access.require_admin(request, "Starting a training job", self.hosting)
         try:
-            job_id = self.runner.submit(kind, parse_config(config_text), name=name or "",
-                                        roots=model_roots() + [data_dir()])
+            self.hosting.caps.check_text("name", name, name=True)
+            job_id = self.runner.submit(kind, parse_config(config_text), name=name or "", policy=self.policy(),
+                                        owner=who.key, max_queued=self.hosting.caps.queued_jobs)
         except ValueError as e:
-            raise gr.Error(str(e)) from e
+            raise _error(e) from None
         job = self.runner.status(job_id)
         return (f"✓ queued **{job_id}** ({job.status})", gr.Dropdown(choices=self._ids(), value=job_id),
                 job_rows(self.runner))
@@ -116,67 +152,136 @@ class JobsHandlers:
         self.runner.poll()
         return job_rows(self.runner), gr.Dropdown(choices=self._ids())
 
-    def on_status(self, job_id: str | None):
-        """(summary, loss plot frame, latest validation image, log tail, output files, command) of one job."""
+    def _view(self, job_id: str | None, request: gr.Request | None) -> dict:
+        """What the page shows of one job; the image and files as paths in the job folder (not yet staged). The
+        log, files, image and command only for its owner and admins."""
+        empty = dict(summary="Select a job.", plot=None, image=None, log="", files=[], cmd="")
         if not job_id:
-            return "Select a job.", None, None, "", [], ""
+            return empty
         try:
-            summary = job_summary(self.runner, job_id)
-        except ValueError as e:  # deleted meanwhile
-            return str(e), None, None, "", [], ""
+            summary, job = job_summary(self.runner, job_id), self.runner.status(job_id)
+        except ValueError as e:  # deleted meanwhile, or no such job
+            return empty | {"summary": redact(str(e))}
+        view = dict(summary=summary, plot=plot_frame(self.runner.metrics(job_id)))
+        who = access.visitor(request, self.hosting)
+        if not (who.admin or (job.owner and job.owner == who.key)):
+            return view | dict(image=None, log=OWNERS_ONLY, files=[], cmd="")
         image = self.runner.latest_validation(job_id)
-        return (summary, plot_frame(self.runner.metrics(job_id)), str(image) if image else None,
-                "\n".join(self.runner.log_tail(job_id, LOG_LINES)), [str(p) for p in self.runner.outputs(job_id)],
-                self.runner.shell_command(job_id))
+        return view | dict(image=image, log=redact("\n".join(self.runner.log_tail(job_id, LOG_LINES))),
+                           files=self.runner.outputs(job_id), cmd=redact(self.runner.shell_command(job_id)))
 
-    def on_tick(self, job_id: str | None, seen: dict):
-        """Timer: poll the runner, refresh the table and the selected job; unchanged outputs are skipped."""
+    def on_status(self, job_id: str | None, request: gr.Request):
+        """(summary, loss plot frame, latest validation image, log tail, output files, command) of one job."""
+        v = self._view(job_id, request)
+        return (v["summary"], v["plot"], _staged(v["image"]), v["log"], [_staged(f) for f in v["files"]], v["cmd"])
+
+    def on_tick(self, job_id: str | None, seen: dict, request: gr.Request):
+        """Timer: poll the runner, refresh the table and the selected job; unchanged outputs are skipped (files are
+        staged only when they changed)."""
         self.runner.poll()
         rows, ids = job_rows(self.runner), self._ids()
-        summary, plot, image, log, files, cmd = self.on_status(job_id)
-        new = {"job": job_id, "rows": rows, "ids": ids, "summary": summary, "image": image, "log": log,
-               "steps": 0 if plot is None else len(plot), "files": files, "cmd": cmd}
+        v = self._view(job_id, request)
+        new = {"job": job_id, "rows": rows, "ids": ids, "summary": v["summary"], "image": _signature([v["image"]]),
+               "log": v["log"], "steps": 0 if v["plot"] is None else len(v["plot"]),
+               "files": _signature(v["files"]), "cmd": v["cmd"]}
         seen = seen if seen and seen.get("job") == job_id else {}  # another job selected: send everything
 
         def fresh(key, value):
-            return value if seen.get(key) != new[key] else gr.skip()
+            return value() if seen.get(key) != new[key] else gr.skip()
 
-        return (fresh("rows", rows), fresh("ids", gr.Dropdown(choices=ids)), fresh("summary", summary),
-                fresh("steps", plot), fresh("image", image), fresh("log", log), fresh("files", files),
-                fresh("cmd", cmd), new)
+        return (fresh("rows", lambda: rows), fresh("ids", lambda: gr.Dropdown(choices=ids)),
+                fresh("summary", lambda: v["summary"]), fresh("steps", lambda: v["plot"]),
+                fresh("image", lambda: _staged(v["image"])), fresh("log", lambda: v["log"]),
+                fresh("files", lambda: [_staged(f) for f in v["files"]]), fresh("cmd", lambda: v["cmd"]), new)
 
-    def _action(self, fn, job_id: str | None, done: str):
+    def _action(self, fn, job_id: str | None, verb: str, done: str, request: gr.Request | None):
         if not job_id:
             raise gr.Error("select a job first")
         try:
+            owner = self.runner.status(job_id).owner
+        except ValueError:
+            owner = None  # refused alike below for a non-admin: a refusal says nothing about which jobs exist
+        access.require_owner(request, owner, f"{verb} a training job", self.hosting)
+        try:
             fn(job_id)
         except ValueError as e:
-            raise gr.Error(str(e)) from e
+            raise _error(e) from None
         gr.Info(done)
         return job_summary(self.runner, job_id) if fn != self.runner.delete else f"deleted {job_id}"
 
-    def on_cancel(self, job_id: str | None) -> str:
-        return self._action(self.runner.cancel, job_id, "cancel requested")
+    def on_cancel(self, job_id: str | None, request: gr.Request) -> str:
+        return self._action(self.runner.cancel, job_id, "Cancelling", "cancel requested", request)
 
-    def on_resume(self, job_id: str | None) -> str:
-        return self._action(self.runner.resume, job_id, "resumed")
+    def on_resume(self, job_id: str | None, request: gr.Request) -> str:
+        def resume(job):
+            return self.runner.resume(job, max_queued=self.hosting.caps.queued_jobs)
 
-    def on_delete(self, job_id: str | None) -> str:
-        return self._action(self.runner.delete, job_id, "deleted")
+        return self._action(resume, job_id, "Resuming", "resumed", request)
+
+    def on_delete(self, job_id: str | None, request: gr.Request) -> str:
+        return self._action(self.runner.delete, job_id, "Deleting", "deleted", request)
 
     def on_select_row(self, evt: gr.SelectData):
         row = evt.row_value if evt.row_value else None
         return row[0] if row else gr.skip()
 
+    def on_open(self, request: gr.Request):
+        """The Train tab opened: unlocked (buttons, live polling) for admins; a note for everyone else."""
+        who = access.visitor(request, self.hosting)
+        buttons = [gr.Button(interactive=who.admin) for _ in range(4)]
+        return (lock_text(self.hosting, who.admin), *buttons, gr.Timer(active=who.admin))
+
     def _ids(self) -> list[str]:
         return [j.id for j in reversed(self.runner.list())]
 
 
-def check_text(kind: str, config: dict) -> str:
+def shown_paths(kind: str, config: dict) -> dict:
+    """``config`` with its absolute path-valued fields as the studio shows paths (``display_path``)."""
+    def show(value):
+        return hosting_mod.display_path(value) if isinstance(value, str) and value.startswith("/") else value
+
+    out = dict(config)
+    for name, what in config_class(kind).PATH_FIELDS.items():
+        if name not in out:
+            continue
+        if what == "teachers" and isinstance(out[name], list):
+            out[name] = [t | {"path": show(t.get("path"))} if isinstance(t, dict) else show(t) for t in out[name]]
+        else:
+            out[name] = show(out[name])
+    return out
+
+
+def _staged(path):
+    """A job file as a staged copy for the page (the job folder itself is never served)."""
+    return deliverable(path) if path else None
+
+
+def _signature(paths) -> list:
+    """What identifies a set of files for the timer's "unchanged" test: path, size and modification time."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        except (OSError, AttributeError):
+            out.append(None)
+    return out
+
+
+def lock_text(hosting: Hosting, admin: bool) -> str:
+    if admin:
+        return "" if not hosting.public else "🔓 Signed in as an admin: you can launch and control jobs."
+    return ("🔒 **Training is for admins on this public studio.** You can browse the presets, check a config and "
+            f"watch the jobs; launching, cancelling, resuming and deleting are locked. {hosting.how_to_become_admin()}")
+
+
+def check_text(kind: str, config: dict, policy: PathPolicy | None = None) -> str:
+    """The Train tab's verdict on a config: what launching would say (``prepare_config``, confined to ``policy``)."""
     try:
-        frozen = validate_config(kind, config | {"output_dir": "<job folder>/train"})
+        frozen = prepare_config(kind, config, output_dir=data_dir() / "jobs" / "job" / "train",
+                                policy=policy or PathPolicy.default())
     except ValueError as e:
-        return f"✗ {e}"
+        return f"✗ {redact(str(e))}"
     return f"✓ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
 
 
@@ -187,7 +292,7 @@ def on_field(config_text: str, *values):
     except ValueError:
         return gr.skip()
     for name, value in zip(COMMON_FIELDS, values):
-        if value is not None:
+        if isinstance(value, (int, float)) and math.isfinite(value):  # nothing or junk: the JSON keeps its value
             config[name] = int(value) if name != "lr" and name != "max_minutes" else float(value)
     return json.dumps(config, indent=1)
 
@@ -203,16 +308,21 @@ def on_config_edit(config_text: str):
 
 # ---------------------------------------------------------------- layout
 
-def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watch: bool = True) -> JobRunner:
+def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watch: bool = True,
+                   hosting: Hosting | None = None, tab: gr.Tab | None = None) -> JobRunner:
     """The Train tab; ``runner`` defaults to one on ``data_dir()/jobs`` (one per app). ``watch`` polls it from a
-    background thread too, so queued jobs start with no browser open. Returns the runner."""
+    background thread too, so queued jobs start with no browser open. ``tab`` (the enclosing ``gr.Tab``) unlocks
+    the controls for admins when they open it (public mode). Returns the runner."""
+    hosting = hosting or hosting_mod.current()
     runner = runner or JobRunner()
     if watch:
         runner.watch(poll_s)
-    h = JobsHandlers(runner)
+    h = JobsHandlers(runner, hosting)
     presets = list_presets()
     first = presets[0].name
     kind0, config0 = preset_config(first)
+    locked = hosting.public  # until an admin opens the tab
+    lock = gr.Markdown(lock_text(hosting, not locked), elem_id="train-lock")
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("### New job")
@@ -228,8 +338,8 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
                              elem_id="job-config")
             with gr.Row():
                 check = gr.Button("Check")
-                launch = gr.Button("Launch", variant="primary")
-            check_md = gr.Markdown(check_text(kind0, config0), elem_id="job-check")
+                launch = gr.Button("Launch", variant="primary", interactive=not locked, elem_id="job-launch")
+            check_md = gr.Markdown(check_text(kind0, config0, h.policy()), elem_id="job-check")
             cli = gr.Code(cli_for(kind0, config0), language="shell", label="Same job from a shell", lines=4)
         with gr.Column(scale=3):
             gr.Markdown("### Jobs")
@@ -241,9 +351,9 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
                 refresh = gr.Button("↻ jobs", scale=0)
             summary = gr.Markdown("Select a job.", elem_id="job-summary")
             with gr.Row():
-                cancel = gr.Button("Cancel", variant="stop")
-                resume = gr.Button("Resume")
-                delete = gr.Button("Delete")
+                cancel = gr.Button("Cancel", variant="stop", interactive=not locked, elem_id="job-cancel")
+                resume = gr.Button("Resume", interactive=not locked, elem_id="job-resume")
+                delete = gr.Button("Delete", interactive=not locked, elem_id="job-delete")
             plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", height=260,
                                elem_id="loss-plot")
             with gr.Row():
@@ -254,7 +364,7 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
                           interactive=False, elem_id="job-log")  # no wrapping: the whole tail stays in view
             job_cli = gr.Code(language="shell", label="This job from a shell", lines=2)
     seen = gr.State({})
-    timer = gr.Timer(poll_s)
+    timer = gr.Timer(poll_s, active=not locked)  # public: polling starts when an admin opens the tab
 
     status_outputs = [summary, plot, image, log, files, job_cli]
     preset.change(h.on_preset, preset, [kind, config, *fields.values(), check_md, cli], api_name="jobs_preset")
@@ -271,10 +381,12 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
     cancel.click(h.on_cancel, selected, summary, api_name="jobs_cancel")
     resume.click(h.on_resume, selected, summary, api_name="jobs_resume")
     delete.click(h.on_delete, selected, summary, api_name="jobs_delete")
+    if tab is not None and hosting.public:
+        tab.select(h.on_open, None, [lock, launch, cancel, resume, delete, timer], api_visibility="private")
     return runner
 
 
 if __name__ == "__main__":
     with gr.Blocks(title="Train") as demo:
         build_jobs_tab()
-    demo.queue().launch(allowed_paths=[str(data_dir())])  # job outputs are downloadable
+    demo.queue().launch()
