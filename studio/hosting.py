@@ -132,10 +132,11 @@ class Caps:
                 self.check("size", value, name)
         self.check("batch", batch, "images per model")
 
-    def check_sweep(self, *, units: int, prompts: int, seeds: int, steps: int) -> int:
-        """The cost units x prompts x seeds x steps of a Layers sweep, refused above ``sweep_cost``."""
+    def check_sweep(self, *, units: int, prompts: int, seeds: int, steps: int, what: str = "sweep") -> int:
+        """The cost units x prompts x seeds x steps of a Layers sweep (``what``: or of a comparison, whose two units
+        are the full and the ablated model), refused above ``sweep_cost``."""
         cost = units * prompts * seeds * steps
-        self.check("sweep_cost", cost, f"sweep cost ({units} units x {prompts} prompts x {seeds} seeds x "
+        self.check("sweep_cost", cost, f"{what} cost ({units} units x {prompts} prompts x {seeds} seeds x "
                                        f"{steps} steps =)")
         return cost
 
@@ -402,11 +403,9 @@ def storage_is_persistent(env: Mapping[str, str] | None = None) -> bool:
 
 
 # Folders of the data dir that hold nothing a visitor may download directly (votes, battle images, generated
-# PNGs, exported weights). `RAW_PATH_FOLDERS` still hand Gradio paths inside them (Train tab job outputs, Layers
-# sweep CSVs); once those tabs return `deliverable` copies they join `PRIVATE_DATA_FOLDERS` and the whole data dir
-# is blocked. Nothing under the data dir is in `allowed_paths` either way, so Gradio serves none of it.
-PRIVATE_DATA_FOLDERS = ("arena", "generations", "models", "exports")
-RAW_PATH_FOLDERS = ("jobs", "sweeps")
+# PNGs, exported weights, job folders, sweep caches, training caches): every tab hands files over as `deliverable`
+# copies. Nothing under the data dir is in `allowed_paths` either, so Gradio serves none of it.
+PRIVATE_DATA_FOLDERS = ("arena", "generations", "models", "exports", "jobs", "sweeps", "cache")
 
 
 def blocked_paths() -> list[str]:

@@ -14,13 +14,14 @@
     export    the pruned, teacher-initialised student as a registry model
 """
 from studio.ablation.compare import AblationComparison, compare_ablation
-from studio.ablation.config import AblationConfig, config_plan
+from studio.ablation.config import AblationConfig, check_resolution, config_plan
 from studio.ablation.cost import model_facts, model_rows, plan_cost, removable_units
 from studio.ablation.export import export_plan
 from studio.ablation.metrics import fidelity, psnr, ssim
 from studio.ablation.plots import plot_sweep, short_label
 from studio.ablation.sweep import SWEEP_COLUMNS, SweepResult, sweep, sweep_dir, weights_fingerprint
 
-__all__ = ["SWEEP_COLUMNS", "AblationComparison", "AblationConfig", "SweepResult", "compare_ablation", "config_plan",
+__all__ = ["SWEEP_COLUMNS", "AblationComparison", "AblationConfig", "SweepResult", "check_resolution", "compare_ablation",
+           "config_plan",
            "export_plan", "fidelity", "model_facts", "model_rows", "plan_cost", "plot_sweep", "psnr",
            "removable_units", "short_label", "ssim", "sweep", "sweep_dir", "weights_fingerprint"]

@@ -8,24 +8,37 @@ no registry model covers (SD 1.4, BK-SDM): their block maps and removal plans ne
 export do.
 
 Widgets map to AblationConfig fields by name (``WIDGET_FIELDS``); each handler takes exactly those fields as named
-parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them. Compare, sweep and
-export share the "gpu" concurrency id with the Generate tab: run-time ablation patches the cached teacher's UNet.
+parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them.
+
+Lanes and caps (``studio.hosting``): compare and export share the "gpu" lane with the Generate tab (run-time ablation
+patches the cached teacher's UNet); a sweep loads its own copy of the model and runs in the "sweep" lane, so it
+cannot hold generation up, and is refused above the sweep-cost cap (units x prompts x seeds x steps; a comparison
+counts its two models as two units). Export is for admins in public mode, as is naming a model by path; models by
+path stay inside the studio's model roots.
 """
 from __future__ import annotations
 
+import math
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 
-from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, model_facts,
-                             model_rows, plan_cost, plot_sweep, removable_units, short_label, sweep, sweep_dir)
+from studio import hosting as hosting_mod
+from studio.ablation import (SWEEP_COLUMNS, AblationConfig, check_resolution, compare_ablation, config_plan,
+                             export_plan, model_facts, model_rows, plan_cost, plot_sweep, removable_units, short_label,
+                             sweep)
 from studio.blocks import plot_block_map
 from studio.generation import MAX_STEPS, GenerationCancelled
+from studio.hosting import Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache
+from studio.paths import model_roots
 from studio.recipes import RECIPES
 from studio.registry import default_model, list_models
 from studio.released import released_models
+import studio.ui.access as access
 from studio.ui.fields import handler_fields
 
 MAP_COLUMNS = ["unit", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # MACs: one batch-1 UNet forward
@@ -36,19 +49,41 @@ _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button
 
 # ---------------------------------------------------------------- widget values -> config
 
+def whole(name: str, value) -> int:
+    """A widget number that must be a whole number (gr.Number / gr.Slider send floats; the API anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            value != int(value):
+        raise ValueError(f"{name} must be a whole number; got {str(value)[:40]!r}")
+    return int(value)
+
+
+def resolution_of(value) -> int | None:
+    """The resolution widget: 0 or empty = the model's native size (None), else a checked image side."""
+    size = whole("resolution", value or 0) or None
+    check_resolution(size)
+    return size
+
+
 def config_from_values(values: dict) -> AblationConfig:
     """Widget values keyed by AblationConfig field name -> a validated config (0 resolution = native size)."""
+    for name in ("model", "recipe", "prompts", "seeds"):
+        if values[name] is not None and not isinstance(values[name], str):
+            raise ValueError(f"{name} must be text; got {type(values[name]).__name__}")
+    if not isinstance(values["units"] or [], (list, tuple)) or len(values["units"] or []) > 1000:
+        raise ValueError("units: give a list of at most 1000 unit names")
     seeds = [s for s in str(values["seeds"]).replace(",", " ").split() if s]
     try:
-        seeds = tuple(int(s) for s in seeds)
+        seeds = tuple(int(s) for s in seeds if len(s) <= 20)
     except ValueError:
-        raise ValueError(f"seeds: give whole numbers separated by commas; got {values['seeds']!r}") from None
+        raise ValueError(f"seeds: give whole numbers separated by commas; got {str(values['seeds'])[:40]!r}") from None
+    guidance = values["guidance"]
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+        raise ValueError(f"guidance must be a number; got {str(guidance)[:40]!r}")
     return AblationConfig(
         model=values["model"] or "", units=tuple(values["units"] or ()),
         recipe="" if values["recipe"] in (None, NO_RECIPE) else values["recipe"],
         prompts=tuple(p.strip() for p in str(values["prompts"]).splitlines() if p.strip()), seeds=seeds,
-        steps=int(values["steps"]), guidance=float(values["guidance"]),
-        resolution=(int(values["resolution"]) or None) if values["resolution"] is not None else None)
+        steps=whole("steps", values["steps"]), guidance=float(guidance), resolution=resolution_of(values["resolution"]))
 
 
 def _fmt(n: float) -> str:
@@ -73,33 +108,62 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 class LayersHandlers:
-    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and its hosting."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, hosting: Hosting | None = None):
         self.cache = cache
+        self.hosting = hosting or hosting_mod.current()
+
+    def _check_model(self, model, request: gr.Request | None) -> None:
+        """A listed model, or (admins, or everyone locally) a path, kept inside the model roots when loaded."""
+        if not model:
+            raise ValueError("choose a model")
+        if model in {s.name for s in list_models()} or model in config_only_models():
+            return
+        if not isinstance(model, str) or len(model) > 1024:
+            raise ValueError("model: choose one of the listed models")
+        access.require_admin(request, "Naming a model by path", self.hosting)
 
     def _pipe(self, model: str):
         """The loaded teacher; a clear error for a config-only entry (it has no weights to generate with)."""
         if model in config_only_models():
             raise ValueError(f"{model} is a released UNet config without weights: its block map and removal plans "
                              f"work here, but compare, sweep and export need a model with weights (a registry model)")
-        return self.cache.get(model)
+        return self.cache.get(model, roots=model_roots())
+
+    def _private_pipe(self, model: str):
+        """A copy of the model of its own, loaded from disk (a sweep ablates its UNet in place, off the gpu lane)."""
+        if model in config_only_models():
+            self._pipe(model)  # its clear error
+        private = ModelCache(self.cache.budget_bytes, self.cache.runtime, offload=self.cache.offload)
+        return private.get(model, roots=model_roots())
 
     def _facts(self, model: str) -> tuple[dict, int, int]:
         try:
             return model_facts(model)
         except ValueError:  # not on disk as config files (e.g. a single .safetensors): load it
-            pipe = self.cache.get(model)
+            pipe = self._pipe(model)
             return dict(pipe.unet.config), pipe.vae_scale_factor, pipe.unet.config.sample_size * pipe.vae_scale_factor
 
-    def on_map(self, model: str, resolution: float):
+    def _config(self, values: dict, request: gr.Request | None) -> AblationConfig:
+        """The config of a compare or sweep, within this server's caps (steps, size, prompt length)."""
+        caps = self.hosting.caps
+        for name in ("prompts", "seeds"):
+            caps.check_text(name, values[name])
+        config = config_from_values(values)
+        self._check_model(config.model, request)
+        caps.check_generation(steps=config.steps, width=config.resolution, height=config.resolution)
+        return config
+
+    def on_map(self, model: str, resolution: float, request: gr.Request):
         """Block map table (down to transformer layers) and bar chart; the removable units of this model."""
         try:
+            self._check_model(model, request)
             unet_config, factor, native = self._facts(model)
-            size = int(resolution or 0) or native
+            size = resolution_of(resolution) or native
             rows = model_rows(unet_config, size, factor)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
         params, macs = (sum(getattr(r, f) for r in rows if r.depth == 0) for f in ("params", "macs"))
         table = [["  " * r.depth + r.unit, r.kind, r.resolution, r.params, round(100 * r.params / params, 2),
                   r.macs, round(100 * r.macs / max(macs, 1), 2)] for r in rows if r.depth <= 2]
@@ -110,18 +174,19 @@ class LayersHandlers:
                 f"{len(units)} units can be removed one by one.")
         return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
 
-    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float) -> str:
+    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float, request: gr.Request) -> str:
         """Whether the chosen plan is config-expressible (a real smaller UNet) or runtime-only, and what it saves."""
         if not units and recipe in (None, "", NO_RECIPE):
             return "Nothing selected: tick units or choose a recipe."
         try:
+            self._check_model(model, request)
             unet_config, factor, native = self._facts(model)
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
                                              steps=1, guidance=0, resolution=resolution))
             plan = config_plan(config, unet_config)
             cost = plan_cost(unet_config, plan, resolution=config.resolution or native, vae_scale_factor=factor)
         except ValueError as err:
-            return f"Removing all ticked units together: **invalid plan**: {err}"
+            return f"Removing all ticked units together: **invalid plan**: {redact(str(err))}"
         kept = cost["student_params"] / cost["params"]
         head = ("**Config-expressible**: a real, smaller diffusers UNet; it can be exported as a student"
                 if cost["kind"] == "config" else
@@ -132,11 +197,13 @@ class LayersHandlers:
                 f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).")
 
     def on_compare(self, model: str, units: list[str], recipe: str, prompts: str, seeds: str, steps: float,
-                   guidance: float, resolution: float, progress=gr.Progress()):
+                   guidance: float, resolution: float, request: gr.Request, progress=gr.Progress()):
         """Full model vs plan applied, same prompts and seeds; numbers beneath."""
         try:
-            config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
-                                             steps=steps, guidance=guidance, resolution=resolution))
+            config = self._config(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
+                                       steps=steps, guidance=guidance, resolution=resolution), request)
+            self.hosting.caps.check_sweep(units=2, prompts=len(config.prompts), seeds=len(config.seeds),
+                                          steps=config.steps, what="comparison (full + ablated model)")
             pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
             cmp = compare_ablation(pipe, plan, config, on_step=lambda s, n, info: progress(
@@ -144,7 +211,7 @@ class LayersHandlers:
         except GenerationCancelled:
             raise gr.Error("comparison cancelled") from None
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
         labels = [f"{p[:40]} · seed {s}" for p, s in cmp.pairs]
         c, r = cmp.cost, cmp.summary()
 
@@ -166,42 +233,58 @@ class LayersHandlers:
 
     def on_sweep(self, model: str, units: list[str], prompts: str, seeds: str, steps: float, guidance: float,
                  resolution: float, groups: bool, request: gr.Request, progress=gr.Progress()):
-        """Leave-one-out over the ticked units (none ticked: every removable unit), ranked; heatmap and CSV."""
-        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
+        """Leave-one-out over the ticked units (none ticked: every removable unit), ranked; heatmap and CSV. Runs on
+        a copy of the model of its own; refused above the sweep-cost cap before anything is loaded."""
+        key = request.session_hash or "anon"
+        stop = _STOP.setdefault(key, threading.Event())
         stop.clear()
         try:
-            config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
-                                             steps=steps, guidance=guidance, resolution=resolution))
-            pipe = self._pipe(config.model)
+            config = self._config(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds, steps=steps,
+                                       guidance=guidance, resolution=resolution), request)
+            if not isinstance(units or [], (list, tuple)) or len(units or []) > 1000:
+                raise ValueError("units: give a list of at most 1000 unit names")
+            tried = list(units or []) or removable_units(self._facts(config.model)[0], groups=bool(groups))
+            self.hosting.caps.check_sweep(units=len(tried), prompts=len(config.prompts), seeds=len(config.seeds),
+                                          steps=config.steps)
+            pipe = self._private_pipe(config.model)
             result = sweep(pipe, config, units=list(units) or None, groups=bool(groups), should_stop=stop.is_set,
                            on_step=lambda s, n, info: progress((s, n), desc=info.get("unit", "full model")))
         except ValueError as err:
-            raise gr.Error(str(err)) from err
-        csv = result.to_csv(sweep_dir() / "exports" / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            raise gr.Error(redact(str(err))) from None
+        finally:
+            _STOP.pop(key, None)
+        with tempfile.TemporaryDirectory() as tmp:  # handed over as a staged copy, never a data-folder path
+            csv = deliverable(result.to_csv(Path(tmp) / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
         fig = plot_sweep(result, dict(pipe.unet.config)) if result.rows else None
         table = [[round(v, 5) if isinstance(v, float) else v for v in row] for row in result.table()]
         status = (f"{'Cancelled: ' if result.cancelled else ''}{len(result.rows)} units "
                   f"({result.cached} from the cache, {result.computed} generated) in {result.wall_s:.1f} s. "
                   f"Damage = 1 − SSIM to the full model's image (mean over prompts × seeds); ranked by damage per "
                   f"million parameters saved, least harmful first.")
-        return table, fig, str(csv), status
+        return table, fig, csv, status
 
-    def on_export(self, model: str, units: list[str], recipe: str, out_name: str) -> str:
-        """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists."""
+    def on_export(self, model: str, units: list[str], recipe: str, out_name: str, request: gr.Request) -> str:
+        """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists.
+        Admins only in public mode."""
+        access.require_admin(request, "Exporting a model", self.hosting)
         try:
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
                                              steps=1, guidance=0, resolution=0))
+            if not isinstance(out_name, (str, type(None))):
+                raise ValueError("the new model name must be text")
             pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
-            out = export_plan(pipe, plan, (out_name or "").strip(), teacher_name=config.model)
+            out = export_plan(pipe, plan, (out_name or "").strip()[:200], teacher_name=config.model)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
-        return (f"Exported **{out.name}** (base `{config.model}`) to `{out}`. It is in the model list of the "
-                f"Generate tab now (press ↻ models) and can be chosen as a distillation student.")
+            raise gr.Error(redact(str(err))) from None
+        return (f"Exported **{out.name}** (base `{config.model}`) to `{display_path(out)}`. It is in the model list "
+                f"of the Generate tab now (press ↻ models) and can be chosen as a distillation student.")
 
 
 def on_cancel(request: gr.Request) -> str:
-    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
+    stop = _STOP.get(request.session_hash or "anon")  # only a sweep of this session, and no entry per stranger
+    if stop is not None:
+        stop.set()
     return "cancelling after the current image…"
 
 
@@ -220,8 +303,9 @@ def _initial_units(model: str) -> list[tuple[str, str]]:
         return []
 
 
-def build_layers_tab(cache: ModelCache) -> None:
-    handlers = LayersHandlers(cache)
+def build_layers_tab(cache: ModelCache, hosting: Hosting | None = None) -> None:
+    hosting = hosting or hosting_mod.current()
+    handlers = LayersHandlers(cache, hosting)
     w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
     with gr.Row():
         w["model"] = gr.Dropdown(model_choices(), value=default_model(), label="Model (teacher)", scale=3)
@@ -275,11 +359,12 @@ def build_layers_tab(cache: ModelCache) -> None:
     w["model"].change(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=False)
     gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
           [w[n] for n in handler_fields(handlers.on_plan, AblationConfig)], plan_info, api_name="layers_plan")
-    gpu = dict(concurrency_id="gpu", concurrency_limit=1)
-    compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
+    gpu = access.lane("gpu", hosting)
+    compare.click(gpu_task(handlers.on_compare), [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
                   [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
-    run_sweep.click(handlers.on_sweep, [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups],
-                    [ranked, heatmap, csv, sweep_info], api_name="layers_sweep", **gpu)
+    run_sweep.click(gpu_task(handlers.on_sweep),
+                    [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups],
+                    [ranked, heatmap, csv, sweep_info], api_name="layers_sweep", **access.lane("sweep", hosting))
     cancel.click(on_cancel, None, sweep_info, api_name="layers_cancel")
     export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export, AblationConfig)), out_name],
                  export_info, api_name="layers_export", **gpu)

@@ -207,9 +207,8 @@ class TestStorage:
 
     def test_blocked_paths_cover_private_folders(self, tmp_path, monkeypatch):
         blocked = h.blocked_paths()
-        for name in ("arena", "generations", "models", "exports"):
+        for name in ("arena", "generations", "models", "exports", "jobs", "sweeps", "cache"):
             assert str(data_dir() / name) in blocked
-        assert not any(Path(b).name in h.RAW_PATH_FOLDERS for b in blocked)
         monkeypatch.setenv("STUDIO_PERSISTENT_DIR", str(tmp_path / "store"))
         assert str(tmp_path / "store") in h.blocked_paths()
 
