@@ -22,18 +22,16 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
-from studio.paths import ASSETS_DIR, REPO_ROOT, data_dir, model_roots
+from studio.storage import (PERSISTENT_ENV, PRIVATE_DATA_FOLDERS, SPACES_DATA, blocked_paths,  # noqa: F401
+                            deliverable, display_path, hub_cache_dir, persistent_dir, redact, resolve_display_path,
+                            storage_is_persistent)
 
 LOG = logging.getLogger(__name__)
 MODES = ("local", "public")
@@ -42,10 +40,8 @@ PUBLIC_ENV = "STUDIO_PUBLIC"  # "1": public mode without --public (e.g. a contai
 ADMIN_PASSWORD_ENV = "STUDIO_ADMIN_PASSWORD"
 ADMINS_ENV = "STUDIO_ADMINS"  # Hugging Face usernames, comma-separated
 PROXY_HOPS_ENV = "STUDIO_PROXY_HOPS"  # on Spaces: which x-forwarded-for entry, counted from the right, is the client
-PERSISTENT_ENV = "STUDIO_PERSISTENT_DIR"
 VOTES_DATASET_ENV = "STUDIO_VOTES_DATASET"
 HF_DATASETS_ENV = "STUDIO_HF_DATASETS"  # hub data sets ("owner/name", comma-separated) public-mode jobs may train on
-SPACES_DATA = Path("/data")  # a Space's persistent storage, when the Space has it
 
 
 class CapError(ValueError):
@@ -74,6 +70,7 @@ class Caps:
     text_chars: int  # prompts and other free text
     name_chars: int  # names and path-like strings (one file name is at most 255 bytes)
     queue_size: int  # Gradio queue max_size (all events together)
+    pending: int  # one visitor's events waiting or running in the gpu, sweep and arena lanes (admins: no limit)
     concurrency: int  # default concurrency of cheap events (lists, leaderboard, votes)
     sweep_concurrency: int  # the "sweep" lane (Layers sweeps)
     queued_jobs: int  # training jobs queued or running at once
@@ -161,6 +158,7 @@ CAP_ENV: dict[str, tuple[str, float, float, tuple]] = {
     "text_chars": ("STUDIO_MAX_TEXT", 1, 2000, (2000, 500)),
     "name_chars": ("STUDIO_MAX_NAME", 1, 200, (200, 64)),
     "queue_size": ("STUDIO_QUEUE_SIZE", 1, 10_000, (64, 32)),
+    "pending": ("STUDIO_MAX_PENDING", 1, 1000, (64, 2)),
     "concurrency": ("STUDIO_CONCURRENCY", 1, 64, (1, 4)),
     "sweep_concurrency": ("STUDIO_SWEEP_CONCURRENCY", 1, 8, (1, 1)),
     "queued_jobs": ("STUDIO_MAX_QUEUED_JOBS", 1, 1000, (16, 2)),
@@ -174,6 +172,7 @@ _HINTS = {
     "size": "; pick a smaller size",
     "sweep_cost": "; tick fewer units or use fewer prompts, seeds or steps",
     "init_pixels": "; downscale the image before uploading it",
+    "pending": "; wait for your earlier requests to finish",
 }
 
 # Concurrency lanes (Gradio ``concurrency_id``): events sharing a lane share its limit.
@@ -181,6 +180,9 @@ GPU_LANE = "gpu"  # generation, live arena battles, Layers compare/export: one a
 # not thread-safe, so this lane's limit is fixed at 1, not configurable)
 SWEEP_LANE = "sweep"  # long Layers sweeps, kept apart so they cannot starve generation (needs a private pipeline)
 ARENA_LANE = "arena"  # cache-only arena battles: no GPU, several at once
+
+
+HEAVY_LANES = (GPU_LANE, SWEEP_LANE, ARENA_LANE)  # what `Caps.pending` counts per visitor
 
 
 def lane(name: str, caps: Caps) -> dict:
@@ -376,117 +378,6 @@ def activate(hosting: Hosting) -> Hosting:
 def current() -> Hosting:
     """The hosting of the app being built or served; local defaults before any `activate`."""
     return _ACTIVE[0] if _ACTIVE else Hosting()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# where data lives, what may be served, how paths are shown
-
-
-def persistent_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where data that must outlive a restart goes (the arena's votes): ``STUDIO_PERSISTENT_DIR``, else
-    ``/data/studio`` on a Space with persistent storage, else the data dir."""
-    env = os.environ if env is None else env
-    if env.get(PERSISTENT_ENV):
-        path = Path(env[PERSISTENT_ENV]).expanduser().resolve()
-    elif env.get("SPACE_ID") and SPACES_DATA.is_dir() and os.access(SPACES_DATA, os.W_OK):
-        path = SPACES_DATA / "studio"
-    else:
-        return data_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def storage_is_persistent(env: Mapping[str, str] | None = None) -> bool:
-    """False only on a Space without persistent storage (its disk is wiped at every restart)."""
-    env = os.environ if env is None else env
-    return not env.get("SPACE_ID") or bool(env.get(PERSISTENT_ENV)) or persistent_dir(env) != data_dir()
-
-
-# Folders of the data dir that hold nothing a visitor may download directly (votes, battle images, generated
-# PNGs, exported weights, job folders, sweep caches, training caches): every tab hands files over as `deliverable`
-# copies. Nothing under the data dir is in `allowed_paths` either, so Gradio serves none of it.
-PRIVATE_DATA_FOLDERS = ("arena", "generations", "models", "exports", "jobs", "sweeps", "cache")
-
-
-def blocked_paths() -> list[str]:
-    """``launch(blocked_paths=...)``: the private folders of the data dir and the persistent dir."""
-    data, store = data_dir(), persistent_dir()
-    paths = [data / name for name in PRIVATE_DATA_FOLDERS]
-    if store != data:
-        paths.append(store)
-    return [str(p) for p in paths]
-
-
-def _staging_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"studio-deliver-{os.getuid() if hasattr(os, 'getuid') else 0}"
-
-
-def deliverable(path: str | os.PathLike, *, max_age_s: float = 3600) -> str:
-    """A copy of ``path`` in a staging folder outside every data folder, for a component to hand to Gradio (which
-    copies it into its own cache and serves it from there, to the visitor it was returned to). Staged copies older
-    than ``max_age_s`` are removed on the way."""
-    root = _staging_root()
-    root.mkdir(mode=0o700, exist_ok=True)
-    now = time.time()
-    for old in root.iterdir():
-        try:
-            if now - old.stat().st_mtime > max_age_s:
-                shutil.rmtree(old, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-    folder = root / secrets.token_hex(8)
-    folder.mkdir()
-    return str(Path(shutil.copy2(path, folder / Path(path).name)))
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache (``HF_HUB_CACHE``): downloaded models live there."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE).expanduser().resolve()
-
-
-def _labelled_roots() -> list[tuple[str, Path]]:
-    roots = [("<data>", data_dir()), ("<persistent>", persistent_dir()), ("", REPO_ROOT.resolve()),
-             ("<hf cache>", hub_cache_dir())]
-    extra = [r for r in model_roots() if r not in (ASSETS_DIR.resolve(),) and not r.is_relative_to(data_dir())]
-    roots += [(f"<model root {i + 1}>", r) for i, r in enumerate(extra)]
-    return sorted(roots, key=lambda lr: len(str(lr[1])), reverse=True)  # most specific first
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """``path`` as users see it: relative to the studio's roots (``assets/demo/teacher``, ``<data>/jobs/x``,
-    ``<model root 1>/sdxl``), never an absolute server path; outside every root only its file name is shown."""
-    resolved = Path(os.path.abspath(os.path.expanduser(str(path))))
-    for label, root in _labelled_roots():
-        if resolved == root or resolved.is_relative_to(root):
-            rel = resolved.relative_to(root).as_posix()
-            return (f"{label}/{rel}" if rel != "." else label) if label else (rel if rel != "." else ".")
-    return f"<outside the studio's folders>/{resolved.name}"
-
-
-def resolve_display_path(text: str) -> Path:
-    """The server path a path shown by `display_path` stands for: ``<data>/jobs/x`` -> ``<data dir>/jobs/x``,
-    ``<hf cache>/…``, ``<model root N>/…``, and a relative path under the repository (as the studio shows them).
-    Absolute paths stay as they are; nothing is resolved or checked here (callers confine the result)."""
-    text = str(text)
-    if text.startswith("<") and ">" in text:
-        label, _, rest = text.partition(">")
-        for name, root in _labelled_roots():
-            if name == label + ">":
-                return root / rest.lstrip("/")
-        return Path(text)  # an unknown label: a relative path that exists nowhere
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else REPO_ROOT.resolve() / path
-
-
-def redact(text: str) -> str:
-    """``text`` with every absolute studio root (and the home folder) replaced by its label, for error messages."""
-    text = str(text)
-    for label, root in _labelled_roots():
-        text = re.sub(re.escape(str(root)) + r"/?", (label + "/") if label else "", text)
-    home = str(Path.home())
-    return text.replace(home, "~") if len(home) > 1 else text
 
 
 # ---------------------------------------------------------------------------------------------------------------

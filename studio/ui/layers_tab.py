@@ -18,7 +18,6 @@ path stay inside the studio's model roots.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import threading
 import time
@@ -39,7 +38,7 @@ from studio.recipes import RECIPES
 from studio.registry import default_model, list_models
 from studio.released import released_models
 import studio.ui.access as access
-from studio.ui.fields import handler_fields
+from studio.ui.fields import handler_fields, whole
 
 MAP_COLUMNS = ["unit", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # MACs: one batch-1 UNet forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
@@ -48,14 +47,6 @@ _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button
 
 
 # ---------------------------------------------------------------- widget values -> config
-
-def whole(name: str, value) -> int:
-    """A widget number that must be a whole number (gr.Number / gr.Slider send floats; the API anything)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-            value != int(value):
-        raise ValueError(f"{name} must be a whole number; got {str(value)[:40]!r}")
-    return int(value)
-
 
 def resolution_of(value) -> int | None:
     """The resolution widget: 0 or empty = the model's native size (None), else a checked image side."""
