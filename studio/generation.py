@@ -13,8 +13,10 @@ after an out-of-memory); a call can stream components to the GPU one at a time (
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from studio.hosting import Caps
+from studio.hosting import CapError, Caps
 from studio.lora import LoraRef, lora_file, loras_applied
 from studio.memory import PeakMemory, module_bytes
 from studio.names import safe_name
@@ -142,19 +144,19 @@ def load_init_image(source, caps: Caps | None = None) -> Image.Image:
     """An init image (a file path or a PIL image) as RGB, refused above ``caps.init_pixels`` (and `MAX_INIT_PIXELS`)
     *before* it is decoded: ``Image.open`` reads only the header, where a 140 KB PNG can declare 12000x12000."""
     limit = min(caps.init_pixels, MAX_INIT_PIXELS) if caps is not None else MAX_INIT_PIXELS
+    too_big = f"is above this server's cap of {limit:,} (STUDIO_MAX_INIT_PIXELS); downscale it before uploading"
     try:
-        image = source if isinstance(source, Image.Image) else Image.open(source)  # header only, nothing decoded
-    except Image.DecompressionBombError as err:  # above Pillow's own MAX_IMAGE_PIXELS (x2): same answer as ours
-        raise ValueError(f"init image is too large to decode ({err.args[0].split('(')[0].strip()}); at most "
-                         f"{limit:,} pixels") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a clear message
+            image = source if isinstance(source, Image.Image) else Image.open(source)  # the header only
+    except Image.DecompressionBombError as err:  # above Pillow's MAX_IMAGE_PIXELS x 2 (the app sets it to the cap)
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise CapError(f"init image pixels {int(pixels.group(1)) if pixels else 0:,} {too_big}") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"init image: not a readable image ({type(err).__name__})") from None
     width, height = image.size
-    if caps is not None:
-        caps.check_pixels(width, height)  # CapError naming STUDIO_MAX_INIT_PIXELS
     if width * height > limit:
-        raise ValueError(f"init image has {width}x{height} = {width * height:,} pixels; at most {limit:,} "
-                         f"(downscale it before uploading)")
+        raise CapError(f"init image pixels ({width}x{height} =) {width * height:,} {too_big}")
     try:
         return image.convert("RGB")
     except (OSError, ValueError) as err:  # truncated or corrupt data, found while decoding

@@ -19,7 +19,7 @@ from studio import hosting as hosting_mod
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled, load_init_image
 from studio.hosting import Caps, Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache, vae_status
-from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
+from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef, lora_file
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import VAES, default_model, get_spec, list_models
 from studio.schedulers import SCHEDULERS
@@ -79,6 +79,22 @@ def defaults_info(chosen: list[str], kept: list[str]) -> str:
     return text + "."
 
 
+def unopened(image: gr.Image) -> gr.Image:
+    """``image`` handing its handler the uploaded file's path unopened (Gradio's own preprocessing opens it, and
+    Pillow's decompression-bomb check would answer with a bare error): ``load_init_image`` counts the pixels from the
+    header and refuses them above the cap before anything is decoded. (An instance override: a ``gr.Image``
+    subclass would make Gradio write a .pyi stub next to this module.)"""
+    preprocess = image.preprocess
+
+    def from_path(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)  # a file of Gradio's upload cache (Gradio refuses paths outside it)
+        return preprocess(payload)
+
+    image.preprocess = from_path
+    return image
+
+
 def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     """One widget per GenerateRequest field, keyed by the field name."""
     w = {}
@@ -97,8 +113,7 @@ def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
         w["height"] = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0 = native)")
     preset.change(lambda p: SIZE_PRESETS[p], preset, [w["width"], w["height"]], api_name=False)
     with gr.Accordion("Image to image", open=False):
-        # a file path, not a decoded image: its pixels are counted from the header before anything decodes it
-        w["init_image"] = gr.Image(label="Init image (optional)", type="filepath", image_mode=None)
+        w["init_image"] = unopened(gr.Image(label="Init image (optional)", type="filepath", image_mode=None))
         w["strength"] = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength")
     return w
 
@@ -203,6 +218,8 @@ class GenerateHandlers:
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
                                            height=height, init_image=init_image, strength=strength, vae=vae), caps)
             loras = lora_map(models, lora, lora_scale, lora_models)
+            for ref in {r for refs in loras.values() for r in refs}:
+                lora_file(ref, model_roots())  # inside the model roots, a .safetensors file: before anything runs
             caps.check_generation(models=len(models), steps=req.steps, width=req.width, height=req.height,
                                   batch=req.batch_size)
         except (ValueError, TypeError) as err:
