@@ -128,6 +128,7 @@ def redact(text: str) -> str:
     """``text`` with every absolute studio root (and the home folder) replaced by its label, for error messages."""
     text = str(text)
     for label, root in _labelled_roots():
-        text = re.sub(re.escape(str(root)) + r"/?", (label + "/") if label else "", text)
+        text = re.sub(re.escape(str(root)) + r"(/?)", lambda m, label=label: (
+            (label + "/" if label else "") if m.group(1) else (label or ".")), text)  # the repository itself: "."
     home = str(Path.home())
     return text.replace(home, "~") if len(home) > 1 else text

@@ -28,6 +28,7 @@ NAN, INF = float("nan"), float("inf")
 FLOATS = ["weight_decay", "max_grad_norm", "max_minutes", "noise_offset", "lr", "ema_decay"]
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("cls", CONFIG_CLASSES.values(), ids=CONFIG_CLASSES)
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 def test_no_float_field_takes_a_non_finite_value(cls, value):
@@ -39,6 +40,7 @@ def test_no_float_field_takes_a_non_finite_value(cls, value):
             make(cls, **{name: value})
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("name, value, message", [
     ("steps", True, "steps must be an integer >= 1 and <= 10000000; got True"),
     ("steps", 10**12, "steps must be an integer >= 1 and <= 10000000"),
@@ -81,6 +83,7 @@ def test_distill_config_refuses_with_the_field_and_range(name, value, message):
         DistillConfig(**{name: value})
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("name, value, message", [
     ("rank", 10**9, "rank must be an integer >= 1 and <= 1024"),
     ("alpha", NAN, "alpha must be a finite number"),

@@ -85,6 +85,7 @@ def test_sweep(client):
         client.predict("tiny-base", [], "a", "0", 2, 5.0, 36, False, api_name="/layers_sweep")
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("resolution", [2**31, -8, 1e300, 33.5])
 def test_bad_resolutions_get_a_clear_message(client, resolution):
     """Issue 13 (7): resolution 2**31 gave a raw overflow error."""
