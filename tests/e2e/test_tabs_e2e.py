@@ -30,8 +30,11 @@ def test_local_generate_side_by_side(local_studio, page):
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#gallery-1 img").first.wait_for(timeout=SLOW_MS)
     page.locator("#gallery-0 img").first.wait_for()
-    page.wait_for_function("[...document.querySelectorAll('table')].some((t) => t.innerText.includes('speed-up vs "
-                           "first') && t.innerText.includes('demo-teacher') && t.innerText.includes('demo-ssd'))")
+    seed = page.get_by_label("Seed used")
+    page.wait_for_function("(el) => /^\\d+$/.test(el.value)", arg=seed.element_handle(), timeout=SLOW_MS)
+    assert "demo-teacher" in page.locator("#gallery-0").inner_text()  # one column per model, the same seed
+    assert "demo-ssd" in page.locator("#gallery-1").inner_text()
+    page.get_by_text(f"demo-ssd-{seed.input_value()}").first.wait_for()  # its PNG (with parameters) to download
     shot(page, "generated")
 
 
