@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 from gradio_client import Client
@@ -62,14 +61,11 @@ def summary_state(page) -> tuple[str, int]:
     return (match[1], int(match[2])) if match else ("", 0)
 
 
-def wait_state(page, test, what: str, timeout_s: float) -> tuple[str, int]:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        state = summary_state(page)
-        if test(*state):
-            return state
-        page.wait_for_timeout(500)
-    raise AssertionError(f"waited {timeout_s:.0f} s for {what}; last summary: {page.locator('#job-summary').inner_text()}")
+def wait_state(page, pattern: str, timeout_s: float) -> tuple[str, int]:
+    """Wait until the selected job's summary matches ``pattern`` (a JS regular expression); its (status, step)."""
+    page.wait_for_function("(p) => new RegExp(p).test(document.querySelector('#job-summary').innerText)",
+                           arg=pattern, timeout=timeout_s * 1000)
+    return summary_state(page)
 
 
 def test_local_launch_the_demo_job_watch_progress_and_cancel(local_studio, page):
@@ -87,11 +83,11 @@ def test_local_launch_the_demo_job_watch_progress_and_cancel(local_studio, page)
     page.wait_for_function("document.querySelector('#job-check').innerText.includes('200 steps, batch 2')")
     page.locator("#job-launch").click()
     page.wait_for_function("document.querySelector('#job-check').innerText.includes('queued')")
-    wait_state(page, lambda status, step: status == "running" and step >= 2, "the first training steps", 240)
+    wait_state(page, r"running · step ([2-9]|\d\d+)/", 240)  # past its first steps
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for()
     shot(page, "running")
     page.locator("#job-cancel").click()
-    status, step = wait_state(page, lambda status, step: status == "cancelled", "the cancel", 120)
+    status, step = wait_state(page, r"cancelled · step", 120)
     assert 2 <= step < 200
     shot(page, "cancelled")
 
