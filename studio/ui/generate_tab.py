@@ -4,25 +4,36 @@ UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest field
 section (``LORA_FIELDS``) and the memory options (``MEMORY_FIELDS``), in the order of its signature (the API order;
 new parameters go last, with defaults). Choosing models applies the first model's defaults from the registry (steps,
 CFG, negative prompt; size = each model's native one) to every value the user has not changed.
+
+Each model has its own column: a header (``studio.ui.generate_run``: progress, then what was made, its error or its
+LoRA note, shown by a watcher event that follows the run) above its gallery. The model list marks the models whose
+weights are not on this machine ("download needed"); its values stay the registry names (the API's).
 """
 from __future__ import annotations
 
 import inspect
-import threading
+import secrets
 import time
+from dataclasses import replace
 
 import gradio as gr
 from PIL import Image
 
-from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
-from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
+from studio.compare import (MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, lora_label,
+                            stats_rows)
+from studio.generation import (MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerateResult,
+                               GenerationCancelled)
 from studio.hosting import deliverable, gpu_task
 from studio.loading import ModelCache, vae_status
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
+from studio.lora_match import plan_loras
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
-from studio.registry import VAES, default_model, get_spec, list_models
+from studio.registry import VAES, default_model, get_spec, is_available_offline, list_models
+from studio.resolve import resolve_spec
 from studio.schedulers import SCHEDULERS
 from studio.ui.access import lane
+from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, watch
+from studio.ui.help import first_step
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -34,7 +45,7 @@ LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parame
 MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
 DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt")  # taken from the registry when the model set changes
 DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
-_STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
+NOT_LOCAL = "download needed"  # the mark of a model whose weights are not on this machine
 
 
 def model_defaults(name: str) -> dict:
@@ -83,7 +94,7 @@ def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     w["prompt"] = gr.Textbox(label="Prompt", lines=2, value="a red circle on a blue background")
     w["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, value=defaults["negative_prompt"])
     with gr.Row():
-        w["seed"] = gr.Number(label="Seed (-1 = random)", value=-1, precision=0)
+        w["seed"] = gr.Number(label="Seed (empty or -1 = random)", value=None, precision=0, placeholder="random")
         w["steps"] = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
         w["guidance"] = gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale")
     with gr.Row():
@@ -119,6 +130,7 @@ def request_from_values(values: dict) -> GenerateRequest:
     values = dict(values)
     for name in ("seed", "steps", "batch_size", "width", "height"):
         values[name] = int(values[name]) if values[name] is not None else None
+    values["seed"] = -1 if values["seed"] is None else values["seed"]  # an empty seed box: random
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
@@ -142,20 +154,6 @@ def find_loras() -> list[tuple[str, str]]:
     return [(label, path) for path, label in found.items()]
 
 
-def lora_map(models: list[str], lora: str | None, scale: float, lora_models: list[str] | None
-             ) -> dict[str, list[LoraRef]]:
-    """The ``loras`` argument of iter_side_by_side: ``lora`` at ``scale`` on ``lora_models`` (empty = every selected
-    model); {} without a LoRA. ValueError for a target that is not among the selected models."""
-    if not lora:
-        return {}
-    targets = [m for m in (lora_models or []) if m] or list(models)
-    unknown = [m for m in targets if m not in models]
-    if unknown:
-        raise ValueError(f"LoRA target model(s) {unknown} are not among the selected models {list(models)}")
-    ref = LoraRef(str(lora), float(scale if scale is not None else 1.0))
-    return {m: [ref] for m in targets}
-
-
 def display_image(image: Image.Image) -> tuple[Image.Image, int]:
     """A small image enlarged by a whole number (≤ MAX_ZOOM, nearest neighbour: pixels stay sharp) toward
     DISPLAY_PX; large ones unchanged (the gallery fits them to the column). Returns (image, zoom)."""
@@ -166,71 +164,99 @@ def display_image(image: Image.Image) -> tuple[Image.Image, int]:
 
 
 class GenerateHandlers:
-    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and the board of
+    runs the tab's watcher shows."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, board: RunBoard | None = None):
         self.cache = cache
+        self.board = board or RunBoard()
 
     def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
-                    init_image, strength: float, request: gr.Request, progress=gr.Progress(),
+                    init_image, strength: float, request: gr.Request,
                     lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
                     vae: str = "default", low_vram: bool = False):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
-        then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to), the request's ``vae`` and
-        ``low_vram`` (model CPU offload). A model that fails shows its error; the other columns still finish.
+        then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to: empty = every selected model
+        it fits, see ``studio.lora_match``), the request's ``vae`` and ``low_vram`` (model CPU offload). A model that
+        fails shows its error in its own column; the other columns still finish. A cancelled model keeps its
+        partial image (marked, not saved).
         """
+        run = self.board.start(request.session_hash or "anon")
         try:
-            models = check_models(models or [])
+            names = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
                                            height=height, init_image=init_image, strength=strength, vae=vae))
-            loras = lora_map(models, lora, lora_scale, lora_models)
+            specs = [resolve_spec(m, roots=model_roots()) for m in names]
+            ref = LoraRef(str(lora), float(lora_scale if lora_scale is not None else 1.0)) if lora else None
+            loras, notes = plan_loras(specs, ref, lora_models, roots=model_roots())
         except ValueError as err:
+            run.finish("failed", f"Nothing ran: {err}")
             raise gr.Error(str(err)) from err
-        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
-        stop.clear()
+        if req.seed == -1:  # resolved here: a cancelled model's partial image shows the seed every model used
+            req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
+        run.columns = [Column(s.name, lora=notes[s.name].text, lora_warning=notes[s.name].warning) if s.name in notes
+                       else Column(s.name) for s in specs]
+        names = [s.name for s in specs]
+        if run.stop.is_set():
+            run.finish("cancelled", "Cancelled before it started.")
+            yield tuple(gr.skip() for _ in range(MAX_MODELS + 3))  # the last run's images stay
+            return
         self.cache.set_offload(bool(low_vram))
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
-
-        def on_step(step, total, info):
-            phase = f" {info['phase']}" if "phase" in info else ""
-            progress((step, total), desc=f"{info['model']}{phase} ({len(results) + 1}/{len(models)})")
-
+        yield _outputs(names, results, files, req.seed)  # every column visible and empty: its header shows progress
         try:
-            for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
-                                            on_step=on_step, should_stop=stop.is_set):
+            for result in iter_side_by_side(self.cache, specs, req, roots=model_roots(), loras=loras,
+                                            on_step=run.on_step, should_stop=run.stop.is_set):
                 results.append(result)
                 if result.error:
-                    gr.Warning(f"{result.model}: {result.error}")
-                files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
-                yield _outputs(models, results, files)
-        except GenerationCancelled:
-            gr.Warning("Generation cancelled")
-        except ValueError as err:  # a name that does not resolve: nothing ran
-            raise gr.Error(str(err)) from err
+                    run.finish_column(result.model, "failed", result.error)
+                else:
+                    run.finish_column(result.model, "done", _made(result))
+                    files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
+                yield _outputs(names, results, files, req.seed)
+        except GenerationCancelled as stop:
+            model = stop.model or names[len(results)]
+            results.append(GenerateResult(model, stop.images, req.seed, req, None, [], loras.get(model, []),
+                                          error=f"cancelled at step {stop.step}/{stop.total}", cancelled=True))
+            partial = "partial image below (not saved)" if stop.images else "nothing decoded"
+            run.finish_column(model, "cancelled", f"cancelled at step {stop.step}/{stop.total}: {partial}")
+            run.finish("cancelled", cancel_message(model, stop.step, stop.total))
+            yield _outputs(names, results, files, req.seed)
+        finally:
+            failed = [r.model for r in results if r.error and not r.cancelled]
+            run.finish("done", f"Done: {len(results) - len(failed)} of {len(names)} models"
+                       + (f"; failed: {', '.join(failed)} (see its column)" if failed else "") + ".")
 
 
-def _outputs(models, results, files):
+def _made(result: GenerateResult) -> str:
+    s, im = result.stats, result.images[0]
+    return f"{len(result.images)} image(s), {im.width}×{im.height}, {s.latency_s:.2f} s · seed {result.seed}"
+
+
+def _outputs(models: list[str], results: list[GenerateResult], files: list[str], seed: int):
     galleries = []
     for i in range(MAX_MODELS):
-        if i < len(results) and results[i].error:
-            galleries.append(gr.Gallery(value=None, label=f"{results[i].model} — failed (see the table)",
-                                        visible=True))
-        elif i < len(results):
-            r, shown = results[i], []
-            for j, im in enumerate(r.images):
-                big, zoom = display_image(im)
-                shown.append((big, f"{r.model} · seed {r.seed + j} · {im.width}×{im.height}"
-                                   + (f" shown at {zoom}×" if zoom > 1 else "")))
-            galleries.append(gr.Gallery(value=shown, label=r.model, visible=True, columns=min(len(shown), 2)))
-        else:
-            galleries.append(gr.Gallery(value=None, label=models[i] if i < len(models) else "",
-                                        visible=i < len(models)))
-    seed = results[0].seed if results else None
+        if i >= len(models):
+            galleries.append(gr.Gallery(value=None, label="", visible=False))
+            continue
+        r = results[i] if i < len(results) else None
+        if r is None or not r.images:
+            label = models[i] if r is None else f"{r.model}: failed (the reason is above)"
+            galleries.append(gr.Gallery(value=None, label=label, visible=True))
+            continue
+        shown, lora = [], lora_label(r.loras)
+        for j, im in enumerate(r.images):
+            big, zoom = display_image(im)
+            caption = f"seed {r.seed + j}" + (f" · {lora}" if lora else "")  # the seed first: never the part cut off
+            shown.append((big, ("partial, not saved · " if r.cancelled else "") + caption))
+        zoom_note = f" · {r.images[0].width}×{r.images[0].height}" + (f" shown at {zoom}×" if zoom > 1 else "")
+        galleries.append(gr.Gallery(value=shown, label=("partial: " if r.cancelled else "") + r.model + zoom_note,
+                                    visible=True, columns=min(len(shown), 2)))
     return (*galleries, stats_rows(results), files, seed)
 
 
@@ -240,14 +266,28 @@ def api_parameters() -> list[str]:
     return [p for p in params if p not in ("self", "request", "progress")]
 
 
-def on_cancel(request: gr.Request) -> str:
-    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
-    return "cancelling…"
+def model_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registry model; the label marks models whose weights (or their base's) are not on
+    this machine, which load from the Hugging Face hub on first use."""
+    specs = {s.name: s for s in list_models()}
+
+    def local(spec) -> bool:
+        return is_available_offline(spec) and (spec.base not in specs or is_available_offline(specs[spec.base]))
+
+    return [(name if local(spec) else f"{name} ({NOT_LOCAL})", name) for name, spec in specs.items()]
 
 
 def on_list_models() -> dict:
     """Current registry (exported students and fine-tunes appear without a restart)."""
-    return gr.Dropdown(choices=[s.name for s in list_models()])
+    return gr.Dropdown(choices=model_choices())
+
+
+def on_reuse_seed(seed_used):
+    """The last run's seed into the seed box; before any run there is none (the box is left as it is)."""
+    if seed_used is None:
+        gr.Info("No seed yet: generate first, then reuse the seed it used.")
+        return gr.skip()
+    return seed_used
 
 
 def on_list_loras() -> dict:
@@ -278,7 +318,9 @@ def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Compon
         with gr.Row():
             w["lora_scale"] = gr.Slider(-MAX_SCALE, MAX_SCALE, value=1.0, step=0.05, label="LoRA scale (0 = off)")
             w["lora_models"] = gr.Dropdown(model_names, value=[], multiselect=True, allow_custom_value=True,
-                                           label="Apply to (empty = every selected model)")
+                                           label="Apply to (empty = every selected model it fits)",
+                                           info="a LoRA fits the UNet architecture it was made for; a teacher's LoRA "
+                                                "on a student needs porting (the column says how)")
     refresh.click(on_list_loras, None, w["lora"], api_name="list_loras")
     return w
 
@@ -289,34 +331,61 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     first = default_model()
     defaults = model_defaults(first)
     widgets: dict[str, gr.components.Component] = {}
+    first_step(f"Pick up to {MAX_MODELS} models, type a prompt and press **Generate**: each model fills its own "
+               "column as it finishes (the demo family runs offline on a CPU in seconds).")
     with gr.Row():
-        widgets["models"] = gr.Dropdown(names, value=[first], multiselect=True, max_choices=MAX_MODELS,
-                                        label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
+        widgets["models"] = gr.Dropdown(model_choices(), value=[first], multiselect=True, max_choices=MAX_MODELS,
+                                        label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4,
+                                        info=f"“{NOT_LOCAL}”: its weights are not on this machine; they download "
+                                             "from the Hugging Face hub on first use (several GB, needs internet)")
         refresh = gr.Button("↻ models", scale=0)
     defaults_md = gr.Markdown(defaults_info([first], []))
     applied = gr.State(defaults)
     widgets.update(build_request_widgets(defaults))
     widgets.update(build_memory_widgets())
     widgets.update(build_lora_widgets(names))
+    with gr.Row(equal_height=True):
+        go = gr.Button("Generate", variant="primary", scale=1, elem_id="gen-go")
+        cancel = gr.Button("Cancel", variant="stop", scale=0, min_width=120, elem_id="gen-cancel")
+        status = gr.Markdown(elem_id="gen-status")
     with gr.Row():
-        go = gr.Button("Generate", variant="primary")
-        cancel = gr.Button("Cancel", variant="stop")
-    with gr.Row():
-        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=1, height="auto",
-                                object_fit="scale-down", format="png",
-                                elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
+        headers, galleries = [], []
+        for i in range(MAX_MODELS):
+            with gr.Column(min_width=160):
+                headers.append(gr.HTML(elem_id=f"gen-col-{i}", padding=False))
+                galleries.append(gr.Gallery(label=first if i == 0 else "", visible=i == 0, columns=1, height="auto",
+                                            object_fit="scale-down", format="png", elem_id=f"gallery-{i}"))
     stats = gr.Dataframe(headers=STATS_COLUMNS, label=STATS_CAPTION, interactive=False, wrap=True)
     with gr.Row():
         files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
         with gr.Column():
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+            seed_used = gr.Number(label="Seed used (empty until a run)", precision=0, interactive=False)
             reuse = gr.Button("♻ reuse seed")
-            status = gr.Markdown()
+    gr.HTML(f"<style>{CSS}</style>", padding=False, container=False)
+    handlers = GenerateHandlers(cache)
+    board = handlers.board
+    token = gr.State(None)  # the click's run, followed by the watcher (server side)
+
+    def on_queue(request: gr.Request) -> str:
+        return board.queue(request.session_hash or "anon")
+
+    async def on_watch(run_token: str | None):
+        async for shown in watch(board, run_token):
+            yield shown
+
+    def on_cancel(request: gr.Request) -> str:
+        return board.cancel(request.session_hash or "anon")
+
     inputs = [widgets[name] for name in api_parameters()]
-    event = go.click(gpu_task(GenerateHandlers(cache).on_generate), inputs, [*galleries, stats, files, seed_used],
-                     api_name="generate", **lane("gpu"))
-    cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
-    reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
+    queued = go.click(on_queue, None, token, api_name=False, show_progress="hidden", concurrency_limit=None,
+                      concurrency_id="generate-status")
+    queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used], api_name="generate",
+                show_progress="hidden", **lane("gpu"))
+    queued.then(on_watch, token, [status, *headers], api_name=False, show_progress="hidden", concurrency_limit=None,
+                concurrency_id="generate-status")
+    cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden", concurrency_limit=None,
+                 concurrency_id="generate-status")
+    reuse.click(on_reuse_seed, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, widgets["models"], api_name="list_models")
     models, lora_models = widgets["models"], widgets["lora_models"]
     models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
