@@ -94,7 +94,7 @@ def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     w["prompt"] = gr.Textbox(label="Prompt", lines=2, value="a red circle on a blue background")
     w["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=1, value=defaults["negative_prompt"])
     with gr.Row():
-        w["seed"] = gr.Number(label="Seed (empty or -1 = random)", value=None, precision=0, placeholder="random")
+        w["seed"] = gr.Number(label="Seed (-1 = random)", value=-1, precision=0)
         w["steps"] = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
         w["guidance"] = gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale")
     with gr.Row():
@@ -130,7 +130,7 @@ def request_from_values(values: dict) -> GenerateRequest:
     values = dict(values)
     for name in ("seed", "steps", "batch_size", "width", "height"):
         values[name] = int(values[name]) if values[name] is not None else None
-    values["seed"] = -1 if values["seed"] is None else values["seed"]  # an empty seed box: random
+    values["seed"] = -1 if values["seed"] is None else values["seed"]  # an emptied seed box: random
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
@@ -358,9 +358,10 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     stats = gr.Dataframe(headers=STATS_COLUMNS, label=STATS_CAPTION, interactive=False, wrap=True)
     with gr.Row():
         files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
-        with gr.Column():
-            seed_used = gr.Number(label="Seed used (empty until a run)", precision=0, interactive=False)
-            reuse = gr.Button("♻ reuse seed")
+        with gr.Column():  # shown once a run has a seed: before that there is nothing to reuse
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False,
+                                  elem_id="gen-seed-used")
+            reuse = gr.Button("♻ reuse seed", visible=False, elem_id="gen-reuse-seed")
     gr.HTML(f"<style>{CSS}</style>", padding=False, container=False)
     handlers = GenerateHandlers(cache)
     board = handlers.board
@@ -371,7 +372,8 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
 
     async def on_watch(run_token: str | None):
         async for shown in watch(board, run_token):
-            yield shown
+            started = board.get(run_token) is not None and bool(board.get(run_token).columns)
+            yield (*shown, *(gr.update(visible=True) if started else gr.skip() for _ in range(2)))
 
     def on_cancel(request: gr.Request) -> str:
         return board.cancel(request.session_hash or "anon")
@@ -381,7 +383,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
                       concurrency_id="generate-status")
     queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used], api_name="generate",
                 show_progress="hidden", **lane("gpu"))
-    queued.then(on_watch, token, [status, *headers], api_name=False, show_progress="hidden", concurrency_limit=None,
+    queued.then(on_watch, token, [status, *headers, seed_used, reuse], api_name=False, show_progress="hidden", concurrency_limit=None,
                 concurrency_id="generate-status")
     cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden", concurrency_limit=None,
                  concurrency_id="generate-status")

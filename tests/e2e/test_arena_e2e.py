@@ -72,7 +72,7 @@ def test_local_battle_vote_leaderboard(local_studio, page):
     page.get_by_role("tab", name="Leaderboard").click()
     page.wait_for_function("(names) => names.every((n) => document.querySelector('#arena-leaderboard').innerText"
                            ".includes(n))", arg=shown)
-    assert "1 votes" in page.locator("#arena-summary").inner_text()
+    assert "1 vote ·" in page.locator("#arena-summary").inner_text()
 
 
 def test_public_battle_hides_names_and_seed_until_the_vote(public_studio, page):

@@ -11,7 +11,8 @@ from PIL import Image
 from studio.arena import ArenaConfig, build_cache
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
-from studio.ui.arena_tab import CACHE_NOTE, POOL_ENV, build_arena_tab, default_pool
+from studio.arena_service import CACHE_NOTE, POOL_ENV, default_pool
+from studio.ui.arena_tab import build_arena_tab
 from tests.studio.ui import free_port
 
 POOL = ["tiny-base", "tiny-student"]
@@ -167,7 +168,7 @@ def test_visitor_text_is_inert_markdown():
                                          ('{"width": 4096}', "STUDIO_MAX_SIZE"), ('{"steps": 31}', "STUDIO_MAX_STEPS")])
 def test_arena_settings_from_the_environment_are_checked(monkeypatch, value, match):
     from studio.hosting import Caps
-    from studio.ui.arena_tab import SETTINGS_ENV, env_settings
+    from studio.arena_service import SETTINGS_ENV, env_settings
 
     monkeypatch.setenv(SETTINGS_ENV, value)
     with pytest.raises(ValueError, match=match):

@@ -27,7 +27,7 @@ from studio.hosting import Caps, Hosting, persistent_dir
 from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui import PUBLIC_TOOLS, build_app, launch
-from studio.ui.arena_tab import POOL_ENV, arena_dir, persistence_note
+from studio.arena_service import POOL_ENV, arena_dir, persistence_note
 from tests.studio.ui import free_port
 from tests.studio.ui.probe import RawVisitor
 
