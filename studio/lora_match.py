@@ -163,7 +163,7 @@ def plan_loras(specs: list[ModelSpec], ref: LoraRef | None, targets: list[str] |
             loras[spec.name], notes[spec.name] = [ref], LoraNote(label)
         elif chosen:
             loras[spec.name] = [ref]
-            notes[spec.name] = LoraNote(f"{label}, applied as asked although {_lower(fit.reason)}", True)
+            notes[spec.name] = LoraNote(f"{label}, applied as asked, although it does not fit: {fit.reason}", True)
         else:
             notes[spec.name] = LoraNote(f"LoRA not applied. {fit.reason}." + (f" Port it: `{fit.port}`" if fit.port
                                                                                else ""), True)
@@ -176,7 +176,3 @@ def _shown(path: Path) -> str:
         return hosting.display_path(path)
     path = Path(path).resolve()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
-
-
-def _lower(text: str) -> str:
-    return text[:1].lower() + text[1:]

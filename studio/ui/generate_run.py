@@ -113,7 +113,8 @@ class RunBoard:
         with self._lock:
             tokens = self._queued.get(session)
             run = self._runs[tokens.popleft()] if tokens else Run()
-            run.state, run.started_at = "running", time.time()
+            if not run.finished:  # a run cancelled in the queue stays cancelled
+                run.state, run.started_at = "running", time.time()
             self._active[session] = run
             return run
 
@@ -122,9 +123,9 @@ class RunBoard:
 
     def cancel(self, session: str) -> str:
         """Stop the session's running generation after its current step, and every one it has queued."""
-        with self._lock:
+        with self._lock:  # queued tokens stay queued: /generate pops each and finds it cancelled
             active = self._active.get(session)
-            queued = [self._runs[t] for t in self._queued.pop(session, ())]
+            queued = [self._runs[t] for t in self._queued.get(session, ()) if not self._runs[t].finished]
         for run in queued:
             run.stop.set()
             run.finish("cancelled", "Cancelled before it started.")

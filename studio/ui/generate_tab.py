@@ -185,6 +185,9 @@ class GenerateHandlers:
         partial image (marked, not saved).
         """
         run = self.board.start(request.session_hash or "anon")
+        if run.stop.is_set():  # cancelled while it waited in the queue
+            yield tuple(gr.skip() for _ in range(MAX_MODELS + 3))  # the last run's images stay
+            return
         try:
             names = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
@@ -201,10 +204,6 @@ class GenerateHandlers:
         run.columns = [Column(s.name, lora=notes[s.name].text, lora_warning=notes[s.name].warning) if s.name in notes
                        else Column(s.name) for s in specs]
         names = [s.name for s in specs]
-        if run.stop.is_set():
-            run.finish("cancelled", "Cancelled before it started.")
-            yield tuple(gr.skip() for _ in range(MAX_MODELS + 3))  # the last run's images stay
-            return
         self.cache.set_offload(bool(low_vram))
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
