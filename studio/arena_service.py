@@ -132,7 +132,7 @@ def prompt_hint(prompt: str | None, pool: list[str]) -> str:
     if not unknown or not is_demo_pool(pool):
         return ""
     shown = ", ".join(unknown[:6]) + (" …" if len(unknown) > 6 else "")
-    return (f"The demo models only know coloured shapes: “a <colour> <shape> on a <colour> background” "
+    return (f"The demo models only know coloured shapes: `a <colour> <shape> on a <colour> background` "
             f"(colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}). Words they never saw ({shown}) make "
             "both images blobs. Use **Draw a prompt** (category *shapes*) for a prompt they know.")
 

@@ -146,8 +146,9 @@ def stats_rows(results: list[GenerateResult]) -> list[list]:
     first = done[0].stats.latency_s if done else None
     rows = []
     for r in results:
-        if r.error:  # the first sentence (the whole message is in result.error, the UI's column and the CLI)
-            first_sentence = r.error.split(". ")[0][:160]
+        if r.error:  # the start of it (the whole message is in result.error, the UI's column and the CLI)
+            first_sentence = r.error.split(". ")[0]
+            first_sentence = first_sentence if len(first_sentence) <= 60 else first_sentence[:59] + "…"
             note = first_sentence if r.cancelled else f"failed: {first_sentence}"
             rows.append([r.model, r.seed, None, None, None, None, None, None, None, note, lora_label(r.loras)])
             continue

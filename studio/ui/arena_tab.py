@@ -104,7 +104,8 @@ class ArenaHandlers:
 
     def on_prompt_change(self, prompt: str) -> str:
         """The shapes hint while a visitor types a prompt the demo pool does not know ('' otherwise)."""
-        return prompt_hint(prompt, self.service.pool())
+        hint = prompt_hint(prompt, self.service.pool())
+        return f"**Hint:** {hint}" if hint else ""
 
     def on_pool(self) -> str:
         return pool_line(self.service.pool())
@@ -189,7 +190,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
     categories = [ALL, *service.categories()]
     default_category = DEMO_CATEGORY if service.fixed_pool is None and DEMO_CATEGORY in categories else ALL
     with gr.Tab("Battle", elem_id="arena-battle") as battle_tab:
-        first_step("press **New battle** (an empty prompt draws a curated one), compare the two images, then vote: "
+        first_step("Press **New battle** (an empty prompt draws a curated one), compare the two images, then vote: "
                    "the names appear after your vote.")
         gr.Markdown("**Blind arena** — two anonymous models draw the same prompt with the same seed. Vote for the "
                     "better image; the names are revealed after your vote (one vote per battle).")
@@ -218,7 +219,7 @@ def build_arena_tab(cache: ModelCache, *, pool: list[str] | None = None, db_path
         vote_api = gr.Button(visible=False)
         gr.HTML(f"<style>{IMAGE_CSS}</style>", padding=False, container=False)  # last: its empty block adds a gap
     with gr.Tab("Leaderboard", elem_id="arena-board") as board_tab:
-        first_step(f"open this tab after a few votes; a rating with fewer than {plural(service.min_votes, 'vote')} "
+        first_step(f"Vote in a few battles, then come back here; a rating with fewer than {plural(service.min_votes, 'vote')} "
                    "is marked provisional.")
         with gr.Row():
             board_category = gr.Dropdown([*categories, "custom"], value=ALL, label="Category")

@@ -38,6 +38,7 @@ CSS = """
 .gen-failed .gen-detail {color: #991b1b;}
 .gen-lora {font-size: 12px; margin-top: 4px; overflow-wrap: anywhere;}
 .gen-lora.gen-warn {color: #92400e; background: #fffbeb; border-radius: 4px; padding: 2px 6px;}
+.gen-column {max-width: 560px;}
 #gen-status {min-height: 0;} #gen-status p {margin: 0; font-weight: 600;}
 """
 BADGES = {"waiting": "waiting", "running": "running", "done": "done", "failed": "failed",

@@ -348,12 +348,13 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
         cancel = gr.Button("Cancel", variant="stop", scale=0, min_width=120, elem_id="gen-cancel")
         status = gr.Markdown(elem_id="gen-status")
     with gr.Row():
-        headers, galleries = [], []
+        headers, galleries, columns = [], [], []
         for i in range(MAX_MODELS):
-            with gr.Column(min_width=160):
+            with gr.Column(min_width=160, visible=i == 0, elem_classes=["gen-column"]) as col:  # one per model
                 headers.append(gr.HTML(elem_id=f"gen-col-{i}", padding=False))
-                galleries.append(gr.Gallery(label=first if i == 0 else "", visible=i == 0, columns=1, height="auto",
+                galleries.append(gr.Gallery(label=first if i == 0 else "", columns=1, height="auto",
                                             object_fit="scale-down", format="png", elem_id=f"gallery-{i}"))
+            columns.append(col)
     stats = gr.Dataframe(headers=STATS_COLUMNS, label=STATS_CAPTION, interactive=False, wrap=True)
     with gr.Row():
         files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
@@ -392,6 +393,8 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
                                                      value=[m for m in picked or [] if m in (chosen or [])]),
                   [models, lora_models], lora_models, api_name=False)
+    models.change(lambda chosen: [gr.Column(visible=i < len(chosen or [])) for i in range(MAX_MODELS)], models,
+                  columns, api_name=False, show_progress="hidden")
     models.change(on_models_change, [models, *(widgets[f] for f in DEFAULT_FIELDS), applied],
                   [*(widgets[f] for f in DEFAULT_FIELDS), applied, defaults_md], api_name=False)
     return [models, widgets["lora"]]
