@@ -19,11 +19,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from studio import hosting as hosting_mod
-from studio.compare import MAX_MODELS
+import gradio as gr
+from PIL import Image
 
+from studio import hosting as hosting_mod
+from studio.compare import MAX_MODELS, lora_label, stats_rows
+from studio.generation import GenerateResult
+
+DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
 POLL_S = 0.25  # how often the watcher looks at a run
-KEEP_S = 3600  # finished runs are forgotten after this long
+KEEP_S = 3600  # finished runs are forgotten after this long (unfinished ones after 6 × this)
+MAX_QUEUED = 8  # queued clicks per browser session; older ones are dropped (a flood of clicks holds no memory)
 CSS = """
 .gen-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 10px; min-height: 64px;}
 .gen-col-title {display: flex; justify-content: space-between; gap: 8px; font-weight: 600;}
@@ -65,6 +71,7 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     finished_at: float | None = None
     started_at: float | None = None
+    created_at: float = field(default_factory=time.time)
 
     def column(self, model: str) -> Column | None:
         return next((c for c in self.columns if c.model == model), None)
@@ -106,7 +113,13 @@ class RunBoard:
             self._prune()
             token = secrets.token_hex(8)
             self._runs[token] = Run()
-            self._queued.setdefault(session, deque()).append(token)
+            queued = self._queued.setdefault(session, deque())
+            queued.append(token)
+            while len(queued) > MAX_QUEUED:
+                dropped = self._runs.get(queued.popleft())
+                if dropped is not None:
+                    dropped.stop.set()
+                    dropped.finish("cancelled", "Dropped: too many generations queued at once.")
             return token
 
     def start(self, session: str) -> Run:
@@ -136,9 +149,14 @@ class RunBoard:
         return "Cancelled before it started." if queued else "Nothing is running."
 
     def _prune(self) -> None:
-        old = time.time() - KEEP_S
-        for token in [t for t, r in self._runs.items() if r.finished_at is not None and r.finished_at < old]:
+        now = time.time()
+        for token in [t for t, r in self._runs.items() if (r.finished_at or now) < now - KEEP_S
+                      or r.created_at < now - 6 * KEEP_S]:
             del self._runs[token]
+        live = set(map(id, self._runs.values()))
+        self._active = {s: r for s, r in self._active.items() if id(r) in live}
+        self._queued = {s: d for s, d in ((s, deque(t for t in d if t in self._runs)) for s, d in self._queued.items())
+                        if d}
 
 
 def cancel_message(model: str, step: int, total: int) -> str:
@@ -208,3 +226,43 @@ async def watch(board: RunBoard, token: str | None, max_s: float = 6 * 3600):
         if run is None or run.finished:
             return
         await asyncio.sleep(POLL_S)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the /generate outputs: one gallery per column, the stats, the files, the seed
+
+
+def display_image(image: Image.Image) -> tuple[Image.Image, int]:
+    """A small image enlarged by a whole number (≤ MAX_ZOOM, nearest neighbour: pixels stay sharp) toward
+    DISPLAY_PX; large ones unchanged (the gallery fits them to the column). Returns (image, zoom)."""
+    zoom = max(1, min(MAX_ZOOM, DISPLAY_PX // max(image.size)))
+    if zoom == 1:
+        return image, 1
+    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST), zoom
+
+
+def made_text(result: GenerateResult) -> str:
+    s, im = result.stats, result.images[0]
+    return f"{len(result.images)} image(s), {im.width}×{im.height}, {s.latency_s:.2f} s · seed {result.seed}"
+
+
+def run_outputs(models: list[str], results: list[GenerateResult], files: list[str], seed: int):
+    galleries = []
+    for i in range(MAX_MODELS):
+        if i >= len(models):
+            galleries.append(gr.Gallery(value=None, label="", visible=False))
+            continue
+        r = results[i] if i < len(results) else None
+        if r is None or not r.images:
+            label = models[i] if r is None else f"{r.model}: failed (the reason is above)"
+            galleries.append(gr.Gallery(value=None, label=label, visible=True))
+            continue
+        shown, lora = [], lora_label(r.loras)
+        for j, im in enumerate(r.images):
+            big, zoom = display_image(im)
+            caption = f"seed {r.seed + j}" + (f" · {lora}" if lora else "")  # the seed first: never the part cut off
+            shown.append((big, ("partial, not saved · " if r.cancelled else "") + caption))
+        zoom_note = f" · {r.images[0].width}×{r.images[0].height}" + (f" shown at {zoom}×" if zoom > 1 else "")
+        galleries.append(gr.Gallery(value=shown, label=("partial: " if r.cancelled else "") + r.model + zoom_note,
+                                    visible=True, columns=min(len(shown), 2)))
+    return (*galleries, stats_rows(results), files, seed)

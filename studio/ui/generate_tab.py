@@ -17,10 +17,8 @@ import time
 from dataclasses import replace
 
 import gradio as gr
-from PIL import Image
 
-from studio.compare import (MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, lora_label,
-                            stats_rows)
+from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side
 from studio.generation import (MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerateResult,
                                GenerationCancelled)
 from studio.hosting import deliverable, gpu_task
@@ -32,7 +30,7 @@ from studio.registry import VAES, default_model, get_spec, is_available_offline,
 from studio.resolve import resolve_spec
 from studio.schedulers import SCHEDULERS
 from studio.ui.access import lane
-from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, watch
+from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, made_text, run_outputs, watch
 from studio.ui.help import first_step
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
@@ -44,7 +42,6 @@ SIZE_PRESETS = {
 LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parameters (after the request fields)
 MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
 DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt")  # taken from the registry when the model set changes
-DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
 NOT_LOCAL = "download needed"  # the mark of a model whose weights are not on this machine
 
 
@@ -154,15 +151,6 @@ def find_loras() -> list[tuple[str, str]]:
     return [(label, path) for path, label in found.items()]
 
 
-def display_image(image: Image.Image) -> tuple[Image.Image, int]:
-    """A small image enlarged by a whole number (≤ MAX_ZOOM, nearest neighbour: pixels stay sharp) toward
-    DISPLAY_PX; large ones unchanged (the gallery fits them to the column). Returns (image, zoom)."""
-    zoom = max(1, min(MAX_ZOOM, DISPLAY_PX // max(image.size)))
-    if zoom == 1:
-        return image, 1
-    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST), zoom
-
-
 class GenerateHandlers:
     """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and the board of
     runs the tab's watcher shows."""
@@ -207,7 +195,7 @@ class GenerateHandlers:
         self.cache.set_offload(bool(low_vram))
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
-        yield _outputs(names, results, files, req.seed)  # every column visible and empty: its header shows progress
+        yield run_outputs(names, results, files, req.seed)  # every column visible and empty: its header shows progress
         try:
             for result in iter_side_by_side(self.cache, specs, req, roots=model_roots(), loras=loras,
                                             on_step=run.on_step, should_stop=run.stop.is_set):
@@ -215,9 +203,9 @@ class GenerateHandlers:
                 if result.error:
                     run.finish_column(result.model, "failed", result.error)
                 else:
-                    run.finish_column(result.model, "done", _made(result))
+                    run.finish_column(result.model, "done", made_text(result))
                     files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
-                yield _outputs(names, results, files, req.seed)
+                yield run_outputs(names, results, files, req.seed)
         except GenerationCancelled as stop:
             model = stop.model or names[len(results)]
             results.append(GenerateResult(model, stop.images, req.seed, req, None, [], loras.get(model, []),
@@ -225,38 +213,11 @@ class GenerateHandlers:
             partial = "partial image below (not saved)" if stop.images else "nothing decoded"
             run.finish_column(model, "cancelled", f"cancelled at step {stop.step}/{stop.total}: {partial}")
             run.finish("cancelled", cancel_message(model, stop.step, stop.total))
-            yield _outputs(names, results, files, req.seed)
+            yield run_outputs(names, results, files, req.seed)
         finally:
             failed = [r.model for r in results if r.error and not r.cancelled]
             run.finish("done", f"Done: {len(results) - len(failed)} of {len(names)} models"
                        + (f"; failed: {', '.join(failed)} (see its column)" if failed else "") + ".")
-
-
-def _made(result: GenerateResult) -> str:
-    s, im = result.stats, result.images[0]
-    return f"{len(result.images)} image(s), {im.width}×{im.height}, {s.latency_s:.2f} s · seed {result.seed}"
-
-
-def _outputs(models: list[str], results: list[GenerateResult], files: list[str], seed: int):
-    galleries = []
-    for i in range(MAX_MODELS):
-        if i >= len(models):
-            galleries.append(gr.Gallery(value=None, label="", visible=False))
-            continue
-        r = results[i] if i < len(results) else None
-        if r is None or not r.images:
-            label = models[i] if r is None else f"{r.model}: failed (the reason is above)"
-            galleries.append(gr.Gallery(value=None, label=label, visible=True))
-            continue
-        shown, lora = [], lora_label(r.loras)
-        for j, im in enumerate(r.images):
-            big, zoom = display_image(im)
-            caption = f"seed {r.seed + j}" + (f" · {lora}" if lora else "")  # the seed first: never the part cut off
-            shown.append((big, ("partial, not saved · " if r.cancelled else "") + caption))
-        zoom_note = f" · {r.images[0].width}×{r.images[0].height}" + (f" shown at {zoom}×" if zoom > 1 else "")
-        galleries.append(gr.Gallery(value=shown, label=("partial: " if r.cancelled else "") + r.model + zoom_note,
-                                    visible=True, columns=min(len(shown), 2)))
-    return (*galleries, stats_rows(results), files, seed)
 
 
 def api_parameters() -> list[str]:

@@ -9,6 +9,7 @@ from tests.e2e.conftest import shot
 
 STEPS = int(os.environ.get("STUDIO_E2E_STEPS", "2"))  # demo models at 64 px: seconds per model on a CPU (the
 # README's screenshots: STUDIO_E2E_STEPS=20, the demo family's default, where the shapes are drawn)
+WAIT_S = 120 * max(1, STEPS // 4)
 
 
 def open_generate(page, url: str, models: list[str], labels: dict | None = None, steps: int = STEPS) -> None:
@@ -35,12 +36,12 @@ def column(page, i: int) -> str:
     return page.locator(f"#gen-col-{i}").inner_text()
 
 
-def wait_column(page, i: int, text: str, timeout_s: float = 120) -> None:
+def wait_column(page, i: int, text: str, timeout_s: float = WAIT_S) -> None:
     page.wait_for_function("([i, t]) => (document.querySelector('#gen-col-' + i) || {innerText: ''}).innerText"
                            ".includes(t)", arg=[i, text], timeout=timeout_s * 1000)
 
 
-def wait_status(page, text: str, timeout_s: float = 120) -> None:
+def wait_status(page, text: str, timeout_s: float = WAIT_S) -> None:
     page.wait_for_function("(t) => document.querySelector('#gen-status').innerText.includes(t)", arg=text,
                            timeout=timeout_s * 1000)
 

@@ -113,6 +113,16 @@ def test_reuse_seed_before_any_run_changes_nothing():
     assert isinstance(on_reuse_seed(None), type(gr.skip())) and on_reuse_seed(1234) == 1234
 
 
+def test_a_flood_of_clicks_holds_a_bounded_number_of_runs():
+    from studio.ui.generate_run import MAX_QUEUED
+
+    board = RunBoard()
+    tokens = [board.queue("flood") for _ in range(MAX_QUEUED + 5)]
+    assert len(board._queued["flood"]) == MAX_QUEUED
+    assert board.get(tokens[0]).finished and "too many" in board.get(tokens[0]).message
+    assert not board.get(tokens[-1]).finished
+
+
 def test_the_watcher_follows_its_run_until_it_ends():
     import asyncio
 
