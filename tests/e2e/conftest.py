@@ -78,7 +78,7 @@ def page(browser, request):
     """A fresh page (its own cookies) whose final state is saved as a screenshot after the test, pass or fail."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
-    page.set_default_timeout(600_000)
+    page.set_default_timeout(60_000)
     page.shot_prefix = f"{request.module.__name__.split('.')[-1]}-{request.node.name}"
     yield page
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
