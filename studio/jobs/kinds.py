@@ -81,3 +81,62 @@ def registry_name_of(teachers) -> str:
         if spec.source_kind == "folder" and Path(spec.source).resolve() == target:
             return spec.name
     return ""
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _download_hint(path: str, config: dict) -> str:
+    """How to get a teacher folder: the hub download of the config's ``base_name`` when the registry knows it."""
+    from studio.registry import get_spec
+
+    try:
+        spec = get_spec(config.get("base_name", ""))
+    except ValueError:
+        spec = None
+    if spec is not None and spec.source_kind == "hub":
+        return f"download it with `huggingface-cli download {spec.source} --local-dir {path}`, or point teachers " \
+               f"at your local copy"
+    return "point teachers at a local diffusers pipeline folder"
+
+
+def missing_for(kind: str, config: dict, *, cuda: bool | None = None) -> list[str]:
+    """Everything a config needs that this machine lacks, each with how to get it (unlike validation, which stops at
+    the first problem): teacher / base model folders or downloads, the data set, a CUDA GPU for mixed precision.
+    ``cuda`` defaults to ``torch.cuda.is_available()``. [] when nothing is missing."""
+    from studio.registry import get_spec, is_available_offline
+    from studio.train_config.distill import parse_teachers
+
+    out = []
+    if kind == "distill":
+        teachers = config.get("teachers") or []
+        for t in parse_teachers(teachers) if isinstance(teachers, str) else teachers:
+            path = t["path"] if isinstance(t, dict) else str(t)
+            if not (Path(path) / "model_index.json").exists():
+                out.append(f"teacher `{path}` is not on this machine: {_download_hint(path, config)}")
+    elif kind == "lora":
+        base = str(config.get("base_model", ""))
+        try:
+            spec = get_spec(base)
+        except ValueError:
+            spec = None
+        if spec is not None and not is_available_offline(spec):
+            out.append(f"base model `{base}` is not downloaded: `huggingface-cli download {spec.source}` first (the "
+                       f"job would download it at start, which needs the hub), or set base_model to a local folder")
+    dataset = str(config.get("dataset", "demo" if kind == "distill" else ""))
+    if dataset and dataset != "demo" and not dataset.startswith(("hf:", "demo:")) and \
+            not (Path(dataset) / "metadata.jsonl").exists():
+        column = config.get("caption_column", "text")
+        out.append(f"data set folder `{dataset}` is missing: put the images there with a metadata.jsonl (one "
+                   f"{{\"file_name\": ..., \"{column}\": ...}} per line), or use `hf:<dataset name>`")
+    precision = config.get("mixed_precision", "no")
+    if precision != "no" and not (_has_cuda() if cuda is None else cuda):
+        out.append(f"this machine has no CUDA GPU, and mixed_precision `{precision}` needs one: run this preset on a "
+                   f"GPU machine (`accelerate launch -m {cli_module(kind)} --config <file>`), or set mixed_precision "
+                   f"to `no` (a CPU run at full resolution would take days)")
+    return out
