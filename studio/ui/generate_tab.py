@@ -205,6 +205,8 @@ class GenerateHandlers:
                 else:
                     run.finish_column(result.model, "done", made_text(result))
                     files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
+                if len(results) == len(names):  # the last model: the status says so with its images, not after
+                    run.finish("done", _summary(results, names))
                 yield run_outputs(names, results, files, req.seed)
         except GenerationCancelled as stop:
             model = stop.model or names[len(results)]
@@ -215,9 +217,13 @@ class GenerateHandlers:
             run.finish("cancelled", cancel_message(model, stop.step, stop.total))
             yield run_outputs(names, results, files, req.seed)
         finally:
-            failed = [r.model for r in results if r.error and not r.cancelled]
-            run.finish("done", f"Done: {len(results) - len(failed)} of {len(names)} models"
-                       + (f"; failed: {', '.join(failed)} (see its column)" if failed else "") + ".")
+            run.finish("done", _summary(results, names))
+
+
+def _summary(results: list[GenerateResult], names: list[str]) -> str:
+    failed = [r.model for r in results if r.error and not r.cancelled]
+    return (f"Done: {len(results) - len(failed)} of {len(names)} models"
+            + (f"; failed: {', '.join(failed)} (see its column)" if failed else "") + ".")
 
 
 def api_parameters() -> list[str]:
@@ -328,7 +334,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     board = handlers.board
     token = gr.State(None)  # the click's run, followed by the watcher (server side)
 
-    def on_queue(request: gr.Request) -> str:
+    async def on_queue(request: gr.Request) -> str:  # async: never waits for a worker thread
         return board.queue(request.session_hash or "anon")
 
     async def on_watch(run_token: str | None):
@@ -336,7 +342,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             started = board.get(run_token) is not None and bool(board.get(run_token).columns)
             yield (*shown, *(gr.update(visible=True) if started else gr.skip() for _ in range(2)))
 
-    def on_cancel(request: gr.Request) -> str:
+    async def on_cancel(request: gr.Request) -> str:  # async: a cancel must not queue behind busy worker threads
         return board.cancel(request.session_hash or "anon")
 
     inputs = [widgets[name] for name in api_parameters()]
