@@ -16,7 +16,7 @@ from studio.hosting import Caps, Hosting
 from studio.loading import ModelCache
 from studio.paths import data_dir
 from studio.ui import build_app, launch
-from studio.ui.arena_tab import POOL_ENV
+from studio.arena_service import POOL_ENV
 from tests.studio.ui import free_port
 
 POOL = ["pub-teacher", "pub-student"]  # the tests' tiny family at 3 steps (a battle in about a second)
