@@ -1,8 +1,9 @@
 """Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
 
 UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest fields (``studio.ui.fields.handler_fields``), then the LoRA
-section (``LORA_FIELDS``) and the memory options (``MEMORY_FIELDS``), in the order of its signature (the API order;
-new parameters go last, with defaults). Choosing models applies the first model's defaults from the registry (steps,
+section (``LORA_FIELDS``), the memory options (``MEMORY_FIELDS``) and the speed options (``SPEED_FIELDS``), in the
+order of its signature (the API order; new parameters go last, with defaults). Each speed option shows its measured
+effect, read from the committed bench reports (``studio.bench.notes``). Choosing models applies the first model's defaults from the registry (steps,
 CFG, negative prompt; size = each model's native one) to every value the user has not changed.
 """
 from __future__ import annotations
@@ -14,13 +15,16 @@ import time
 import gradio as gr
 from PIL import Image
 
+from studio.bench.notes import option_notes
 from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
 from studio.loading import ModelCache, vae_status
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import VAES, default_model, get_spec, list_models
+from studio.reuse import MAX_INTERVAL
 from studio.schedulers import SCHEDULERS
+from studio.speed import ATTENTION, COMPILE, VAE_DECODE
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -30,6 +34,8 @@ SIZE_PRESETS = {
 }
 LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parameters (after the request fields)
 MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
+SPEED_FIELDS = ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse", "feature_reuse_branch",
+                "compile")  # then the speed options: request fields, and the cache's compile mode
 DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt")  # taken from the registry when the model set changes
 DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
@@ -105,10 +111,47 @@ def build_memory_widgets() -> dict[str, gr.components.Component]:
         with gr.Row():
             w["vae"] = gr.Dropdown([(f"{name} ({vae_status(name)})", name) for name in VAES], value="default",
                                    label="VAE", info="fp16-fix: SDXL's VAE that decodes in fp16 without the fp32 "
-                                                     "upcast (SDXL-class models)")
+                                                     "upcast; taesdxl: tiny preview decoder, fast, less detail "
+                                                     "(SDXL-class models)")
             w["low_vram"] = gr.Checkbox(False, label="Low VRAM (model CPU offload)",
                                         info="weights stay in CPU memory, one component at a time on the GPU: "
                                              "slower, fits smaller cards; no effect without a GPU")
+    return w
+
+
+def build_speed_widgets() -> dict[str, gr.components.Component]:
+    """The speed options (keyed by SPEED_FIELDS), each with what the committed bench measured for it."""
+    notes = option_notes()
+
+    def info(field: str, what: str) -> str:
+        return f"{what} — {notes.get(field, 'not measured yet')}"
+
+    w = {}
+    with gr.Accordion("Speed", open=False):
+        gr.Markdown("None is on by default: each costs speed or image fidelity somewhere. " + notes["source"])
+        with gr.Row():
+            w["feature_reuse"] = gr.Slider(1, MAX_INTERVAL, value=1, step=1, label="Feature reuse interval (1 = off)",
+                                           info=info("feature_reuse", "DeepCache-style: the deep UNet features are "
+                                                                      "recomputed every N steps and reused between"))
+            w["feature_reuse_branch"] = gr.Slider(0, 11, value=0, step=1, label="Reuse branch",
+                                                  info="skip branch recomputed on reused steps: 0 = shallowest "
+                                                       "(fastest); at most 3 × the UNet's levels − 1")
+        with gr.Row():
+            w["compile"] = gr.Dropdown(list(COMPILE), value="off", label="torch.compile (the UNet)",
+                                       info=info("compile", "regional = its transformer layers; the first call "
+                                                            "after a change compiles; stays on for every model"))
+            w["attention"] = gr.Dropdown(list(ATTENTION), value="sdpa", label="Attention",
+                                         info=info("attention", "sdpa = PyTorch's fused attention (default)"))
+        with gr.Row():
+            w["channels_last"] = gr.Checkbox(False, label="channels_last",
+                                             info=info("channels_last", "NHWC convolution weights for the call"))
+            w["fuse_qkv"] = gr.Checkbox(False, label="Fused QKV projections",
+                                        info=info("fuse_qkv", "one matmul for Q, K and V; not with a LoRA"))
+            w["vae_decode"] = gr.Dropdown(list(VAE_DECODE), value="auto", label="VAE decode",
+                                          info=info("vae_decode", "auto = one image at a time for batches, tiles "
+                                                                  "above 1.5 MP; tiled = lowest memory"))
+        gr.Markdown("Tiny preview VAE (taesdxl, in *Memory and precision*): " + notes.get("vae", "not measured yet")
+                    + ". Low VRAM: " + notes.get("low_vram", "not measured yet") + ".")
     return w
 
 
@@ -120,6 +163,9 @@ def request_from_values(values: dict) -> GenerateRequest:
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
+    for name in ("feature_reuse", "feature_reuse_branch"):
+        if values.get(name) is not None:
+            values[name] = int(values[name])
     return GenerateRequest(**values)
 
 
@@ -173,19 +219,26 @@ class GenerateHandlers:
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
                     init_image, strength: float, request: gr.Request, progress=gr.Progress(),
                     lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
-                    vae: str = "default", low_vram: bool = False):
+                    vae: str = "default", low_vram: bool = False, attention: str = "sdpa",
+                    channels_last: bool = False, fuse_qkv: bool = False, vae_decode: str = "auto",
+                    feature_reuse: float = 1, feature_reuse_branch: float = 0, compile: str = "off"):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
         then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to), the request's ``vae`` and
-        ``low_vram`` (model CPU offload). A model that fails shows its error; the other columns still finish.
+        ``low_vram`` (model CPU offload), then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's
+        compile mode. A model that fails shows its error; the other columns still finish.
         """
         try:
             models = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
-                                           height=height, init_image=init_image, strength=strength, vae=vae))
+                                           height=height, init_image=init_image, strength=strength, vae=vae,
+                                           attention=attention, channels_last=bool(channels_last),
+                                           fuse_qkv=bool(fuse_qkv), vae_decode=vae_decode,
+                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch))
             loras = lora_map(models, lora, lora_scale, lora_models)
+            self.cache.set_compile(compile or "off")
         except ValueError as err:
             raise gr.Error(str(err)) from err
         stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
@@ -233,7 +286,8 @@ def _outputs(models, results, files):
 
 
 def api_parameters() -> list[str]:
-    """on_generate's API parameters in order (what gradio_client passes): models, the request fields, LoRA, memory."""
+    """on_generate's API parameters in order (what gradio_client passes): models, the request fields, LoRA, memory,
+    speed."""
     params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
     return [p for p in params if p not in ("self", "request", "progress")]
 
@@ -296,6 +350,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     widgets.update(build_request_widgets(defaults))
     widgets.update(build_memory_widgets())
     widgets.update(build_lora_widgets(names))
+    widgets.update(build_speed_widgets())
     with gr.Row():
         go = gr.Button("Generate", variant="primary")
         cancel = gr.Button("Cancel", variant="stop")
