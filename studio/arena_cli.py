@@ -1,4 +1,4 @@
-"""Arena subcommands of the studio CLI: ``arena-cache``, ``arena-export`` and ``leaderboard``.
+"""Arena subcommands of the studio CLI: ``arena-cache``, ``arena-export``, ``leaderboard`` and ``arena-timing``.
 
     register(subparsers, generate_fn_factory=make_generate_fn)   # from studio/__main__.py; then args.func(args)
 
@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from studio.arena import DEFAULT_PROMPT_SET, GenerateFn, build_cache, export_votes, load_prompt_set, load_votes
+from studio.arena import (DEFAULT_PROMPT_SET, MAX_SEED, VOTER_POLICIES, Arena, ArenaConfig, GenerateFn, build_cache,
+                          export_votes, load_prompt_set, load_votes)
 from studio.ratings import LeaderboardRow, RatingConfig, leaderboard, parse_date
 
 GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
@@ -93,16 +97,53 @@ def run_cache(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory) 
     def progress(done: int, total: int) -> None:
         print(f"\rarena-cache: {done}/{total} images", end="\n" if done == total else "", flush=True)
 
-    index = build_cache(args.models, prompts, args.seeds, generate_fn_factory(args), args.cache_dir,
+    seeds = args.seeds or [random.SystemRandom().randrange(MAX_SEED + 1) for _ in range(args.num_seeds)]
+    index = build_cache(args.models, prompts, seeds, generate_fn_factory(args), args.cache_dir,
                         settings=args.settings, on_progress=progress)
     print(f"arena-cache: index written to {index}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write every vote of ``args.db`` to ``args.out`` (CSV or JSON)."""
-    n = export_votes(args.db, args.out, args.format)
-    print(f"arena-export: {n} votes written to {args.out}")
+    """Write every vote of ``args.db`` to ``args.out`` (CSV or JSON; voter pseudonyms per ``args.voters``)."""
+    n = export_votes(args.db, args.out, args.format, voters=args.voters)
+    print(f"arena-export: {n} votes written to {args.out} (voters: {args.voters})")
+    return 0
+
+
+def run_timing(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory) -> int:
+    """Benchmark: live battles of ``args.models`` with and without pacing, in one run; prints each pair's mean
+    latency and the spread between pairs (what a voter timing the response could read)."""
+    import statistics
+    import tempfile
+
+    generate_fn = generate_fn_factory(args)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pace in (False, True):
+            arena = Arena(Path(tmp) / f"timing-{pace}.db", args.models, generate_fn, prompts=load_prompt_set(),
+                          config=ArenaConfig(votes_per_minute=None, battles_per_minute=None, pace_live=pace,
+                                             save_images=False))
+            arena.new_battle(args.prompt, "bench", args.settings, seed=0)  # loads and calibrates every model
+            for i in range(args.battles):
+                start = time.perf_counter()
+                battle = arena.new_battle(args.prompt, "bench", args.settings, seed=i + 1)
+                elapsed = time.perf_counter() - start
+                reveal = arena.vote(battle["battle_id"], "tie", "bench")
+                pair = " vs ".join(sorted((reveal["Model A"], reveal["Model B"])))
+                rows.setdefault(pair, {}).setdefault(pace, []).append(elapsed)
+    print(f"{'pair':<36} {'unpaced s':>10} {'paced s':>8}")
+    means = {pace: [] for pace in (False, True)}
+    for pair, by_pace in sorted(rows.items()):
+        cells = []
+        for pace in (False, True):
+            m = statistics.mean(by_pace[pace]) if by_pace.get(pace) else float("nan")
+            means[pace].append(m)
+            cells.append(m)
+        print(f"{pair:<36} {cells[0]:>10.3f} {cells[1]:>8.3f}")
+    spreads = {pace: max(v) - min(v) for pace, v in means.items() if v}
+    print(f"spread between pairs: unpaced {spreads[False]:.3f} s, paced {spreads[True]:.3f} s "
+          f"({args.battles} battles each, settings {json.dumps(args.settings, sort_keys=True)})")
     return 0
 
 
@@ -124,7 +165,10 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     cache = subparsers.add_parser("arena-cache", help="pre-generate arena battles for CPU hosting")
     cache.add_argument("--cache-dir", required=True, help="output folder (index.json + PNGs); resumable")
     cache.add_argument("--models", nargs="+", required=True, help="model names of the pool")
-    cache.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per prompt (default: 0)")
+    cache.add_argument("--seeds", nargs="+", type=int, default=None,
+                       help="seeds per prompt (default: --num-seeds random ones: a small known seed would let a "
+                            "voter replay a battle before voting)")
+    cache.add_argument("--num-seeds", type=int, default=1, help="random seeds per prompt when --seeds is not given")
     cache.add_argument("--prompt-set", default=str(DEFAULT_PROMPT_SET), help="prompt set JSON")
     cache.add_argument("--category", default=None, help="only prompts of this category")
     cache.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts")
@@ -135,6 +179,9 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     export.add_argument("--db", required=True, help="arena SQLite database")
     export.add_argument("--out", required=True, help="output file (.csv or .json)")
     export.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --out's extension")
+    export.add_argument("--voters", choices=VOTER_POLICIES, default="rotate",
+                        help="voter pseudonyms: keep the stored ones, rotate (fresh ones, unlinkable to other exports; "
+                             "default) or drop them")
     export.set_defaults(func=run_export)
 
     board = subparsers.add_parser("leaderboard", help="print the arena leaderboard (Bradley-Terry + Elo)")
@@ -147,4 +194,12 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     board.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     board.add_argument("--k", type=float, default=4.0, help="online Elo K")
     board.set_defaults(func=run_leaderboard)
-    return {"arena-cache": cache, "arena-export": export, "leaderboard": board}
+    timing = subparsers.add_parser("arena-timing", help="benchmark: battle latency per pair, paced vs unpaced")
+    timing.add_argument("--models", nargs="+", default=["demo-teacher", "demo-ssd", "demo-vega"],
+                        help="pool (default: the demo family)")
+    timing.add_argument("--battles", type=int, default=12, help="battles per mode (default 12)")
+    timing.add_argument("--prompt", default="a red circle on a blue background", help="prompt of every battle")
+    timing.add_argument("--settings", type=_settings, default={"steps": 20, "width": 64, "height": 64},
+                        help="generation settings as a JSON object")
+    timing.set_defaults(func=lambda args: run_timing(args, generate_fn_factory or default_generate_fn_factory))
+    return {"arena-cache": cache, "arena-export": export, "leaderboard": board, "arena-timing": timing}

@@ -18,6 +18,7 @@ from PIL import Image
 from studio.bench.notes import option_notes
 from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
+from studio.hosting import deliverable, gpu_task
 from studio.loading import ModelCache, vae_status
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
@@ -25,6 +26,7 @@ from studio.registry import VAES, default_model, get_spec, list_models
 from studio.reuse import MAX_INTERVAL
 from studio.schedulers import SCHEDULERS
 from studio.speed import ATTENTION, COMPILE, VAE_DECODE
+from studio.ui.access import lane
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -257,7 +259,7 @@ class GenerateHandlers:
                 results.append(result)
                 if result.error:
                     gr.Warning(f"{result.model}: {result.error}")
-                files += [str(p) for p in result.save(out_dir)]
+                files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
                 yield _outputs(models, results, files)
         except GenerationCancelled:
             gr.Warning("Generation cancelled")
@@ -366,8 +368,8 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
     inputs = [widgets[name] for name in api_parameters()]
-    event = go.click(GenerateHandlers(cache).on_generate, inputs, [*galleries, stats, files, seed_used],
-                     api_name="generate", concurrency_id="gpu", concurrency_limit=1)
+    event = go.click(gpu_task(GenerateHandlers(cache).on_generate), inputs, [*galleries, stats, files, seed_used],
+                     api_name="generate", **lane("gpu"))
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, widgets["models"], api_name="list_models")

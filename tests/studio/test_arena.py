@@ -79,12 +79,29 @@ class TestBattle:
 
     def test_same_seed_and_settings_distinct_models(self, arena, generator):
         battle = arena.new_battle("a purple star on a blue background", "s1", {"steps": 2, "cfg": 5.0}, seed=42)
-        (m1, p1, s1, set1), (m2, p2, s2, set2) = generator.calls
+        # the pair first, then the pacer's calibration: every pool model twice in all (warm-up, timed)
+        (m1, p1, s1, set1), (m2, p2, s2, set2) = generator.calls[:2]
         assert m1 != m2 and p1 == p2 and s1 == s2 == 42 and set1 == set2 == {"steps": 2, "cfg": 5.0}
-        assert battle["seed"] == 42 and battle["category"] == "shapes"
-        assert 0 <= arena.new_battle(None, "s1", seed=-1)["seed"] <= 2**32 - 1
+        assert sorted(c[0] for c in generator.calls) == sorted(POOL * 2) and battle["category"] == "shapes"
+        reveal = arena.vote(battle["battle_id"], "tie", "s1")
+        assert reveal["seed"] == 42 and reveal["settings"] == {"steps": 2, "cfg": 5.0}
+        generator.calls.clear()
+        arena.new_battle(None, "s1", seed=-1)
+        assert len(generator.calls) == 2 and 0 <= generator.calls[0][2] <= 2**32 - 1
         with pytest.raises(ArenaError, match="seed must be"):
             arena.new_battle(None, "s1", seed=2**32)
+
+    def test_seed_and_settings_hidden_until_the_vote(self, arena):
+        """Issue 13 (2): the battle showed seed, steps, CFG and size; replaying them in /generate matched an image.
+        The payload now carries nothing a replay needs; the reveal brings seed and settings with the names."""
+        settings = {"steps": 2, "guidance": 5.0, "width": 16, "height": 16}
+        battle = arena.new_battle("a red circle on a green background", "s1", settings, seed=987654)
+        public = {k: v for k, v in battle.items() if k != "images"}
+        assert set(public) == {"battle_id", "prompt", "category", "source", "paths"}
+        text = json.dumps(public, default=str)
+        assert "987654" not in text and "guidance" not in text and "steps" not in text
+        reveal = arena.vote(battle["battle_id"], "A", "s1")
+        assert reveal["seed"] == 987654 and reveal["settings"] == settings
 
     def test_vote_reveals_the_shown_models(self, arena):
         battle = arena.new_battle(None, "s1")
@@ -95,7 +112,7 @@ class TestBattle:
         [row] = load_votes(arena.db_path)
         assert (row["model_a"], row["model_b"], row["vote"], row["prompt"]) == (
             reveal["Model A"], reveal["Model B"], "B", battle["prompt"])
-        assert row["session"] != "s1"  # stored anonymised
+        assert row["voter"] != "s1" and len(row["voter"]) == 16  # stored as a salted hash
 
     def test_both_sides_and_all_pairs_occur(self, arena):
         seen = set()
@@ -136,10 +153,11 @@ class TestVote:
         with pytest.raises(ArenaError, match="A, B, tie, bad"):
             arena.vote(battle["battle_id"], "left", "s1")
 
-    def test_other_session_refused(self, arena):
-        battle = arena.new_battle(None, "s1")
-        with pytest.raises(ArenaError, match="another session"):
-            arena.vote(battle["battle_id"], "A", "s2")
+    def test_other_voter_refused(self, arena):
+        battle = arena.new_battle(None, "ip:10.0.0.1")
+        with pytest.raises(ArenaError, match="served to someone else"):
+            arena.vote(battle["battle_id"], "A", "ip:10.0.0.2")
+        assert arena.vote(battle["battle_id"], "A", "ip:10.0.0.1")["vote"] == "A"
 
     def test_rate_limits(self, tmp_path, generator):
         arena = Arena(tmp_path / "a.db", POOL, generator, config=ArenaConfig(votes_per_minute=2, battles_per_minute=3))
@@ -248,12 +266,13 @@ class TestCache:
         arena = Arena(tmp_path / "c.db", None, None, cache_dir=cache_dir)
         assert sorted(arena.pool) == sorted(POOL)
         battle = arena.new_battle(None, "s1")
-        assert battle["source"] == "cache" and battle["settings"] == {"steps": 2}
-        assert battle["prompt"] in {p.text for p in self.PROMPTS} and battle["seed"] in (0, 1)
+        assert battle["source"] == "cache" and "settings" not in battle and "seed" not in battle
+        assert battle["prompt"] in {p.text for p in self.PROMPTS}
         text = json.dumps(battle, default=str)
         assert all(m not in text for m in POOL) and Path(battle["paths"]["Model A"]).parent == arena.image_dir
         reveal = arena.vote(battle["battle_id"], "A", "s1")
         assert reveal["source"] == "cache" and reveal["Model A"] == model_in_image(battle["images"]["Model A"])
+        assert reveal["settings"] == {"steps": 2} and reveal["seed"] in (0, 1)
         assert load_votes(arena.db_path)[0]["source"] == "cache"
         assert arena.new_battle(None, "s1", category="general")["prompt"] == "a fox"
         with pytest.raises(ArenaError, match="not in the battle cache"):
@@ -284,7 +303,7 @@ class TestExportAndCli:
     def test_export_round_trip(self, arena, tmp_path, suffix):
         vote_some(arena, 12)
         out = tmp_path / f"votes{suffix}"
-        assert export_votes(arena.db_path, out) == 12
+        assert export_votes(arena.db_path, out, voters="keep") == 12
         assert read_export(out) == load_votes(arena.db_path)
         with pytest.raises(ValueError, match="csv, json"):
             export_votes(arena.db_path, tmp_path / "votes.xml")
@@ -311,6 +330,12 @@ class TestExportAndCli:
             "--max-prompts", "2", "--seeds", "0", "1", "--settings", '{"steps": 2}')
         index = json.loads((tmp_path / "cache" / "index.json").read_text())
         assert len(index["entries"]) == 4 and index["settings"] == {"steps": 2}
+        run("arena-cache", "--cache-dir", str(tmp_path / "random"), "--models", *POOL[:2], "--category", "shapes",
+            "--max-prompts", "1", "--num-seeds", "2")
+        seeds = [e["seed"] for e in json.loads((tmp_path / "random" / "index.json").read_text())["entries"]]
+        assert len(seeds) == 2 and len(set(seeds)) == 2  # random seeds by default: a small known one is replayable
+        out = run("arena-timing", "--models", *POOL, "--battles", "6", "--settings", '{"steps": 2}')
+        assert "spread between pairs: unpaced" in out and out.count(" vs ") >= 2
 
     def test_main_cli_registers_arena_commands(self, arena, capsys):
         from studio.cli import main

@@ -147,3 +147,30 @@ def test_too_small_pool_explains_how_to_add_models(family):
             battle(client)
     finally:
         demo.close()
+
+
+def test_visitor_text_is_inert_markdown():
+    """A prompt is shown as text: no image fetched from elsewhere (it would leak voters' addresses), no link, no HTML."""
+    from studio.ui.arena_tab import _battle_info
+
+    hostile = ["![t](http://evil.example/t.png)", "[click](javascript:alert(1))", "<img src=x onerror=alert(1)>",
+               "# huge heading", "**bold** `code` | table |"]
+    for prompt in hostile:
+        info = _battle_info({"prompt": prompt, "category": "custom", "source": "live"})
+        shown = info.split("**Prompt:** ", 1)[1].split("  \n", 1)[0]
+        assert all(c not in shown.replace("\\" + c, "") for c in "![]()<>#*`|"), shown
+
+
+@pytest.mark.parametrize("value,match", [("not json", "JSON object"), ("[1, 2]", "keys among"),
+                                         ('{"sampler": "Euler a"}', "keys among"), ('{"steps": true}', "positive"),
+                                         ('{"steps": 1e9}', "positive"), ('{"steps": 0}', "positive"),
+                                         ('{"width": 4096}', "STUDIO_MAX_SIZE"), ('{"steps": 31}', "STUDIO_MAX_STEPS")])
+def test_arena_settings_from_the_environment_are_checked(monkeypatch, value, match):
+    from studio.hosting import Caps
+    from studio.ui.arena_tab import SETTINGS_ENV, env_settings
+
+    monkeypatch.setenv(SETTINGS_ENV, value)
+    with pytest.raises(ValueError, match=match):
+        env_settings(Caps.defaults("public"))
+    monkeypatch.setenv(SETTINGS_ENV, '{"steps": 8, "guidance": 4.5}')
+    assert env_settings(Caps.defaults("public")) == {"steps": 8, "guidance": 4.5}
