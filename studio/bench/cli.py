@@ -141,9 +141,17 @@ def cmd_options(args) -> int:
     with _compile_cache(not args.warm_compile_cache) as compile_cache:
         report = bench_options(cache, args.model or ["demo-teacher"], args.option, prompts=args.prompts,
                                steps=args.steps, size=args.size, guidance=args.guidance, scheduler=args.scheduler,
-                               log=_log)
+                               max_minutes=args.max_minutes, log=_log)
     report["compile_cache"] = compile_cache
     return _finish(args, report, format_options(report))
+
+
+def cmd_readme(args) -> int:
+    from studio.bench.readme import README, write_readme
+
+    written = write_readme(Path(args.readme) if args.readme else README)
+    print(f"rewrote the speed blocks {', '.join(written)} of {args.readme or README}")
+    return 0
 
 
 def _common(parser, *, dtype: bool = True) -> None:
@@ -198,7 +206,13 @@ def register(subparsers) -> None:
     options.add_argument("--size", type=int, help="pixels (default: each model's native size)")
     options.add_argument("--guidance", type=float, help="default: the first model's")
     options.add_argument("--scheduler", default="Euler")
+    options.add_argument("--max-minutes", type=float,
+                         help="stop timing new prompts after this many minutes (the report says how many ran)")
     options.add_argument("--warm-compile-cache", action="store_true",
                          help="keep the machine's inductor cache (default: compile into an empty one)")
     _common(options)
     options.set_defaults(func=cmd_options)
+
+    readme = subparsers.add_parser("readme", help="rewrite the README's speed tables from assets/bench/*.json")
+    readme.add_argument("--readme", help="the file to rewrite (default: the repository's README.md)")
+    readme.set_defaults(func=cmd_readme)

@@ -11,8 +11,9 @@ from pathlib import Path
 from studio.paths import ASSETS_DIR
 
 BENCH_DIR = ASSETS_DIR / "bench"
-OPTIONS_REPORT = BENCH_DIR / "options-demo-teacher.json"  # every option alone on the demo teacher
-REUSE_REPORT = BENCH_DIR / "feature-reuse-demo.json"  # the reuse curve on the three demo models
+REPORTS = (BENCH_DIR / "options-demo-teacher.json",  # every option alone on the demo teacher
+           BENCH_DIR / "compile-demo-teacher.json",  # torch.compile: compile time apart, fewer prompts
+           BENCH_DIR / "feature-reuse-demo.json")  # the reuse curve on the three demo models
 FIELD_LABELS = {  # which report rows describe each widget
     "attention": ("attention=classic",), "channels_last": ("channels_last=true",), "fuse_qkv": ("fuse_qkv=true",),
     "vae_decode": ("vae_decode=tiled",), "vae": ("vae=taesdxl",), "compile": ("compile=regional", "compile=full"),
@@ -40,12 +41,12 @@ def _describe(label: str, row: dict, n: int) -> str:
     return ", ".join(parts)
 
 
-def option_notes(options_report: Path = OPTIONS_REPORT, reuse_report: Path = REUSE_REPORT) -> dict[str, str]:
-    """Field name -> what the committed reports measured for it (speed-up, quality cost), plus "source": the
-    commands and conditions. An option a report skipped says why; the reuse curve's report, when present, describes
-    feature reuse (more intervals)."""
+def option_notes(*reports: Path) -> dict[str, str]:
+    """Field name -> what the committed reports (default: ``REPORTS``; a missing one is left out) measured for it
+    (speed-up, quality cost), plus "source": the commands and conditions. An option a report skipped says why; a
+    later report that measured the same field describes it (the reuse curve has more intervals)."""
     notes, sources = {}, []
-    for report in (r for r in (_read(options_report), _read(reuse_report)) if r):
+    for report in (r for r in map(_read, reports or REPORTS) if r):
         model, env = report["models"][0], report["environment_before"]
         sources.append(f"`{report['command']}` ({model}, {report['prompts']} prompts, {report['device']}, "
                        f"{env['torch_threads']} thread(s), load {env['load_average'][0]})")

@@ -192,8 +192,12 @@ def _quality(images: list, reference: list, prompts: list[str], scored: bool) ->
 
 def bench_options(cache: ModelCache, models: list, options: list[str] | None = None, *, prompts: int = 96,
                   steps: int | None = None, size: int | None = None, guidance: float | None = None,
-                  scheduler: str = "Euler", log=None) -> dict:
-    """Every option against the default path on every model, interleaved; see the module docstring."""
+                  scheduler: str = "Euler", max_minutes: float | None = None, log=None) -> dict:
+    """Every option against the default path on every model, interleaved; see the module docstring. With
+    ``max_minutes``, the timed prompts stop after the first one that ends past that budget (counted from the start
+    of the timed part; the report says how many of those asked for ran)."""
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ValueError(f"max_minutes must be a positive number; got {max_minutes!r}")
     log = log or (lambda *_: None)
     specs = [m if not isinstance(m, str) else resolve_spec(m) for m in check_models(models)]
     parsed = [(option_label(o), o) for o in (parse_option(t) for t in (options or DEFAULT_OPTIONS))]
@@ -228,7 +232,12 @@ def bench_options(cache: ModelCache, models: list, options: list[str] | None = N
     before = environment(cache.runtime.device)
     latency = {(s.name, label): [] for s, label, _ in runs}
     images = {(s.name, label): [] for s, label, _ in runs}
+    asked, timed_start = len(pairs), time.perf_counter()
     for i, (prompt, seed) in enumerate(pairs):
+        if max_minutes is not None and i and time.perf_counter() - timed_start > 60 * max_minutes:
+            pairs = pairs[:i]
+            log(f"time budget of {max_minutes:g} min spent: {i} of {asked} prompts timed")
+            break
         req = replace(request, prompt=prompt, seed=seed)
         for spec, label, opts in rotated(runs, i):
             result = _run(cache, spec, req, opts)
@@ -261,7 +270,7 @@ def bench_options(cache: ModelCache, models: list, options: list[str] | None = N
     return {
         "models": [s.name for s in specs], "options": [label for label, _ in configs],
         "request": {k: v for k, v in request.to_dict().items() if k not in ("prompt", "seed")},
-        "prompts": len(pairs), "prompt_set": "eval_prompts(train)" if scored else "arena general", "scored": scored,
+        "prompts": len(pairs), "prompts_asked": asked, "prompt_set": "eval_prompts(train)" if scored else "arena general", "scored": scored,
         "device": str(cache.runtime.device), "dtype": str(cache.runtime.dtype).replace("torch.", ""),
         "results": {m: {label: results[(m, label)] for (mm, label) in results if mm == m} for m in
                     [s.name for s in specs]},
