@@ -1,17 +1,21 @@
 """studio.reuse against the DeepCache package (not a requirement): same images for the same interval and branch.
 
     pip install --no-deps --target /tmp/deepcache DeepCache==0.1.1
-    PYTHONPATH=/tmp/deepcache:. python scripts/check_deepcache.py
+    PYTHONPATH=/tmp/deepcache python scripts/check_deepcache.py
 
 On the demo teacher (8 Euler steps, one prompt), for each (interval, branch) it prints the largest difference between
 DeepCache's ``DeepCacheSDHelper`` image and studio.reuse's (0.0 = identical), the difference from the plain pipeline,
 and how many steps ran the whole UNet; then whether the UNet's modules were left as they were.
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from DeepCache import DeepCacheSDHelper
 from diffusers import StableDiffusionXLPipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from studio.paths import DEMO_DIR
 from studio.reuse import FeatureReuse
 
