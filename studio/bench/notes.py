@@ -35,7 +35,7 @@ def _describe(label: str, row: dict, n: int) -> str:
     if "compile_s" in row:
         parts.append(f"compile {row['compile_s']:.0f} s")
     if "evaluator_drop_points" in row:
-        parts.append(f"evaluator {-row['evaluator_drop_points']:+.1f} pt")
+        parts.append(f"evaluator {0.0 - row['evaluator_drop_points'] + 0.0:+.1f} pt")
     q = row["quality"]
     parts.append("images identical" if q["identical_images"] == n else f"SSIM {q['ssim_mean']:.3f}")
     return ", ".join(parts)

@@ -96,7 +96,9 @@ def options_block(reports: list[dict]) -> list[str]:
         for model, skipped in r.get("skipped", {}).items():
             for label, reason in skipped.items():
                 lines.append(f"| {model} | {label} | — | — | — | — | — | — | [{n}] not measured: {reason} |")
-        notes.append(f"[{n}] {r['prompts']} prompts ({r['prompt_set']}, one seed each), {r['request']['steps']} "
+        asked = r.get("prompts_asked", r["prompts"])
+        cut = f" of {asked} asked: the --max-minutes budget ran out" if asked > r["prompts"] else ""
+        notes.append(f"[{n}] {r['prompts']} prompts ({r['prompt_set']}, one seed each{cut}), {r['request']['steps']} "
                      f"{r['request']['scheduler']} steps, CFG {r['request']['guidance']:g}, {r['dtype']} on "
                      f"{r['device']}: " + _conditions(r))
     if not notes:
@@ -121,11 +123,58 @@ def profile_block(reports: list[dict]) -> list[str]:
     return lines
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def goals_block(unet: dict | None, memory: dict | None, side: dict | None, reuse: dict | None,
+                compiled: dict | None) -> list[str]:
+    """Issue 18's goals, each with the measured value and the report it comes from."""
+    lines = ["| goal | measured | verdict | report |", "|---|---|---|---|"]
+    if unet:
+        fastest = min_ratios(unet)
+        for name, goal in (("ssd-1b", 0.62), ("vega", 0.50)):
+            ratio = unet["ratios"][name]
+            lines.append(f"| {name}/SDXL UNet forward ≤ {goal} (256², {unet['dtype']}, "
+                         f"{unet['environment_before']['torch_threads']} threads) | {ratio:.3f} (medians); "
+                         f"{fastest[name]:.3f} (minima) | {_verdict(ratio <= goal)} (medians) | "
+                         f"`assets/bench/unet-256-fp32.json` |")
+    if memory:
+        lines.append(f"| shared-component memory ≤ 1.05× | {memory['ratio_shared_to_ideal']:.4f}× | "
+                     f"{_verdict(memory['ratio_shared_to_ideal'] <= 1.05)} | `assets/bench/memory-demo.json` |")
+    if side:
+        lines.append(f"| three-model run ≤ 1.05× three single runs | {side['ratio']:.3f}× (paired "
+                     f"{side['paired_ratio']['median_s']:.3f}×) | {_verdict(side['ratio'] <= 1.05)} | "
+                     "`assets/bench/side-by-side-demo.json` |")
+    if reuse:
+        model = reuse["models"][0]
+        rows = {k: v for k, v in reuse["results"][model].items() if k.startswith("feature_reuse=")}
+        fine = {k: v for k, v in rows.items() if v.get("evaluator_drop_points", 99) <= 3}
+        best = max(fine.items(), key=lambda kv: kv[1]["speedup"], default=None)
+        text = (f"{best[0]}: {best[1]['speedup']:.2f}× at {best[1]['evaluator_drop_points']:.1f} points"
+                if best else "no interval within 3 points")
+        lines.append(f"| feature reuse on {model}: ≥ 1.8× at an evaluator drop ≤ 3 points | {text} "
+                     f"({reuse['prompts']} prompts) | {_verdict(bool(best) and best[1]['speedup'] >= 1.8)} | "
+                     "`assets/bench/feature-reuse-demo.json` |")
+    if compiled:
+        model = compiled["models"][0]
+        for label, row in compiled["results"][model].items():
+            if "compile_s" in row:
+                lines.append(f"| torch.compile ({label}) on {model}: report speed-up and compile time; off by "
+                             f"default unless it pays within one image | {row['speedup']:.2f}×, compile "
+                             f"{row['compile_s']:.0f} s, pays back after "
+                             f"{_payback(row, compiled['results'][model]['default'])} | off by default | "
+                             "`assets/bench/compile-demo-teacher.json` |")
+    return lines
+
+
 def blocks() -> dict[str, list[str]]:
     unet = _read("unet-256-fp32.json")
     options = [r for r in (_read(n) for n in ("options-demo-teacher.json", "compile-demo-teacher.json")) if r]
     reuse = [r for r in (_read(n) for n in ("feature-reuse-demo.json", "feature-reuse-students.json")) if r]
     return {
+        "goals": goals_block(unet, _read("memory-demo.json"), _read("side-by-side-demo.json"),
+                             _read("feature-reuse-demo.json"), _read("compile-demo-teacher.json")),
         "unet": unet_block(unet) if unet else ["(no UNet report committed yet)"],
         "family": family_block(_read("memory-demo.json"), _read("side-by-side-demo.json")),
         "options": options_block(options),

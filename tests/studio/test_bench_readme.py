@@ -22,11 +22,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_the_readme_blocks_are_what_the_committed_reports_say(tmp_path):
     unet = json.loads((BENCH_DIR / "unet-256-fp32.json").read_text())
     blocks = readme.blocks()
-    assert set(blocks) == {"unet", "family", "options", "reuse", "profile"}
+    assert set(blocks) == {"goals", "unet", "family", "options", "reuse", "profile"}
     table = "\n".join(blocks["unet"])
     for name in ("sdxl", "ssd-1b", "vega"):
         assert f"**{unet['ratios'][name]:.3f}**" in table
     assert unet["command"] in table and str(unet["environment_before"]["load_average"][0]) in table
+    goals = "\n".join(blocks["goals"])
+    assert f"| {unet['ratios']['vega']:.3f} (medians)" in goals
+    assert ("| met" if unet["ratios"]["vega"] <= 0.5 else "**not met**") in goals.split("vega/SDXL")[1].split("\n")[0]
     fastest = readme.min_ratios(unet)
     assert fastest["sdxl"] == 1.0 and fastest["vega"] == min(unet["models"]["vega"]["runs_s"]) / min(
         unet["models"]["sdxl"]["runs_s"])
