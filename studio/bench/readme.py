@@ -159,7 +159,7 @@ def goals_block(unet: dict | None, memory: dict | None, side: dict | None, reuse
     if compiled:
         model = compiled["models"][0]
         for label, row in compiled["results"][model].items():
-            if "compile_s" in row:
+            if "compile_s" in row and "feature_reuse" not in row["options"]:  # combined: compiled code reused
                 lines.append(f"| torch.compile ({label}) on {model}: report speed-up and compile time; off by "
                              f"default unless it pays within one image | {row['speedup']:.2f}×, compile "
                              f"{row['compile_s']:.0f} s, pays back after "
