@@ -18,7 +18,7 @@ from screenshot import CHROMIUM_FLAGS, pick_models_and_generate
 def summary_state(page) -> tuple[str, int, int]:
     """(status, step, total) read from the selected job's summary line."""
     text = page.locator("#job-summary").inner_text()
-    match = re.search(r"(queued|running|finished|failed|cancelled) · step (\d+)/(\d+)", text)
+    match = re.search(r"(queued|running|cancelling|finished|failed|cancelled) · step (\d+)/(\d+)", text)
     return (match[1], int(match[2]), int(match[3])) if match else ("", 0, 0)
 
 
@@ -47,7 +47,7 @@ def main(args) -> None:
         page.get_by_role("option", name=args.preset, exact=True).click()
         page.get_by_label("Output name in the model list").fill(args.name)
         page.get_by_role("button", name="Launch", exact=True).click()
-        page.wait_for_function("document.querySelector('#job-check').innerText.includes('queued')", timeout=60_000)
+        page.wait_for_function("document.querySelector('#job-check').innerText.includes('launched')", timeout=60_000)
         log(f"launched preset {args.preset!r}")
         status, step, total = wait_for(page, lambda s, n, t: s == "running" and n >= args.cancel_at, "training steps",
                                        args.timeout)

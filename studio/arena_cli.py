@@ -32,7 +32,8 @@ def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> Generat
         get_pipe (`Callable[[str], StableDiffusionXLPipeline]`, *optional*): model name -> loaded pipeline;
             default a `studio.loading.ModelCache`. `settings` may hold the keys `SETTING_KEYS`.
     """
-    from studio.generation import GenerateRequest, generate
+    from studio.generation import GenerateRequest, card_request, generate
+    from studio.resolve import resolve_spec
 
     if get_pipe is None:
         from studio.loading import ModelCache
@@ -44,6 +45,7 @@ def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> Generat
         if unknown:
             raise ValueError(f"arena settings: unknown keys {unknown}; allowed: {', '.join(SETTING_KEYS)}")
         request = GenerateRequest(prompt=prompt, seed=seed, batch_size=1, **settings)
+        request = card_request(resolve_spec(model), request)  # a few-step model runs as its card says
         return generate(get_pipe(model), request, model_name=model).images[0]
 
     return generate_fn

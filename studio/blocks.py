@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -81,6 +82,46 @@ def unet_layout(config: dict) -> list[BlockLayout]:
             skippable_resnets=tuple(r.in_channels == r.out_channels and r.conv_shortcut is None for r in block.resnets),
             sampler=bool(getattr(block, "downsamplers", None) or getattr(block, "upsamplers", None))))
     return out
+
+
+# ---------------------------------------------------------------- names and numbers shown to users
+
+_LABEL_RULES = [(r"^down_blocks\.(\d+)", r"d\1"), (r"^up_blocks\.(\d+)", r"u\1"), (r"^mid_block", "mid"),
+                (r"\.resnets\.(\d+)", r" r\1"), (r"\.attentions\.(\d+)", r" a\1"),
+                (r"\.transformer_blocks\.(\d+)", r".\1"), (r"\.pairs\.(\d+)", r" p\1"),
+                (r"\.downsamplers\.\d+", " down"), (r"\.upsamplers\.\d+", " up"), (r"\.(attn1|attn2|ff)$", r" \1")]
+
+
+def unit_label(path: str) -> str:
+    """The one short name of a UNet module the studio shows everywhere (checkboxes, tables, charts, heatmap), e.g.
+    ``u1 a1.0`` for ``up_blocks.1.attentions.1.transformer_blocks.0``: d/mid/u = down/mid/up block, r = resnet,
+    a = attention (whole stack), a1.0 = its transformer layer 0, p = resnet+attention pair, down/up = sampler.
+    Top-level modules (``conv_in``, ``time_embedding``) and ``levels`` units keep their names."""
+    if path.startswith("levels"):
+        return path
+    for pattern, repl in _LABEL_RULES:
+        path = re.sub(pattern, repl, path)
+    return path
+
+
+def si_scale(value: float) -> tuple[float, str]:
+    """(divisor, prefix) for showing numbers up to ``value``: 1e9 "G", 1e6 "M", 1e3 "k" or 1 ""."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return scale, prefix
+    return 1.0, ""
+
+
+def format_si(value: float, unit: str = "", digits: int = 3) -> str:
+    """``10035200`` -> ``"10.0 M"`` (``digits`` significant digits, k/M/G/T; ``unit`` appended, e.g. "MACs")."""
+    if value == 0:
+        return f"0 {unit}".rstrip()
+    scale, prefix = si_scale(value)
+    if scale == 1 and float(value).is_integer():
+        return f"{int(value)} {unit}".rstrip()
+    number = value / scale
+    text = f"{number:.{max(0, digits - 1 - int(abs(number) >= 10) - int(abs(number) >= 100))}f}"
+    return f"{text} {prefix}{unit}".rstrip()
 
 
 # ---------------------------------------------------------------- block map
@@ -223,16 +264,19 @@ def plot_block_map(rows: list[BlockRow], *, compare: list[BlockRow] | None = Non
     axes = fig.subplots(1, 2, sharey=True)
     sets = [(rows, labels[0])] + ([(compare, labels[1])] if compare is not None else [])
     height = 0.8 / len(sets)
-    for (field, scale, unit_name), ax in zip((("params", 1e6, "params (M)"), ("macs", 1e9, "GMACs")), axes):
+    for (field, name), ax in zip((("params", "params"), ("macs", "MACs")), axes):
+        scale, prefix = si_scale(total(rows, field))  # the unit of the total (the title's unit): one per view
+        unit_name = f"{prefix}{name}" if field == "macs" else f"params ({prefix})" if prefix else name
         for s, (rs, label) in enumerate(sets):
             by_unit = {r.unit: getattr(r, field) / scale for r in rs}
             ys = [i + (s - (len(sets) - 1) / 2) * height for i in range(len(units))]
             ax.barh(ys, [by_unit.get(u, 0.0) for u in units], height=height, label=label)
         ax.set_xlabel(unit_name)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(units)), units, fontsize=7)
+    axes[0].set_yticks(range(len(units)), [u if unit_label(u) == u else f"{unit_label(u)} · {u}" for u in units],
+                       fontsize=7)
     axes[0].invert_yaxis()
     if compare is not None:
         axes[1].legend(loc="lower right")
-    fig.suptitle(title or f"params {total(rows) / 1e6:.1f} M, {total(rows, 'macs') / 1e9:.1f} GMACs per forward")
+    fig.suptitle(title or f"params {format_si(total(rows))}, {format_si(total(rows, 'macs'), 'MACs')} per forward")
     return fig

@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 
 from studio.generation import (MAX_SEED, GenerateRequest, GenerateResult, GenerationCancelled, OnStep, ShouldStop,
-                               generate)
+                               card_request, generate)
 from studio.loading import ModelCache, resolve_spec
 from studio.lora import LoraRef
 from studio.memory import activation_bytes
@@ -113,15 +113,18 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
     """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed.
 
     Models are registry names, paths or resolved specs; every name is resolved before anything runs (a typo fails
-    at once). ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
+    at once). The request's sampler, steps and CFG are the first model's; a few-step model after it (an LCM, an
+    LCM-LoRA) runs with its own card's (``card_request``), so an LCM at 4 steps sits beside its teacher at 20.
+    ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
     load or run yields ``GenerateResult.failed`` and the next model still runs; cancelling stops the whole run.
     """
     specs = [m if isinstance(m, ModelSpec) else resolve_spec(m, roots=roots) for m in check_models(models)]
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-    for spec in specs:
+    for i, spec in enumerate(specs):
         try:
-            yield run_model(cache, spec, request, roots=roots, loras=(loras or {}).get(spec.name, []),
+            own = request if i == 0 else card_request(spec, request)
+            yield run_model(cache, spec, own, roots=roots, loras=(loras or {}).get(spec.name, []),
                             warmup=warmup, on_step=on_step, should_stop=should_stop)
         except GenerationCancelled:
             raise

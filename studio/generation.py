@@ -111,6 +111,14 @@ class GenerateRequest:
         return out
 
 
+def card_request(spec, request: GenerateRequest) -> GenerateRequest:
+    """``request`` as a few-step model (``spec.few_step``: an LCM, an LCM-LoRA) must run: its card's scheduler,
+    steps and CFG; other models' requests are returned unchanged."""
+    if not spec.few_step:
+        return request
+    return replace(request, scheduler=spec.scheduler, steps=spec.default_steps, guidance=spec.default_guidance)
+
+
 @dataclass
 class GenerateStats:
     latency_s: float  # wall time of the whole call (text encoding, denoising, decoding)

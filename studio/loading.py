@@ -353,6 +353,8 @@ class ModelCache:
         if spec.source.endswith((".ckpt", ".bin", ".pt")) and not allow_pickle():
             raise ModelLoadError(f"model {spec.name!r}: {spec.source} is a pickle checkpoint, which can run code; "
                                  "only .safetensors are loaded (a local user may opt in with STUDIO_ALLOW_PICKLE=1)")
+        if spec.lora and spec.source_kind != "hub" and not spec.source.endswith(".safetensors"):
+            raise ModelLoadError(f"model {spec.name!r}: a LoRA model's source must be a .safetensors file")
         if spec.source_kind == "file" and not spec.base:
             raise ModelLoadError(f"model {spec.name!r}: a single .safetensors file holds a UNet; name the model "
                                  "that supplies its text encoders and VAE (base)")
@@ -368,6 +370,8 @@ class ModelCache:
 
     def _parts_spec(self, spec: ModelSpec) -> ModelSpec:
         """Where a model's text encoders, tokenizers, VAE and scheduler come from: its base, or itself."""
+        if spec.lora:
+            return self._parts_spec(get_spec(spec.base))
         return get_spec(spec.base) if spec.base else spec
 
     def _variant(self, spec: ModelSpec) -> str | None:
@@ -380,6 +384,8 @@ class ModelCache:
         return f"{comp}:{spec.source}"
 
     def _unet_bytes(self, spec: ModelSpec) -> int:
+        if spec.lora:  # fused into a copy of the base's UNet
+            return self._unet_bytes(get_spec(spec.base))
         folder = local_folder(spec)
         element = torch.tensor([], dtype=self.runtime.dtype).element_size()
         if spec.source_kind == "file":
@@ -402,6 +408,12 @@ class ModelCache:
         return kwargs
 
     def _load(self, spec: ModelSpec) -> StableDiffusionXLPipeline:
+        if spec.lora:  # an LCM-LoRA model: a fresh copy of its base's UNet with the LoRA fused in
+            pipe = self._load(get_spec(spec.base))
+            pipe.load_lora_weights(spec.source, adapter_name="model")
+            pipe.fuse_lora(components=["unet"], adapter_names=["model"])
+            pipe.unload_lora_weights()
+            return pipe
         parts = self._parts_spec(spec)
         unet = self._load_unet(spec, parts) if spec.base else None
         shared = {}
@@ -427,7 +439,12 @@ class ModelCache:
             check_unet_file(spec, source, config)
             unet = UNet2DConditionModel.from_single_file(str(source), config=str(config_source), subfolder="unet",
                                                          dtype=self.runtime.dtype)
-        elif spec.source_kind == "hub" or (source / "unet").is_dir():
+        elif spec.source_kind == "hub":  # a pipeline repo's unet/, or a UNet-only repo (latent-consistency/lcm-*)
+            try:
+                unet = UNet2DConditionModel.from_pretrained(spec.source, subfolder="unet", **kwargs)
+            except EnvironmentError:
+                unet = UNet2DConditionModel.from_pretrained(spec.source, **kwargs)
+        elif (source / "unet").is_dir():
             unet = UNet2DConditionModel.from_pretrained(spec.source, subfolder="unet", **kwargs)
         else:
             unet = UNet2DConditionModel.from_pretrained(spec.source, **kwargs)

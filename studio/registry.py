@@ -40,6 +40,8 @@ class ModelSpec:
     default_steps: int = 25
     default_guidance: float = 5.0
     default_negative_prompt: str = ""  # the model card's recommended negative prompt
+    scheduler: str = ""  # the card's sampler (few-step models: "LCM"); "" = the user's choice
+    lora: bool = False  # ``source`` is a LoRA (an LCM-LoRA) fused into the ``base`` model's UNet
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -48,6 +50,13 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.source of {self.name!r} must be a hub id, a folder or a .safetensors file")
         if self.base == self.name:
             raise ValueError(f"ModelSpec.base of {self.name!r} cannot be the model itself")
+        if self.lora and not self.base:
+            raise ValueError(f"ModelSpec.base of {self.name!r}: a LoRA model needs the model it applies to")
+
+    @property
+    def few_step(self) -> bool:
+        """Made for a few-step sampler (an LCM, an LCM-LoRA): runs with its card's scheduler, steps and CFG."""
+        return bool(self.scheduler)
 
     @property
     def source_kind(self) -> str:
@@ -75,8 +84,23 @@ BUILTIN = [
               default_size=1024, default_steps=30, default_guidance=9.0,
               default_negative_prompt="(worst quality, low quality, illustration, 3d, 2d, painting, cartoons, sketch)",
               description="Segmind Vega: SDXL distilled, 70% smaller"),
+    # Few-step relatives (LCM, arXiv 2310.04378; LCM-LoRA, arXiv 2311.05556): LCMScheduler, 2-8 steps. The cards' usage
+    # examples: lcm-ssd-1b 4 steps at guidance 8 (its UNet embeds the scale, one forward per step); the LCM-LoRAs 4
+    # steps with guidance off (lcm-lora-sdxl's card: "disable guidance_scale or use values between 1.0 and 2.0";
+    # VegaRT's example passes 0, which diffusers treats as 1: no CFG).
+    ModelSpec("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl", base="sdxl", lora=True, default_size=1024,
+              default_steps=4, default_guidance=1.0, scheduler="LCM",
+              description="LCM-LoRA for SDXL (197 M adapter params): 4 steps"),
+    ModelSpec("lcm-ssd-1b", "latent-consistency/lcm-ssd-1b", base="sdxl", fp16_variant=True, default_size=1024,
+              default_steps=4, default_guidance=8.0, scheduler="LCM",
+              description="LCM distilled from SSD-1B: 2-8 steps"),
+    ModelSpec("vega-rt", "segmind/Segmind-VegaRT", base="vega", lora=True, default_size=1024, default_steps=4,
+              default_guidance=1.0, scheduler="LCM", description="Segmind VegaRT: LCM-LoRA for Vega, 4 steps"),
 ]
-DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega"}
+DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega", "lcm": "demo-lcm"}
+# the demo family's LCM-LoRAs, listed as models: (name, file under assets/demo/loras, the model it applies to)
+DEMO_LCM_LORAS = (("demo-lcm-lora", "demo-lcm-lora.safetensors", "demo-teacher"),
+                  ("demo-ssd-lcm-lora", "demo-ssd-lcm-lora.safetensors", "demo-ssd"))
 
 
 def _demo_specs() -> list[ModelSpec]:
@@ -91,7 +115,12 @@ def _demo_specs() -> list[ModelSpec]:
                                    default_steps=meta.get("default_steps", 20),
                                    default_guidance=float(meta.get("default_guidance", 5.0)),
                                    default_negative_prompt=meta.get("default_negative_prompt", ""),
-                                   description=f"demo family: {folder}"))
+                                   scheduler=meta.get("scheduler", ""), description=f"demo family: {folder}"))
+    for name, file, base in DEMO_LCM_LORAS:
+        path = DEMO_DIR / "loras" / file
+        if path.exists() and any(s.name == base for s in specs):
+            specs.append(ModelSpec(name, str(path), base=base, lora=True, default_size=64, default_steps=4,
+                                   default_guidance=1.0, scheduler="LCM", description=f"demo family: LCM-LoRA on {base}"))
     return specs
 
 
@@ -116,7 +145,8 @@ def _exported_specs() -> list[ModelSpec]:
                                default_size=meta.get("default_size"),
                                default_steps=meta.get("default_steps", 25),
                                default_guidance=meta.get("default_guidance", 5.0),
-                               default_negative_prompt=meta.get("default_negative_prompt", "")))
+                               default_negative_prompt=meta.get("default_negative_prompt", ""),
+                               scheduler=meta.get("scheduler", "")))
     return specs
 
 

@@ -85,7 +85,8 @@ def _path_spec(path: Path, base: str | None, registry: dict[str, ModelSpec]) -> 
                      description=meta.get("description", f"local UNet ({path})"),
                      default_size=meta.get("default_size"), default_steps=meta.get("default_steps", 25),
                      default_guidance=float(meta.get("default_guidance", 5.0)),
-                     default_negative_prompt=meta.get("default_negative_prompt", ""))
+                     default_negative_prompt=meta.get("default_negative_prompt", ""),
+                     scheduler=meta.get("scheduler", ""))
 
 
 def _checked_base(name: str, base: str, signature: tuple | None) -> str:

@@ -26,6 +26,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Training jobs run in their own sessions (they outlive an app restart by design), so a test that fails or is
+    interrupted before it cancels its job would leave the job training on; end every process the run started with a
+    config under the suite's data or temporary folders."""
+    import psutil
+
+    roots = [os.environ["STUDIO_DATA_DIR"]]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        roots.append(str(factory.getbasetemp()))
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if proc.pid != os.getpid() and "-m training." in cmdline and any(root in cmdline for root in roots):
+            proc.terminate()
+            leftovers.append(proc)
+    psutil.wait_procs(leftovers, timeout=10)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow test: set RUN_SLOW=1")
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -88,6 +88,7 @@ def run_with_progress(trainer: Trainer, resume_from: str | None, postfix_keys: t
         return 3
     finally:
         bar.close()
-    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; {output(result)}; "
-          f"last checkpoint: {result.checkpoint}")
+    what = output(result) if result.output is not None else \
+        f"stopped on request at step {result.steps_done}/{trainer.config.steps}: nothing exported (resume continues)"
+    print(f"done: {result.steps_done} steps in {result.seconds:.0f}s; {what}; last checkpoint: {result.checkpoint}")
     return 0

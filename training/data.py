@@ -237,7 +237,8 @@ class SDXLBatches:
         return out
 
     def batch(self, gen: torch.Generator, batch_size: int) -> dict:
-        """``latents`` (B, C, h, w), ``prompt_embeds``, ``pooled``, ``time_ids``, ``captions`` for one micro-batch."""
+        """``latents`` (B, C, h, w), ``prompt_embeds``, ``pooled``, ``time_ids``, ``captions`` and ``indices`` (into
+        ``items``) for one micro-batch."""
         b = int(torch.multinomial(self.sizes, 1, generator=gen)) if len(self.buckets) > 1 else 0
         pool = self.by_bucket[b]
         idx = [pool[int(k)] for k in torch.randint(len(pool), (batch_size,), generator=gen)]
@@ -256,7 +257,7 @@ class SDXLBatches:
         embeds, pooled = embeds.float() * keep[:, None, None], pooled.float() * keep[:, None]
         dev = self.device
         return {"latents": latents.to(dev), "prompt_embeds": embeds.to(dev), "pooled": pooled.to(dev),
-                "time_ids": sdxl_time_ids(self.buckets[b], batch_size).to(dev), "captions": captions}
+                "time_ids": sdxl_time_ids(self.buckets[b], batch_size).to(dev), "captions": captions, "indices": idx}
 
 
 def _modules_hash(modules) -> "hashlib._Hash":

@@ -31,7 +31,9 @@ def load_teacher(name_or_path: str, lora: str = ""):
 def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None = None,
               dtype: torch.dtype = torch.float32) -> Path:
     """Write the ``default`` adapters of ``unet`` (and text encoders) in diffusers format, as ``dtype``; returns
-    the file."""
+    the file. UNet keys stay in peft's ``lora_A`` / ``lora_B`` naming, which ``load_lora_weights`` reads for every
+    layer type (converting only the attention ones to the older ``lora.down`` naming would make a mixed file whose
+    attention adapters diffusers silently drops, e.g. an LCM-LoRA on convolutions and attention)."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -39,7 +41,9 @@ def save_lora(folder: str | Path, unet, text_encoders=(), *, config: dict | None
     from safetensors.torch import save_file
 
     def layers(model):
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name="default"))
+        state = get_peft_model_state_dict(model, adapter_name="default")
+        if model is not unet:
+            state = convert_state_dict_to_diffusers(state)
         return {k: v.detach().to(dtype) for k, v in state.items()}
 
     def meta(model):

@@ -38,6 +38,15 @@ class AblationComparison:
     ssim: list[float]
     full_fidelity: list[float | None] = field(default_factory=list)
     ablated_fidelity: list[float | None] = field(default_factory=list)
+    full_latencies: list[float] = field(default_factory=list)  # per image (the sums above are over these)
+    ablated_latencies: list[float] = field(default_factory=list)
+
+    def latency_medians(self, min_runs: int = 3) -> tuple[float, float] | None:
+        """Median seconds per image (full, ablated) when each side has ``min_runs`` images, else None: one or two
+        wall-clock runs on a shared machine are noise, not a speed-up."""
+        if min(len(self.full_latencies), len(self.ablated_latencies)) < min_runs:
+            return None
+        return float(np.median(self.full_latencies)), float(np.median(self.ablated_latencies))
 
     @property
     def latency_ratio(self) -> float:
@@ -125,4 +134,5 @@ def compare_ablation(pipe: StableDiffusionXLPipeline, plan: RemovalPlan, config:
         full_latency_s=sum(r.stats.latency_s for r in full), ablated_latency_s=sum(r.stats.latency_s for r in ablated),
         psnr=[psnr(a, b) for a, b in zip(fi, ai)], ssim=[ssim(a, b) for a, b in zip(fi, ai)],
         full_fidelity=[fidelity(im, p) for im, (p, _) in zip(fi, pairs)],
-        ablated_fidelity=[fidelity(im, p) for im, (p, _) in zip(ai, pairs)])
+        ablated_fidelity=[fidelity(im, p) for im, (p, _) in zip(ai, pairs)],
+        full_latencies=[r.stats.latency_s for r in full], ablated_latencies=[r.stats.latency_s for r in ablated])

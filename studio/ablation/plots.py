@@ -1,4 +1,4 @@
-"""Sweep results drawn over the UNet layout, with the compact unit labels the Layers tab shows.
+"""Sweep results drawn over the UNet layout, cells named with the studio's one unit naming (``studio.blocks.unit_label``).
 
     fig = plot_sweep(result, pipe.unet.config)     # a matplotlib Figure (no pyplot)
     short_label("down_blocks.2.attentions.1.transformer_blocks.3")   # "d2 a1.3"
@@ -8,15 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from studio.ablation.sweep import SweepResult
-from studio.blocks import unet_layout
+from studio.blocks import unet_layout, unit_label
 from studio.removal import parse_unit
 
-
-def short_label(unit: str) -> str:
-    """Compact name of a unit: ``d2 a1.3`` (down_blocks.2, attention 1, layer 3), ``mid r0``, ``u0 a2``."""
-    block, slot = _slot(unit)
-    short = "mid" if block == "mid_block" else block[0] + block.split(".")[-1]
-    return f"{short} {slot}" if not unit.startswith("levels") else unit
+short_label = unit_label  # the name the Layers tab imports
 
 
 def _slot(unit: str) -> tuple[str, str]:
@@ -54,7 +49,7 @@ def plot_sweep(result: SweepResult, unet_config: dict, *, metric: str = "damage"
         for j, u in enumerate(cells[b]):
             value = by_unit[u][metric]
             grid[i, j] = np.nan if value is None else value
-    fig = Figure(figsize=(min(18.0, max(7.0, 2.5 + 0.42 * width)), 1.6 + 0.45 * len(blocks)), layout="constrained")
+    fig = Figure(figsize=(min(18.0, max(7.0, 3.0 + 0.6 * width)), 1.6 + 0.45 * len(blocks)), layout="constrained")
     ax = fig.subplots()
     positive = grid[np.isfinite(grid) & (grid > 0)]
     log = metric.startswith("damage") and positive.size > 1 and positive.max() > 20 * positive.min()
@@ -64,10 +59,11 @@ def plot_sweep(result: SweepResult, unet_config: dict, *, metric: str = "damage"
     for i, b in enumerate(blocks):
         for j, u in enumerate(cells[b]):
             dark = np.isfinite(grid[i, j]) and image.norm(grid[i, j]) > 0.55  # the colour's position in the map
-            ax.text(j, i, _slot(u)[1], ha="center", va="center", fontsize=6, color="white" if dark else "black")
-    ax.set_yticks(range(len(blocks)), blocks, fontsize=8)
+            ax.text(j, i, unit_label(u), ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ax.set_yticks(range(len(blocks)), [f"{unit_label(b)} · {b}" for b in blocks], fontsize=8)
     ax.set_xticks([])
     fig.colorbar(image, ax=ax, label=metric + (" (log scale)" if log else ""), shrink=0.9)
     ax.set_title(f"{result.model}: leave-one-out {metric} per unit", fontsize=10)
-    ax.set_xlabel("r = resnet, a = attention, a.k = transformer layer k; blank = not swept", fontsize=8)
+    ax.set_xlabel("d/mid/u = down/mid/up block; r = resnet, a = attention, a1.3 = its transformer layer 3; "
+                  "blank = not swept", fontsize=8)
     return fig

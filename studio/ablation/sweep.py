@@ -107,6 +107,24 @@ def _full_reference(pipe, config: AblationConfig, base: dict, tick, should_stop)
     return [r.images[0] for r in results], latency
 
 
+def sweep_files(pipe: StableDiffusionXLPipeline, config: AblationConfig, *, model_name: str | None = None,
+                units: list[str] | None = None, groups: bool = False) -> tuple[list[str], dict, dict[str, Path]]:
+    """(units, cache key, {unit: its cached row file}) of a sweep; a unit whose file exists costs nothing."""
+    model_name = model_name or config.model
+    units = list(units) if units is not None else removable_units(dict(pipe.unet.config), groups=groups)
+    if not units:
+        raise ValueError("sweep: no units to try")
+    base = {"v": CACHE_VERSION, "model": model_name, "weights": weights_fingerprint(pipe.unet),
+            "prompts": config.prompts, "seeds": config.seeds, "steps": config.steps, "guidance": config.guidance,
+            "resolution": resolution_of(pipe, config)}
+    return units, base, {u: sweep_dir() / f"{_key(base, u)}.json" for u in units}
+
+
+def full_reference_cached(base: dict) -> bool:
+    """Whether the full model's images for a sweep's cache key are on disk."""
+    return (_full_folder(base) / "meta.json").is_file()
+
+
 def sweep(pipe: StableDiffusionXLPipeline, config: AblationConfig, *, model_name: str | None = None,
           units: list[str] | None = None, groups: bool = False, on_step: OnStep | None = None,
           should_stop: ShouldStop | None = None) -> SweepResult:
@@ -129,19 +147,13 @@ def sweep(pipe: StableDiffusionXLPipeline, config: AblationConfig, *, model_name
     start = time.perf_counter()
     model_name = model_name or config.model
     unet_config = dict(pipe.unet.config)
-    units = list(units) if units is not None else removable_units(unet_config, groups=groups)
-    if not units:
-        raise ValueError("sweep: no units to try")
-    resolution = resolution_of(pipe, config)
-    base = {"v": CACHE_VERSION, "model": model_name, "weights": weights_fingerprint(pipe.unet),
-            "prompts": config.prompts, "seeds": config.seeds, "steps": config.steps, "guidance": config.guidance,
-            "resolution": resolution}
-    files = {u: sweep_dir() / f"{_key(base, u)}.json" for u in units}
+    units, base, files = sweep_files(pipe, config, model_name=model_name, units=units, groups=groups)
+    resolution = base["resolution"]
     todo = [u for u in units if not files[u].is_file()]
     costs = {u: plan_cost(unet_config, RemovalPlan({u}), resolution=resolution,  # validates every new unit
                           vae_scale_factor=pipe.vae_scale_factor, text_tokens=text_tokens(pipe)) for u in todo}
     pairs = pairs_of(config)
-    full_cached = (_full_folder(base) / "meta.json").is_file()
+    full_cached = full_reference_cached(base)
     total = (len(todo) + (not full_cached)) * len(pairs) * config.steps if todo else 0
     done = [0]
 

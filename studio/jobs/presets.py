@@ -9,12 +9,14 @@ refuses them before launch and says what to download or where to point.
 """
 from __future__ import annotations
 
+import json
+import shlex
 import tomllib
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from studio.paths import REPO_ROOT
-from studio.train_config import CONFIG_CLASSES
+from studio.train_config import CONFIG_CLASSES, cli_module, config_class
 
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEFAULT_PRESET = "distill-demo-vega-5min"  # a demo student in ~5 min on a CPU
@@ -68,3 +70,32 @@ def _cached_snapshot(model: str) -> str | None:
         return snapshot_download(spec.source, local_files_only=True) if spec.source_kind == "hub" else None
     except Exception:  # unknown model, not cached, or offline: the preset keeps its placeholder path
         return None
+
+
+def _arg(value) -> str:
+    """A ``--field VALUE`` value as the training CLIs parse it back (JSON when it parses, else the string)."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return shlex.quote(value)
+    return shlex.quote(json.dumps(value))
+
+
+def cli_preview(kind: str, config: dict, preset: str = "", folder: Path = CONFIGS_DIR) -> str:
+    """The shell command running ``config`` without the UI, command first: the preset's file plus one
+    ``--field VALUE`` line per field that differs from it; with no preset, ``--config job.json`` and the JSON."""
+    module = cli_module(kind)
+    found = {p.name: p for p in list_presets(folder)}
+    if preset not in found or found[preset].kind != kind:
+        body = json.dumps(config, indent=1)
+        return f"python -m {module} --config job.json\n\n# job.json:\n{body}"
+    _, base = preset_config(preset, folder)
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(config_class(kind))}
+    changed = {k: v for k, v in config.items() if base.get(k, defaults.get(k)) != v}
+    changed |= {k: defaults[k] for k in base if k not in config and k in defaults}
+    path = found[preset].path
+    path = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    lines = [f"python -m {module} --config {shlex.quote(str(path))}"] + [f"    --{k} {_arg(v)}" for k, v in changed.items()]
+    return " \\\n".join(lines)

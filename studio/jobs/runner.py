@@ -112,6 +112,13 @@ def gpu_handover(cache) -> Callable[["Job"], str]:
     return hook
 
 
+def auto_name(job_id: str) -> str:
+    """The output name of a job given none: ``distill-20261202-0117-9762`` for job ``20261202-011756-distill-9762``
+    (kind first, each part once; minutes are enough beside the random suffix)."""
+    day, clock, kind, suffix = job_id.split("-", 3)
+    return f"{kind}-{day}-{clock[:4]}-{suffix}"
+
+
 # ---------------------------------------------------------------- runner
 
 class JobRunner:
@@ -190,7 +197,7 @@ class JobRunner:
         if kind == "distill" and not config.get("base_name"):
             config["base_name"] = registry_name_of(config.get("teachers"))
         frozen = validate_config(kind, config)
-        name = model_name(name or f"{kind}-{job_id}")
+        name = model_name(name or auto_name(job_id))
         with self._locked():
             job_dir.mkdir(parents=True)
             (job_dir / CONFIG_FILE).write_text(json.dumps(frozen, indent=1) + "\n")

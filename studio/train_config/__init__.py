@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from studio.train_config.base import TrainConfig
 from studio.train_config.distill import DistillConfig
+from studio.train_config.fewstep import FewStepConfig
 from studio.train_config.lora import LoraTrainConfig
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
     "distill": DistillConfig,
     "lora": LoraTrainConfig,
+    "fewstep": FewStepConfig,
 }
 
 

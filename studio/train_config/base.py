@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -65,24 +66,38 @@ def read_config_file(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------- validation helpers
 
-def require_ints(cfg, names: tuple[str, ...], minimum: int) -> None:
-    """ValueError naming the first field of ``names`` that is not an integer >= ``minimum``."""
-    for name in names:
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of a numeric config field; ``check`` raises the ValueError naming the field, ``describe``
+    is the same range in words (the Train tab's form shows it)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value > low (else >=)
+    high_open: bool = False  # True: value < high (else <=)
+    integer: bool = False
+
+    def describe(self) -> str:
+        what = "an integer " if self.integer else ""
+        if self.high is None:
+            return f"{what}{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what}in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def contains(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def check(self, cfg, name: str) -> None:
         value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= {minimum}; got {value!r}")
+        if not self.contains(value):
+            raise ValueError(f"{type(cfg).__name__}.{name} must be {self.describe()}; got {value!r}")
 
 
-def require_non_negative(cfg, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be >= 0; got {getattr(cfg, name)}")
-
-
-def require_fraction(cfg, name: str) -> None:
-    """``name`` in [0, 1)."""
-    if not 0 <= getattr(cfg, name) < 1:
-        raise ValueError(f"{type(cfg).__name__}.{name} must be in [0, 1); got {getattr(cfg, name)}")
+NON_NEGATIVE, FRACTION = Bound(0), Bound(0, 1, high_open=True)
+COUNT, POSITIVE_COUNT = Bound(0, integer=True), Bound(1, integer=True)
 
 
 def check_buckets(cfg) -> None:
@@ -103,6 +118,19 @@ def check_dataset(cfg, allowed: str) -> None:
         raise ValueError(f"{type(cfg).__name__}.dataset: {cfg.dataset!r} {what}. Put your images there with a "
                          f"metadata.jsonl (one {{\"file_name\": ..., \"{cfg.caption_column}\": ...}} per line), "
                          f"or use {allowed}")
+
+
+def check_model(cfg, field_name: str) -> None:
+    """A registry name or a local model folder (``studio.loading.resolve_spec`` decides)."""
+    from studio.loading import resolve_spec
+
+    value = getattr(cfg, field_name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{type(cfg).__name__}.{field_name}: give a registry name or a local model folder")
+    try:
+        resolve_spec(value)
+    except ValueError as err:
+        raise ValueError(f"{type(cfg).__name__}.{field_name}: {err}") from None
 
 
 def missing_model_hint(path: str, registry_name: str = "") -> str:
@@ -143,19 +171,32 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget of one run; when hit: checkpoint + export, like the last step
     output_dir: str = "outputs/train"
 
+    # Validation bounds and choices by field name (subclasses add theirs; ``class_table`` merges them): one source
+    # for __post_init__ and the Train tab's form. FORM: the common fields the form shows, in order.
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "steps": POSITIVE_COUNT, "batch_size": POSITIVE_COUNT, "grad_accum": POSITIVE_COUNT,
+        "lr_warmup_steps": COUNT, "checkpoint_every": COUNT, "keep_checkpoints": COUNT, "validate_every": COUNT,
+        "seed": COUNT, "lr": Bound(0, 1, low_open=True), "ema_decay": FRACTION, "weight_decay": NON_NEGATIVE,
+        "max_grad_norm": NON_NEGATIVE, "max_minutes": NON_NEGATIVE}
+    CHOICES: ClassVar[dict[str, tuple]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
+    FORM: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size", "checkpoint_every", "validate_every",
+                                       "max_minutes", "lr_scheduler", "mixed_precision", "seed")
+
+    @classmethod
+    def class_table(cls, attr: str) -> dict:
+        """``BOUNDS`` or ``CHOICES`` of this class and its bases merged (a subclass entry wins)."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get(attr, {}))
+        return merged
+
     def __post_init__(self):
         name = type(self).__name__
-        require_ints(self, ("steps", "batch_size", "grad_accum"), 1)
-        require_ints(self, ("lr_warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "seed"), 0)
-        if not 0 < self.lr <= 1:
-            raise ValueError(f"{name}.lr must be in (0, 1]; got {self.lr}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"{name}.lr_scheduler must be one of {LR_SCHEDULERS}; got {self.lr_scheduler!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"{name}.mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"{name}.ema_decay must be in [0, 1); got {self.ema_decay}")
-        require_non_negative(self, ("weight_decay", "max_grad_norm", "max_minutes"))
+        for field_name, bound in self.class_table("BOUNDS").items():
+            bound.check(self, field_name)
+        for field_name, allowed in self.class_table("CHOICES").items():
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(f"{name}.{field_name} must be one of {allowed}; got {getattr(self, field_name)!r}")
         if not self.output_dir:
             raise ValueError(f"{name}.output_dir must not be empty")
 

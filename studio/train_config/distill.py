@@ -7,19 +7,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from studio.recipes import RECIPES
-from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_buckets, check_dataset, missing_model_hint,
-                                      require_fraction, require_non_negative)
+from studio.train_config.base import (FRACTION, NON_NEGATIVE, POSITIVE_COUNT, SAVE_DTYPES, TrainConfig, check_buckets,
+                                      check_dataset, missing_model_hint)
 
 FEATURE_LEVELS = ("layer", "block")
+
+
+def parse_teachers(text: str) -> list[dict]:
+    """CLI / form shorthand ``"path[@weight],path2[@weight]"`` -> ``[{path, weight}, ...]``."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if item:
+            path, _, weight = item.rpartition("@") if "@" in item else (item, "", "")
+            out.append({"path": path.strip(), "weight": float(weight) if weight.strip() else 1.0})
+    return out
+
+
+def teachers_text(teachers) -> str:
+    """``[{path, weight}, ...]`` -> the shorthand (weight left out when 1)."""
+    if isinstance(teachers, str):
+        return teachers
+    items = [t if isinstance(t, dict) else {"path": t} for t in teachers or []]
+    return ", ".join(t["path"] + ("" if float(t.get("weight", 1.0)) == 1.0 else f"@{float(t['weight']):g}")
+                     for t in items)
 
 
 @dataclass
 class DistillConfig(TrainConfig):
     """What to distill (the optimisation fields come from TrainConfig). Saved in every checkpoint and output."""
 
-    teachers: list = field(default_factory=lambda: [{"path": "assets/demo/teacher", "weight": 1.0}])  # pipelines
+    teachers: list = field(  # teacher pipeline folders, loss weighted; form: "path[@weight], ..."
+        default_factory=lambda: [{"path": "assets/demo/teacher", "weight": 1.0}])
     student: str = "ssd-1b"  # removal recipe applied to the (first) teacher, or an exported student folder
     student_keep: str = "spread"  # which transformer layers a recipe keeps: "spread" | "first"
     base_name: str = ""  # registry name of the teacher, written to the output's studio_model.json
@@ -31,10 +52,10 @@ class DistillConfig(TrainConfig):
     cache_text: bool = True  # encode every caption once (text encoders frozen)
     cache_dir: str = ""  # also keep the latent and caption caches on disk here (captions memory-mapped)
     caption_dropout: float = 0.1  # rows trained unconditionally (zero embedding), keeps CFG working
-    noise_offset: float = 0.0
-    lambda_task: float = 1.0
-    lambda_out: float = 0.5  # SSD-1B / segmind 0.5; BK-SDM 1
-    lambda_feat: float = 0.5
+    noise_offset: float = 0.0  # add this times per-channel noise (brighter darks / darker brights)
+    lambda_task: float = 1.0  # weight of the task loss (noise MSE against the true noise)
+    lambda_out: float = 0.5  # weight of MSE(student output, teacher output); SSD-1B / segmind 0.5; BK-SDM 1
+    lambda_feat: float = 0.5  # weight of the feature loss (MSE of hooked student vs teacher features)
     feature_level: str = "layer"  # "layer" (SSD-1B) | "block" (BK-SDM)
     feature_weights: dict = field(default_factory=dict)  # student module name -> weight (others 1)
     stages: list = field(default_factory=list)  # progressive removal: [{at_step, units=[...]} or {at_step, recipe}]
@@ -47,37 +68,34 @@ class DistillConfig(TrainConfig):
     save_dtype: str = "fp32"  # dtype of the exported student ("fp32" | "fp16" | "bf16"); checkpoints stay fp32
     output_dir: str = "outputs/distill"
 
+    BOUNDS: ClassVar = {"dataset_count": POSITIVE_COUNT, "caption_dropout": FRACTION, "noise_offset": NON_NEGATIVE,
+                        "lambda_task": NON_NEGATIVE, "lambda_out": NON_NEGATIVE, "lambda_feat": NON_NEGATIVE,
+                        "validation_steps": POSITIVE_COUNT, "validation_guidance": NON_NEGATIVE}
+    CHOICES: ClassVar = {"student_keep": ("spread", "first"), "feature_level": FEATURE_LEVELS,
+                         "save_dtype": SAVE_DTYPES}
+    SUGGESTIONS: ClassVar = {"student": tuple(RECIPES)}  # the form offers these; other values allowed (a folder)
+    TEXT_CODECS: ClassVar = {"teachers": (teachers_text, parse_teachers)}  # the form edits this list as text
+    FORM: ClassVar = ("teachers", "student", "student_keep", "dataset", "dataset_count", "lambda_task", "lambda_out",
+                      "lambda_feat", "feature_level", "save_dtype")
+
     def __post_init__(self):
         super().__post_init__()
         self._check_teachers()
         if self.student not in RECIPES and not Path(self.student).is_dir():
             raise ValueError(f"DistillConfig.student: {self.student!r} is neither a recipe ({', '.join(RECIPES)}) "
                              f"nor an existing student folder")
-        if self.student_keep not in ("spread", "first"):
-            raise ValueError(f"DistillConfig.student_keep must be 'spread' or 'first'; got {self.student_keep!r}")
-        if self.dataset == "demo":
-            if self.dataset_count < 1:
-                raise ValueError(f"DistillConfig.dataset_count must be >= 1; got {self.dataset_count}")
-        elif not self.dataset.startswith("hf:"):
+        if self.dataset != "demo" and not self.dataset.startswith("hf:"):
             check_dataset(self, "'demo' (the synthetic shapes) or 'hf:<dataset name>'")
         check_buckets(self)
-        require_fraction(self, "caption_dropout")
-        require_non_negative(self, ("noise_offset", "lambda_task", "lambda_out", "lambda_feat", "validation_guidance"))
         if not (self.lambda_task or self.lambda_out or self.lambda_feat):
             raise ValueError("DistillConfig.lambda_task/lambda_out/lambda_feat: at least one must be > 0")
-        if self.feature_level not in FEATURE_LEVELS:
-            raise ValueError(f"DistillConfig.feature_level must be one of {FEATURE_LEVELS}; got {self.feature_level!r}")
         if any(not isinstance(v, (int, float)) or v < 0 for v in self.feature_weights.values()):
             raise ValueError(f"DistillConfig.feature_weights: weights must be numbers >= 0; got {self.feature_weights}")
         self._check_stages()
-        if self.validation_steps < 1:
-            raise ValueError(f"DistillConfig.validation_steps must be >= 1; got {self.validation_steps}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"DistillConfig.save_dtype must be one of {SAVE_DTYPES}; got {self.save_dtype!r}")
 
     def _check_teachers(self) -> None:
         if isinstance(self.teachers, str):  # CLI shorthand: "path[@weight],path2[@weight]"
-            self.teachers = [dict(zip(("path", "weight"), t.split("@"))) for t in self.teachers.split(",")]
+            self.teachers = parse_teachers(self.teachers)
         if not self.teachers:
             raise ValueError("DistillConfig.teachers: give at least one teacher pipeline folder")
         teachers = []

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from studio.demo.concepts import CONCEPTS
-from studio.train_config.base import (SAVE_DTYPES, TrainConfig, check_buckets, check_dataset, require_fraction,
-                                      require_non_negative)
+from studio.train_config.base import (FRACTION, NON_NEGATIVE, POSITIVE_COUNT, SAVE_DTYPES, Bound, TrainConfig,
+                                      check_buckets, check_dataset, check_model)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # at the top of output_dir, where load_lora_weights looks
 CONFIG_NAME = "lora_config.json"
@@ -56,10 +57,19 @@ class LoraTrainConfig(TrainConfig):
     validation_guidance: float = 0.0  # CFG scale; 0 = the base model's default
     output_dir: str = "outputs/models/loras/lora"  # under the models dir, so the Generate tab lists it
 
+    BOUNDS: ClassVar = {"rank": Bound(0, low_open=True, integer=True), "alpha": NON_NEGATIVE, "dropout": FRACTION,
+                        "kd_weight": NON_NEGATIVE, "caption_dropout": FRACTION, "noise_offset": NON_NEGATIVE,
+                        "snr_gamma": NON_NEGATIVE, "validation_steps": POSITIVE_COUNT,
+                        "validation_guidance": NON_NEGATIVE}
+    CHOICES: ClassVar = {"save_dtype": SAVE_DTYPES}
+    SUGGESTIONS: ClassVar = {"dataset": tuple(f"demo:{c}" for c in CONCEPTS)}
+    FORM: ClassVar = ("base_model", "dataset", "rank", "alpha", "dropout", "train_text_encoder", "snr_gamma",
+                      "caption_dropout", "save_dtype")
+
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        _check_model(self, "base_model")
+        check_model(self, "base_model")
         if not self.dataset:
             raise ValueError(f"{name}.dataset: give an imagefolder (metadata.jsonl), 'hf:<name>' or 'demo:<concept>'")
         if self.dataset.startswith("demo:"):
@@ -68,11 +78,6 @@ class LoraTrainConfig(TrainConfig):
                                  f"allowed: {', '.join('demo:' + c for c in CONCEPTS)}")
         elif not self.dataset.startswith("hf:"):
             check_dataset(self, "'hf:<dataset name>' or 'demo:<concept>'")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise ValueError(f"{name}.rank must be an integer > 0; got {self.rank!r}")
-        if self.alpha < 0:
-            raise ValueError(f"{name}.alpha must be >= 0 (0 = rank); got {self.alpha}")
-        require_fraction(self, "dropout")
         for field_name in ("target_modules", "text_target_modules"):
             value = getattr(self, field_name)
             if isinstance(value, str):  # CLI shorthand: "to_q,to_k"
@@ -87,37 +92,17 @@ class LoraTrainConfig(TrainConfig):
                 re.compile(self.exclude_modules)
             except re.error as err:
                 raise ValueError(f"{name}.exclude_modules: bad regex {self.exclude_modules!r} ({err})") from None
-        if self.kd_weight < 0:
-            raise ValueError(f"{name}.kd_weight must be >= 0 (0 = no teacher); got {self.kd_weight}")
         if self.kd_weight and not self.kd_teacher:
             raise ValueError(f"{name}.kd_teacher: kd_weight {self.kd_weight} needs a teacher model to match")
         if self.kd_teacher:
-            _check_model(self, "kd_teacher")
+            check_model(self, "kd_teacher")
         if self.kd_teacher_lora and not lora_weight_file(self.kd_teacher_lora).exists():
             raise ValueError(f"{name}.kd_teacher_lora: {self.kd_teacher_lora!r} does not exist")
         if self.init_lora and not Path(self.init_lora).exists():
             raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
         check_buckets(self)
-        require_fraction(self, "caption_dropout")
-        require_non_negative(self, ("noise_offset", "snr_gamma", "validation_guidance"))
-        if self.validation_steps < 1:
-            raise ValueError(f"{name}.validation_steps must be >= 1; got {self.validation_steps}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"{name}.save_dtype must be one of {SAVE_DTYPES}; got {self.save_dtype!r}")
 
     @property
     def lora_alpha(self) -> float:
         return self.alpha or float(self.rank)
 
-
-def _check_model(cfg: LoraTrainConfig, field_name: str) -> None:
-    """A registry name or a local model folder (``studio.loading.resolve_spec`` decides)."""
-    from studio.loading import resolve_spec
-
-    value = getattr(cfg, field_name)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{type(cfg).__name__}.{field_name}: give a registry name or a local model folder")
-    try:
-        resolve_spec(value)
-    except ValueError as err:
-        raise ValueError(f"{type(cfg).__name__}.{field_name}: {err}") from None

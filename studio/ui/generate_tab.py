@@ -38,7 +38,7 @@ LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parame
 MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
 SPEED_FIELDS = ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse", "feature_reuse_branch",
                 "compile")  # then the speed options: request fields, and the cache's compile mode
-DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt")  # taken from the registry when the model set changes
+DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt", "scheduler")  # from the registry when the model set changes
 DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
 
@@ -47,7 +47,7 @@ def model_defaults(name: str) -> dict:
     """The registry's defaults for ``name`` (from its model card), keyed by request field."""
     spec = get_spec(name)
     return {"steps": spec.default_steps, "guidance": spec.default_guidance,
-            "negative_prompt": spec.default_negative_prompt}
+            "negative_prompt": spec.default_negative_prompt, "scheduler": spec.scheduler or "Euler"}
 
 
 def apply_defaults(chosen: list[str], current: dict, applied: dict) -> tuple[dict, dict, str]:
@@ -72,12 +72,15 @@ def defaults_info(chosen: list[str], kept: list[str]) -> str:
         d, spec = model_defaults(name), get_spec(name)
         size = f"{spec.default_size}²" if spec.default_size else "its native size"
         neg = f", negative prompt “{d['negative_prompt']}”" if d["negative_prompt"] else ""
-        return f"**{name}**: {d['steps']} steps, CFG {d['guidance']:g}{neg}, {size}"
+        return f"**{name}**: {d['scheduler']}, {d['steps']} steps, CFG {d['guidance']:g}{neg}, {size}"
 
     text = "Defaults applied from " + card(chosen[0])
-    others = [card(m) for m in chosen[1:] if model_defaults(m) != model_defaults(chosen[0])]
+    few = [card(m) for m in chosen[1:] if get_spec(m).few_step]
+    others = [card(m) for m in chosen[1:] if model_defaults(m) != model_defaults(chosen[0]) and not get_spec(m).few_step]
+    if few:
+        text += ". Few-step models run with their own card: " + "; ".join(few)
     if others:
-        text += ". Other cards (one request runs on every model): " + "; ".join(others)
+        text += ". Other cards (the request above runs on these too): " + "; ".join(others)
     if kept:
         text += ". Your own value kept for: " + ", ".join(kept)
     return text + "."
@@ -93,7 +96,7 @@ def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
         w["steps"] = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="Steps")
         w["guidance"] = gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale")
     with gr.Row():
-        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Sampler")
+        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=defaults["scheduler"], label="Sampler")
         w["batch_size"] = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images per model")
     with gr.Row():
         preset = gr.Dropdown(list(SIZE_PRESETS), value="model's native size", label="Size preset")
@@ -314,11 +317,11 @@ def on_refresh_lists() -> tuple[dict, dict]:
     return on_list_models(), on_list_loras()
 
 
-def on_models_change(chosen, steps, guidance, negative_prompt, applied):
+def on_models_change(chosen, steps, guidance, negative_prompt, scheduler, applied):
     """Apply the registry defaults of the newly chosen models (user-changed values stay)."""
-    values, applied, info = apply_defaults(list(chosen or []), dict(steps=steps, guidance=guidance,
-                                                                    negative_prompt=negative_prompt), applied or {})
-    return values["steps"], values["guidance"], values["negative_prompt"], applied, info
+    current = dict(steps=steps, guidance=guidance, negative_prompt=negative_prompt, scheduler=scheduler)
+    values, applied, info = apply_defaults(list(chosen or []), current, applied or {})
+    return (*(values[f] for f in DEFAULT_FIELDS), applied, info)
 
 
 def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Component]:

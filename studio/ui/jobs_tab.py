@@ -3,24 +3,29 @@ ETA, validation grid, log tail), cancel, resume, delete, download outputs. A thi
 ``studio.jobs.JobRunner`` (which owns the processes); the page polls with ``gr.Timer`` instead of holding a request
 open.
 
-The config editor is JSON keyed by the job kind's config field names; the common-field widgets write into it by name.
+The form shows the common fields of the job kind's config class (``studio.train_config.form``: labels are field
+names, help the fields' comments, ranges their validation bounds); the JSON editor ("advanced") holds every field.
+Form and JSON map to each other by field name.
 """
 from __future__ import annotations
 
 import json
-import shlex
 
 import gradio as gr
 
-from studio.jobs import (KINDS, LOSS_KEYS, JobRunner, command_line, format_seconds, list_presets, preset_config,
-                         validate_config)
+from studio.jobs import KINDS, JobRunner, format_seconds, list_presets, preset_config, validate_config
+from studio.jobs.kinds import missing_for
+from studio.jobs.plot import loss_figure
+from studio.jobs.presets import cli_preview
 from studio.paths import data_dir, model_roots
+from studio.train_config import TrainConfig, config_class
+from studio.train_config.form import FormField, apply_form, form_fields, form_values
 
-COMMON_FIELDS = {  # TrainConfig field -> widget label (shared by every job kind)
-    "steps": "Steps", "lr": "Learning rate", "batch_size": "Batch size", "checkpoint_every": "Checkpoint every",
-    "validate_every": "Validate every", "max_minutes": "Max minutes (0 = no limit)"}
-JOB_COLUMNS = ["id", "type", "name", "status", "step", "loss", "ETA", "message"]
-PLOT_COLUMNS = ["step", "value", "series"]
+FIRST_STEP = ("**Start here:** pick a preset (the *demo* ones run on this CPU in minutes), adjust the form, press "
+              "**Launch**; the job, its loss curve and its log appear on the right.")
+COMMON_FIELDS = TrainConfig.FORM[:6]  # the optimisation fields /jobs_preset returns (in this order) after the config
+OPTIMISE_FIELDS = TrainConfig.FORM  # shared by every job kind: one set of widgets
+JOB_COLUMNS = ["job", "status", "step", "loss", "ETA"]  # the output name is in the summary beneath
 LOG_LINES = 14  # the log box shows the whole tail
 
 
@@ -36,24 +41,9 @@ def parse_config(text: str) -> dict:
     return config
 
 
-def cli_for(kind: str, config: dict) -> str:
-    """A copy-paste shell snippet running the same job without the UI."""
-    body = json.dumps(config, indent=1)
-    cmd = " ".join(shlex.quote(c) for c in ["python"] + command_line(kind, "job.json")[1:])
-    return f"cat > job.json <<'EOF'\n{body}\nEOF\n{cmd}"
-
-
-def plot_frame(rows: list[dict], max_points: int = 1500):
-    """Long-format frame (step, value, series) of the loss terms for gr.LinePlot (long runs thinned to about
-    ``max_points`` steps, the last one kept)."""
-    import pandas as pd
-
-    if len(rows) > max_points:
-        rows = rows[::-(-len(rows) // max_points)] + rows[-1:]
-    data = [(r["step"], r[k], k) for r in rows for k in LOSS_KEYS if k in r]
-    if not data:  # None, not an empty frame: the browser's plot keeps the colour scale of its first data (none)
-        return None
-    return pd.DataFrame(data, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "series": "str"})
+def kind_fields(kind: str) -> tuple[str, ...]:
+    """The form fields of a job kind beside the shared optimisation ones ("what to train")."""
+    return tuple(config_class(kind).__dict__.get("FORM", ()))
 
 
 def job_rows(runner: JobRunner) -> list[list]:
@@ -62,9 +52,13 @@ def job_rows(runner: JobRunner) -> list[list]:
         p = runner.progress(job.id)
         loss = f"{p['loss']:.4g}" if p["loss"] is not None else ""
         eta = format_seconds(p["eta_s"]) if job.status == "running" else ""
-        msg = job.message if len(job.message) < 90 else job.message[:87] + "…"
-        rows.append([job.id, job.kind, job.name, job.status, f"{p['step']}/{p['total']}", loss, eta, msg])
+        rows.append([job.id, shown_status(job), f"{p['step']}/{p['total']}", loss, eta])
     return rows
+
+
+def shown_status(job) -> str:
+    """The status a user should read: a running job asked to stop is "cancelling"."""
+    return "cancelling" if job.status == "running" and job.cancel_requested is not None else job.status
 
 
 def job_summary(runner: JobRunner, job_id: str) -> str:
@@ -72,11 +66,27 @@ def job_summary(runner: JobRunner, job_id: str) -> str:
     speed = f" · {p['sec_per_step']:.2f} s/step" if p["sec_per_step"] else ""
     eta = f" · ETA {format_seconds(p['eta_s'])}" if job.status == "running" and p["eta_s"] is not None else ""
     out = f" · output `{job.output}`" if job.output else ""
-    return f"**{job.id}** ({job.kind} → `{job.name}`): **{job.status}** · step {p['step']}/{p['total']}{speed}" \
-           f"{eta}{out}\n\n{job.message}"
+    note = "stop requested: it checkpoints and stops after the current step" if shown_status(job) == "cancelling" \
+        else job.message
+    return f"**{job.id}** ({job.kind} → `{job.name}`): **{shown_status(job)}** · step {p['step']}/{p['total']}" \
+           f"{speed}{eta}{out}\n\n{note}"
 
 
 # ---------------------------------------------------------------- handlers
+
+def check_text(kind: str, config: dict) -> str:
+    """✓ with the essentials, or ✗ with what is wrong; on this machine's terms: everything a preset still needs
+    (model downloads, the data set, a GPU) is listed with how to get it."""
+    missing = missing_for(kind, config)
+    bullets = "\n".join(f"- {m}" for m in missing)
+    try:
+        frozen = validate_config(kind, config | {"output_dir": "<job folder>/train"})
+    except ValueError as e:
+        return f"✗ **Not ready on this machine** — what is missing and how to get it:\n{bullets}" if missing \
+            else f"✗ {e}"
+    ok = f"✓ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
+    return f"{ok}\n\n⚠ Before it can run here:\n{bullets}" if missing else ok
+
 
 class JobsHandlers:
     """Event handlers bound to the app's one JobRunner."""
@@ -85,21 +95,22 @@ class JobsHandlers:
         self.runner = runner
 
     def on_preset(self, name: str):
-        """Preset (a configs/*.toml file stem) -> job type, config JSON, the common-field values, its check."""
+        """Preset (a configs/*.toml file stem) -> job type, config JSON, the common-field values, its check, CLI."""
         try:
             kind, config = preset_config(name)
         except ValueError as e:
             raise gr.Error(str(e)) from e
-        return (kind, json.dumps(config, indent=1), *(config.get(f) for f in COMMON_FIELDS), check_text(kind, config),
-                cli_for(kind, config))
+        values = form_values(config_class(kind), config, COMMON_FIELDS)
+        return (kind, json.dumps(config, indent=1), *values.values(), check_text(kind, config),
+                cli_preview(kind, config, name))
 
-    def on_check(self, kind: str, config_text: str):
+    def on_check(self, kind: str, config_text: str, preset: str = ""):
         """Validate without launching: (message, CLI snippet)."""
         try:
             config = parse_config(config_text)
         except ValueError as e:
             return f"✗ {e}", ""
-        return check_text(kind, config), cli_for(kind, config)
+        return check_text(kind, config), cli_preview(kind, config, preset or "")
 
     def on_submit(self, kind: str, config_text: str, name: str):
         """Validate and queue; the job id (errors are raised before anything starts)."""
@@ -109,15 +120,15 @@ class JobsHandlers:
         except ValueError as e:
             raise gr.Error(str(e)) from e
         job = self.runner.status(job_id)
-        return (f"✓ queued **{job_id}** ({job.status})", gr.Dropdown(choices=self._ids(), value=job_id),
-                job_rows(self.runner))
+        return (f"✓ launched **{job_id}** as `{job.name}`: its status, loss and log follow on the right.",
+                gr.Dropdown(choices=self._ids(), value=job_id), job_rows(self.runner))
 
     def on_list(self):
         self.runner.poll()
         return job_rows(self.runner), gr.Dropdown(choices=self._ids())
 
     def on_status(self, job_id: str | None):
-        """(summary, loss plot frame, latest validation image, log tail, output files, command) of one job."""
+        """(summary, loss plot, latest validation image, log tail, output files, command) of one job."""
         if not job_id:
             return "Select a job.", None, None, "", [], ""
         try:
@@ -125,17 +136,19 @@ class JobsHandlers:
         except ValueError as e:  # deleted meanwhile
             return str(e), None, None, "", [], ""
         image = self.runner.latest_validation(job_id)
-        return (summary, plot_frame(self.runner.metrics(job_id)), str(image) if image else None,
+        return (summary, loss_figure(self.runner.metrics(job_id), title=job_id), str(image) if image else None,
                 "\n".join(self.runner.log_tail(job_id, LOG_LINES)), [str(p) for p in self.runner.outputs(job_id)],
                 self.runner.shell_command(job_id))
 
     def on_tick(self, job_id: str | None, seen: dict):
-        """Timer: poll the runner, refresh the table and the selected job; unchanged outputs are skipped."""
+        """Timer: poll the runner, refresh the table and the selected job; unchanged outputs are skipped (the plot
+        is redrawn only when a step was logged)."""
         self.runner.poll()
         rows, ids = job_rows(self.runner), self._ids()
         summary, plot, image, log, files, cmd = self.on_status(job_id)
+        steps = len(self.runner.metrics(job_id)) if job_id and plot is not None else 0
         new = {"job": job_id, "rows": rows, "ids": ids, "summary": summary, "image": image, "log": log,
-               "steps": 0 if plot is None else len(plot), "files": files, "cmd": cmd}
+               "steps": steps, "files": files, "cmd": cmd}
         seen = seen if seen and seen.get("job") == job_id else {}  # another job selected: send everything
 
         def fresh(key, value):
@@ -172,33 +185,64 @@ class JobsHandlers:
         return [j.id for j in reversed(self.runner.list())]
 
 
-def check_text(kind: str, config: dict) -> str:
-    try:
-        frozen = validate_config(kind, config | {"output_dir": "<job folder>/train"})
-    except ValueError as e:
-        return f"✗ {e}"
-    return f"✓ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
+# ---------------------------------------------------------------- form <-> JSON, by field name
+
+class Form:
+    """The form's widgets by field name: one set of optimisation fields, one group of "what to train" fields per
+    job kind (only the selected kind's group is visible)."""
+
+    def __init__(self, kind0: str, config0: dict):
+        self.shared: dict[str, gr.components.Component] = {}
+        self.by_kind: dict[str, dict[str, gr.components.Component]] = {}
+        self.groups: dict[str, gr.Group] = {}
+        for kind in KINDS:
+            values = form_values(config_class(kind), config0 if kind == kind0 else {}, kind_fields(kind))
+            with gr.Group(visible=kind == kind0) as self.groups[kind]:
+                gr.Markdown(f"**What to train** ({kind})", padding=True)
+                with gr.Row(equal_height=True):
+                    self.by_kind[kind] = {f.name: widget(f, values[f.name])
+                                          for f in form_fields(config_class(kind), kind_fields(kind))}
+        values = form_values(config_class(kind0), config0, OPTIMISE_FIELDS)
+        with gr.Group():
+            gr.Markdown("**How to optimise** (every job type)", padding=True)
+            with gr.Row(equal_height=True):
+                self.shared = {f.name: widget(f, values[f.name])
+                               for f in form_fields(config_class(kind0), OPTIMISE_FIELDS)}
+
+    def widgets(self) -> list:
+        return [*self.shared.values(), *(w for group in self.by_kind.values() for w in group.values())]
+
+    def updates(self, kind: str, config: dict) -> dict:
+        """{widget: value} for the fields of ``kind`` (the other kinds' widgets are left as they are)."""
+        cls = config_class(kind)
+        values = form_values(cls, config, OPTIMISE_FIELDS) | form_values(cls, config, kind_fields(kind))
+        targets = self.shared | self.by_kind[kind]
+        return {targets[name]: value for name, value in values.items()}
 
 
-def on_field(config_text: str, *values):
-    """Common-field widgets -> the JSON config (by field name); an unparsable editor is left alone."""
-    try:
-        config = parse_config(config_text)
-    except ValueError:
-        return gr.skip()
-    for name, value in zip(COMMON_FIELDS, values):
-        if value is not None:
-            config[name] = int(value) if name != "lr" and name != "max_minutes" else float(value)
-    return json.dumps(config, indent=1)
+def widget(f: FormField, value):
+    """The input of one form field, labelled by its config name, its help and range beneath."""
+    common = dict(label=f.name, info=f.help, min_width=160)
+    if f.kind in ("int", "float"):
+        return gr.Number(value, minimum=f.minimum, maximum=f.maximum, precision=0 if f.kind == "int" else None,
+                         **common)
+    if f.kind == "bool":
+        return gr.Checkbox(bool(value), **common)
+    if f.kind == "choice":
+        return gr.Dropdown(list(f.choices), value=value, allow_custom_value=f.custom, **common)
+    return gr.Textbox(value, **common)
 
 
-def on_config_edit(config_text: str):
-    """JSON editor -> the common-field widgets."""
-    try:
-        config = parse_config(config_text)
-    except ValueError:
-        return tuple(gr.skip() for _ in COMMON_FIELDS)
-    return tuple(config.get(name, gr.skip()) for name in COMMON_FIELDS)
+def on_form_field(name: str):
+    """A form widget edited -> the JSON config with that field set (by name), its check and CLI preview."""
+    def handler(kind: str, config_text: str, value, preset: str):
+        try:
+            config = parse_config(config_text)
+        except ValueError as e:
+            return gr.skip(), f"✗ {e} (fix the JSON under Advanced first)", gr.skip()
+        config = apply_form(config_class(kind), config, {name: value})
+        return json.dumps(config, indent=1), check_text(kind, config), cli_preview(kind, config, preset or "")
+    return handler
 
 
 # ---------------------------------------------------------------- layout
@@ -213,6 +257,7 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
     presets = list_presets()
     first = presets[0].name
     kind0, config0 = preset_config(first)
+    gr.Markdown(FIRST_STEP, elem_id="train-first-step")
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("### New job")
@@ -220,21 +265,20 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
             with gr.Row():
                 kind = gr.Radio(list(KINDS), value=kind0, label="Job type")
                 name = gr.Textbox(label="Output name in the model list", placeholder="automatic")
-            with gr.Row():
-                fields = {f: gr.Number(value=config0.get(f), label=label, precision=None if f in ("lr", "max_minutes")
-                                       else 0, min_width=100) for f, label in COMMON_FIELDS.items()}
-            config = gr.Code(json.dumps(config0, indent=1), language="json", lines=16, max_lines=24,
-                             label="Config (field names of the job type's config dataclass)", interactive=True,
-                             elem_id="job-config")
+            check_md = gr.Markdown(check_text(kind0, config0), elem_id="job-check")
+            form = Form(kind0, config0)
+            with gr.Accordion("Advanced: every field as JSON (the config dataclass's field names)", open=False):
+                config = gr.Code(json.dumps(config0, indent=1), language="json", lines=16, max_lines=24,
+                                 label="Config", interactive=True, elem_id="job-config")
             with gr.Row():
                 check = gr.Button("Check")
                 launch = gr.Button("Launch", variant="primary")
-            check_md = gr.Markdown(check_text(kind0, config0), elem_id="job-check")
-            cli = gr.Code(cli_for(kind0, config0), language="shell", label="Same job from a shell", lines=4)
+            cli = gr.Code(cli_preview(kind0, config0, first), language="shell", label="Same job from a shell",
+                          lines=3, max_lines=14, wrap_lines=True, show_line_numbers=False, elem_id="job-cli")
         with gr.Column(scale=3):
             gr.Markdown("### Jobs")
-            table = gr.Dataframe(job_rows(runner), headers=JOB_COLUMNS, interactive=False, wrap=True,
-                                 column_widths=["21%", "8%", "15%", "10%", "9%", "8%", "8%", "21%"],
+            table = gr.Dataframe(job_rows(runner), headers=JOB_COLUMNS, interactive=False, wrap=False,
+                                 column_widths=["44%", "16%", "14%", "12%", "14%"],
                                  label="Jobs (newest first; click a row to select)", elem_id="jobs-table")
             with gr.Row():
                 selected = gr.Dropdown(h._ids(), value=None, label="Selected job", scale=4)
@@ -244,24 +288,38 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
                 cancel = gr.Button("Cancel", variant="stop")
                 resume = gr.Button("Resume")
                 delete = gr.Button("Delete")
-            plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", height=260,
-                               elem_id="loss-plot")
+            plot = gr.Plot(label="Loss", elem_id="loss-plot")
             with gr.Row():
                 image = gr.Image(label="Latest validation (distill: teacher row above the student row)",
                                  type="filepath", interactive=False, height=220, elem_id="validation-image")
                 files = gr.File(label="Outputs", file_count="multiple", interactive=False, height=220)
             log = gr.Code(language=None, label="Log tail", lines=LOG_LINES, max_lines=LOG_LINES,
                           interactive=False, elem_id="job-log")  # no wrapping: the whole tail stays in view
-            job_cli = gr.Code(language="shell", label="This job from a shell", lines=2)
+            job_cli = gr.Code(language="shell", label="This job from a shell", lines=2, wrap_lines=True,
+                              show_line_numbers=False)
     seen = gr.State({})
     timer = gr.Timer(poll_s)
 
     status_outputs = [summary, plot, image, log, files, job_cli]
-    preset.change(h.on_preset, preset, [kind, config, *fields.values(), check_md, cli], api_name="jobs_preset")
-    for widget in fields.values():
-        widget.input(on_field, [config, *fields.values()], config, api_visibility="private")
-    config.input(on_config_edit, config, list(fields.values()), api_visibility="private")
-    check.click(h.on_check, [kind, config], [check_md, cli], api_name="jobs_validate")
+    form_widgets = form.widgets()
+    preset.change(h.on_preset, preset, [kind, config, *(form.shared[f] for f in COMMON_FIELDS), check_md, cli],
+                  api_name="jobs_preset").then(
+        lambda k, text: form.updates(k, parse_config(text)), [kind, config], form_widgets, api_visibility="private")
+    kind.change(lambda k: [gr.Group(visible=k == other) for other in KINDS], kind, list(form.groups.values()),
+                api_visibility="private")
+    for field_name, w in [*form.shared.items(), *(i for g in form.by_kind.values() for i in g.items())]:
+        w.input(on_form_field(field_name), [kind, config, w, preset], [config, check_md, cli],
+                api_visibility="private")
+
+    def on_config_edit(k: str, text: str, preset_name: str):
+        try:
+            parsed = parse_config(text)
+        except ValueError as e:
+            return {check_md: f"✗ {e}"}
+        return form.updates(k, parsed) | {check_md: check_text(k, parsed), cli: cli_preview(k, parsed, preset_name)}
+
+    config.input(on_config_edit, [kind, config, preset], [*form_widgets, check_md, cli], api_visibility="private")
+    check.click(h.on_check, [kind, config, preset], [check_md, cli], api_name="jobs_validate")
     launch.click(h.on_submit, [kind, config, name], [check_md, selected, table], api_name="jobs_submit")
     refresh.click(h.on_list, None, [table, selected], api_name="jobs_list")
     selected.change(h.on_status, selected, status_outputs, api_name="jobs_status")

@@ -20,17 +20,24 @@ import gradio as gr
 
 from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, model_facts,
                              model_rows, plan_cost, plot_sweep, removable_units, short_label, sweep, sweep_dir)
-from studio.blocks import plot_block_map
+from studio.ablation.estimate import LONG_RUN_S, estimate_sweep, format_duration
+from studio.blocks import format_si, plot_block_map
 from studio.generation import MAX_STEPS, GenerationCancelled
 from studio.loading import ModelCache
-from studio.recipes import RECIPES
+from studio.recipes import RECIPES, recipe_plan
 from studio.registry import default_model, list_models
 from studio.released import released_models
 from studio.ui.fields import handler_fields
 
-MAP_COLUMNS = ["unit", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # MACs: one batch-1 UNet forward
+FIRST_STEP = ("**Start here:** press **Show block map** to see where the parameters and MACs are, then tick units "
+              "(or choose a recipe, which ticks its units) and press **Compare full vs ablated**.")
+MAP_COLUMNS = ["unit", "module path", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # batch-1 forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
+SHOWN_SWEEP_COLUMNS = [c for c in SWEEP_COLUMNS if c != "latency_ratio"]  # one timing per unit is noise: CSV only
+SWEEP_HEADERS = ["rank", "unit", "kind", "params saved", "MACs saved", "damage", "damage per M params", "SSIM",
+                 "PSNR (dB)", "fidelity drop", "module path"]  # SHOWN_SWEEP_COLUMNS in words (they wrap), then path
 NO_RECIPE = "(none)"
+MIN_TIMED_IMAGES = 3  # compare shows latency only with at least this many images per side
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, the sweep polls it
 
 
@@ -49,13 +56,6 @@ def config_from_values(values: dict) -> AblationConfig:
         prompts=tuple(p.strip() for p in str(values["prompts"]).splitlines() if p.strip()), seeds=seeds,
         steps=int(values["steps"]), guidance=float(values["guidance"]),
         resolution=(int(values["resolution"]) or None) if values["resolution"] is not None else None)
-
-
-def _fmt(n: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}"
-    return f"{n:g}"
 
 
 # ---------------------------------------------------------------- handlers
@@ -101,14 +101,39 @@ class LayersHandlers:
         except ValueError as err:
             raise gr.Error(str(err)) from err
         params, macs = (sum(getattr(r, f) for r in rows if r.depth == 0) for f in ("params", "macs"))
-        table = [["  " * r.depth + r.unit, r.kind, r.resolution, r.params, round(100 * r.params / params, 2),
-                  r.macs, round(100 * r.macs / max(macs, 1), 2)] for r in rows if r.depth <= 2]
-        fig = plot_block_map(rows, title=f"{model} at {size}²: {_fmt(params)} params, {_fmt(macs)} MACs per UNet "
-                                         f"forward")
+        indent = "\u00a0\u00a0\u00a0"  # non-breaking: the table keeps the hierarchy's indentation
+        table = [[indent * r.depth + short_label(r.unit), r.unit, r.kind, r.resolution, format_si(r.params),
+                  f"{100 * r.params / params:.2f}", format_si(r.macs), f"{100 * r.macs / max(macs, 1):.2f}"]
+                 for r in rows if r.depth <= 2]
+        fig = plot_block_map(rows, title=f"{model} at {size}²: {format_si(params)} params, "
+                                         f"{format_si(macs, 'MACs')} per UNet forward")
         units = _unit_choices(unet_config)
-        info = (f"**{model}** at {size}×{size} px: UNet {params:,} params, {_fmt(macs)}MACs per forward (batch 1). "
-                f"{len(units)} units can be removed one by one.")
+        info = (f"**{model}** at {size}×{size} px: UNet {params:,} params ({format_si(params)}), "
+                f"{format_si(macs, 'MACs')} per forward (batch 1). {len(units)} units can be removed one by one.")
         return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
+
+    def on_recipe(self, model: str, recipe: str, resolution: float):
+        """A recipe chosen -> its units ticked (the user can then untick or add; "(none)" unticks everything)."""
+        if recipe in (None, "", NO_RECIPE):
+            return gr.CheckboxGroup(value=[])
+        try:
+            unet_config = self._facts(model)[0]
+            units = recipe_plan(recipe, unet_config).units
+        except ValueError as err:
+            gr.Warning(str(err))
+            return gr.skip()
+        return gr.CheckboxGroup(value=[u for _, u in _unit_choices(unet_config) if u in units])
+
+    def on_units_edited(self, model: str, units: list[str], recipe: str):
+        """The user unticked one of the recipe's units: the plan is now the ticked units alone (recipe "(none)")."""
+        if recipe in (None, "", NO_RECIPE):
+            return gr.skip()
+        try:
+            unet_config = self._facts(model)[0]
+            wanted = {u for _, u in _unit_choices(unet_config)} & recipe_plan(recipe, unet_config).units
+        except ValueError:
+            return gr.skip()
+        return gr.skip() if wanted <= set(units or ()) else NO_RECIPE
 
     def on_plan(self, model: str, units: list[str], recipe: str, resolution: float) -> str:
         """Whether the chosen plan is config-expressible (a real smaller UNet) or runtime-only, and what it saves."""
@@ -126,10 +151,15 @@ class LayersHandlers:
         head = ("**Config-expressible**: a real, smaller diffusers UNet; it can be exported as a student"
                 if cost["kind"] == "config" else
                 "**Runtime-only**: no diffusers config says this; it is simulated by skipping modules (no export)")
-        return (f"Removing all ticked units together: {head}. {len(plan.units)} units; "
-                f"params {cost['params']:,} → {cost['student_params']:,} "
-                f"({kept:.1%} kept, −{_fmt(cost['delta_params'])}); MACs per forward −{_fmt(cost['delta_macs'])} "
-                f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).")
+        hidden = sorted(plan.units - set(units or ()))  # a recipe's units the list cannot show (e.g. KOALA's pairs)
+        extra = f" The recipe also removes {', '.join(short_label(u) for u in hidden)} (not in the list)." \
+            if hidden else ""
+        source = f"the **{recipe}** recipe ({len(plan.units)} units, ticked below)" if config.recipe else \
+            f"the {len(plan.units)} ticked units"
+        return (f"Removing {source} together: {head}. "
+                f"Params {format_si(cost['params'])} → {format_si(cost['student_params'])} ({kept:.1%} kept, "
+                f"−{format_si(cost['delta_params'])}); MACs per forward −{format_si(cost['delta_macs'], 'MACs')} "
+                f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).{extra}")
 
     def on_compare(self, model: str, units: list[str], recipe: str, prompts: str, seeds: str, steps: float,
                    guidance: float, resolution: float, progress=gr.Progress()):
@@ -145,24 +175,30 @@ class LayersHandlers:
             raise gr.Error("comparison cancelled") from None
         except ValueError as err:
             raise gr.Error(str(err)) from err
-        labels = [f"{p[:40]} · seed {s}" for p, s in cmp.pairs]
+        one_prompt = len(config.prompts) == 1
+        labels = [f"seed {s}" if one_prompt else f"{p[:32]} · seed {s}" for p, s in cmp.pairs]
         c, r = cmp.cost, cmp.summary()
+        medians = cmp.latency_medians(MIN_TIMED_IMAGES)
+        latency = (["latency (s per image, median)", f"{medians[0]:.2f}", f"{medians[1]:.2f}",
+                    f"×{medians[1] / medians[0]:.2f} (median of {len(cmp.pairs)} images; wall time)"] if medians else
+                   ["latency", "—", "—", f"not shown: {len(cmp.pairs)} image(s) per side is timing noise; use "
+                                          f"≥ {MIN_TIMED_IMAGES} seeds (the MACs above are exact)"])
 
         def fid(x):
             return "n/a (prompt not in the demo grammar)" if x is None else f"{x:.2f}"
         table = [
-            ["UNet params", f"{c['params']:,}", f"{c['student_params']:,}",
-             f"−{c['delta_params']:,} ({c['delta_params'] / c['params']:.1%})"],
-            ["MACs / UNet forward", _fmt(c["macs"]), _fmt(c["student_macs"]),
+            ["UNet params", format_si(c["params"]), format_si(c["student_params"]),
+             f"−{format_si(c['delta_params'])} (−{c['delta_params'] / c['params']:.1%})"],
+            ["MACs / UNet forward", format_si(c["macs"], "MACs"), format_si(c["student_macs"], "MACs"),
              f"−{c['delta_macs'] / max(c['macs'], 1):.1%}"],
-            ["latency (s, wall time, all images)", f"{cmp.full_latency_s:.2f}", f"{cmp.ablated_latency_s:.2f}",
-             f"×{cmp.latency_ratio:.2f}"],
+            latency,
             ["SSIM to full image", "1", f"{r['ssim']:.4f}", f"damage {1 - r['ssim']:.4f}"],
             ["PSNR to full image (dB)", "∞", f"{r['psnr']:.2f}" if r["psnr"] != float("inf") else "∞", ""],
             ["prompt fidelity (evaluator)", fid(r["full_fidelity"]), fid(r["ablated_fidelity"]), ""],
         ]
-        head = f"{plan.name} plan ({c['kind']}), {len(plan.units)} units removed, {len(cmp.pairs)} image pair(s)."
-        return (list(zip(cmp.full_images, labels)), list(zip(cmp.ablated_images, labels)), table, head)
+        head = (f"{plan.name} plan ({c['kind']}), {len(plan.units)} units removed, {len(cmp.pairs)} image pair(s)"
+                + (f" of “{config.prompts[0]}”." if one_prompt else "."))
+        return list(zip(cmp.full_images, labels)), list(zip(cmp.ablated_images, labels)), table, head
 
     def on_sweep(self, model: str, units: list[str], prompts: str, seeds: str, steps: float, guidance: float,
                  resolution: float, groups: bool, request: gr.Request, progress=gr.Progress()):
@@ -179,12 +215,34 @@ class LayersHandlers:
             raise gr.Error(str(err)) from err
         csv = result.to_csv(sweep_dir() / "exports" / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
         fig = plot_sweep(result, dict(pipe.unet.config)) if result.rows else None
-        table = [[round(v, 5) if isinstance(v, float) else v for v in row] for row in result.table()]
         status = (f"{'Cancelled: ' if result.cancelled else ''}{len(result.rows)} units "
-                  f"({result.cached} from the cache, {result.computed} generated) in {result.wall_s:.1f} s. "
+                  f"({result.cached} from the cache, {result.computed} generated) in {format_duration(result.wall_s)}. "
                   f"Damage = 1 − SSIM to the full model's image (mean over prompts × seeds); ranked by damage per "
-                  f"million parameters saved, least harmful first.")
-        return table, fig, str(csv), status
+                  f"million parameters saved, least harmful first. The CSV also has latency_ratio: one timing per "
+                  f"unit, too noisy to rank by.")
+        return sweep_table(result.rows), fig, str(csv), status
+
+    def on_sweep_estimate(self, model: str, units: list[str], prompts: str, seeds: str, steps: float,
+                          guidance: float, resolution: float, groups: bool):
+        """How long the sweep would take here (measured cost per step); (message, confirm button, start now?)."""
+        try:
+            config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
+                                             steps=steps, guidance=guidance, resolution=resolution))
+            estimate = estimate_sweep(self._pipe(config.model), config, units=list(units) or None,
+                                      groups=bool(groups))
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        long = estimate.seconds > LONG_RUN_S
+        text = f"Sweep: {estimate.describe()}" + (" Start it with the button below, or tick fewer units / fewer "
+                                                  "steps." if long else " Starting…")
+        return text, gr.Button(f"Run the sweep (≈ {format_duration(estimate.seconds)})", visible=long), not long
+
+    def on_sweep_if(self, go: bool, model: str, units: list[str], prompts: str, seeds: str, steps: float,
+                    guidance: float, resolution: float, groups: bool, request: gr.Request, progress=gr.Progress()):
+        """The sweep, when the estimate said it is short (else nothing: the user confirms with the button)."""
+        if not go:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return self.on_sweep(model, units, prompts, seeds, steps, guidance, resolution, groups, request, progress)
 
     def on_export(self, model: str, units: list[str], recipe: str, out_name: str) -> str:
         """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists."""
@@ -198,6 +256,17 @@ class LayersHandlers:
             raise gr.Error(str(err)) from err
         return (f"Exported **{out.name}** (base `{config.model}`) to `{out}`. It is in the model list of the "
                 f"Generate tab now (press ↻ models) and can be chosen as a distillation student.")
+
+
+def sweep_table(rows: list[dict]) -> list[list]:
+    """The ranked rows as the tab shows them: units by their short name, numbers formatted, no latency column."""
+    def cell(column, value):
+        if column == "unit":
+            return short_label(value)
+        if column in ("params_saved", "macs_saved"):
+            return format_si(value)
+        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else value
+    return [[cell(c, row[c]) for c in SHOWN_SWEEP_COLUMNS] + [row["unit"]] for row in rows]
 
 
 def on_cancel(request: gr.Request) -> str:
@@ -220,50 +289,67 @@ def _initial_units(model: str) -> list[tuple[str, str]]:
         return []
 
 
+HOVER_JS = """() => {
+  document.querySelectorAll('#layers-units label').forEach((label) => {
+    const box = label.querySelector('input');
+    if (box && box.name) label.title = box.name;
+  });
+}"""  # each unit's whole label shows its module path on hover (gradio names each checkbox after its value)
+
+
 def build_layers_tab(cache: ModelCache) -> None:
     handlers = LayersHandlers(cache)
     w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
+    gr.Markdown(FIRST_STEP, elem_id="layers-first-step")
     with gr.Row():
         w["model"] = gr.Dropdown(model_choices(), value=default_model(), label="Model (teacher)", scale=3)
         w["resolution"] = gr.Number(value=0, precision=0, label="Resolution (px, 0 = native)", scale=1)
         show = gr.Button("Show block map", scale=1)
     info = gr.Markdown("Choose a model and press **Show block map**.")
     table = gr.Dataframe(headers=MAP_COLUMNS, interactive=False, label="Block map (down to transformer layers)",
-                         max_height=360, column_widths=["34%", "14%", "8%", "11%", "11%", "11%", "11%"])
+                         max_height=360, wrap=False, elem_id="layers-map",
+                         column_widths=["13%", "33%", "13%", "6%", "9%", "8%", "10%", "8%"])
     with gr.Accordion("Params and MACs per block (chart)", open=True):
         plot = gr.Plot(show_label=False)
     gr.Markdown("### Remove units")
     with gr.Row():
         w["recipe"] = gr.Dropdown([NO_RECIPE, *RECIPES], value=NO_RECIPE, scale=1,
-                                  label="Recipe (SSD-1B, Vega, KOALA: SDXL layout; BK-SDM: SD 1.x layout)")
-        plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.")
+                                  label="Recipe: ticks its units, adjust them after (SSD-1B, Vega, KOALA: SDXL "
+                                        "layout; BK-SDM: SD 1.x layout)")
+        plan_info = gr.Markdown("Nothing selected: tick units or choose a recipe.", elem_id="layers-plan")
     w["units"] = gr.CheckboxGroup(
-        choices=_initial_units(w["model"].value), elem_id="layers-units", label="Units to remove",
-        info="d/u = down/up block, mid = mid block; r1 = resnet 1, a0 = attention 0 (whole stack), a0.3 = its "
-             "transformer layer 3; 'mid all' = the whole mid block. Each can be removed on its own.")
+        choices=_initial_units(w["model"].value), elem_id="layers-units", label="Units to remove (hover one for its module path)",
+        info="The same names everywhere: d/mid/u = down/mid/up block; r1 = resnet 1; a0 = attention 0 (its whole "
+             "stack); a0.3 = its transformer layer 3; 'mid' alone = the whole mid block.")
     with gr.Row():
         w["prompts"] = gr.Textbox(value="a red circle on a blue background", lines=2, scale=3,
                                   label="Prompts (one per line; the demo grammar gets evaluator scores)")
-        w["seeds"] = gr.Textbox(value="0", label="Seeds (comma-separated)", scale=1)
-        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", scale=1)
+        w["seeds"] = gr.Textbox(value="0", label="Seeds (comma-separated; 1-4 fit one row)", scale=1)
+        w["steps"] = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", scale=1, elem_id="layers-steps")
         w["guidance"] = gr.Slider(0, 30, value=5.0, step=0.5, label="CFG scale", scale=1)
     with gr.Tab("Compare"):
         compare = gr.Button("Compare full vs ablated", variant="primary")
         compare_info = gr.Markdown()
-        with gr.Row():
-            full = gr.Gallery(label="Full model", columns=4, height=300, object_fit="contain", elem_id="layers-full")
-            ablated = gr.Gallery(label="Ablated", columns=4, height=300, object_fit="contain",
-                                 elem_id="layers-ablated")
-        numbers = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, label="Numbers")
+        # 4 columns whatever the count: one image is shown at the size of four (uncropped), more wrap to new rows
+        full = gr.Gallery(label="Full model", columns=4, fit_columns=False, height="auto", object_fit="contain", elem_id="layers-full")
+        ablated = gr.Gallery(label="Ablated (same prompt and seed, in the same column)", columns=4, fit_columns=False, height="auto",
+                             object_fit="contain", elem_id="layers-ablated")
+        numbers = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, label="Numbers", wrap=True,
+                               column_widths=["22%", "18%", "18%", "42%"])
     with gr.Tab("Sweep"):
         with gr.Row():
             groups = gr.Checkbox(False, label="also whole attentions and the whole mid block (when none is ticked)")
-            run_sweep = gr.Button("Sweep (leave-one-out over ticked units, or all)", variant="primary")
+            run_sweep = gr.Button("Sweep: leave-one-out over the ticked units, or all (time estimate first)",
+                                  variant="primary", elem_id="layers-sweep")
             cancel = gr.Button("Cancel sweep", variant="stop")
-        sweep_info = gr.Markdown()
-        ranked = gr.Dataframe(headers=list(SWEEP_COLUMNS), interactive=False, label="Ranked units", max_height=360)
+        sweep_info = gr.Markdown(elem_id="layers-sweep-info")
+        confirm = gr.Button("Run the sweep", visible=False, variant="primary", elem_id="layers-sweep-confirm")
+        go = gr.State(False)
+        ranked = gr.Dataframe(headers=SWEEP_HEADERS, interactive=False, wrap=True,
+                              label="Ranked units (least damage per parameter saved first)", max_height=360,
+                              column_widths=["5%", "8%", "7%", "8%", "8%", "8%", "10%", "7%", "7%", "8%", "24%"])
         heatmap = gr.Plot(label="Damage over the UNet layout")
-        csv = gr.File(label="CSV", interactive=False)
+        csv = gr.File(label="CSV (every column, latency_ratio included)", interactive=False)
     with gr.Tab("Export student"):
         with gr.Row():
             out_name = gr.Textbox(label="New model name (lower-case, digits, . _ -)", value="pruned-student", scale=3)
@@ -271,15 +357,26 @@ def build_layers_tab(cache: ModelCache) -> None:
         export_info = gr.Markdown()
 
     map_outputs = [table, plot, w["units"], info]
-    show.click(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name="layers_map")
-    w["model"].change(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=False)
+    recipe_inputs = [w["model"], w["recipe"], w["resolution"]]
+    for event, api in ((show.click, "layers_map"), (w["model"].change, False)):
+        event(handlers.on_map, [w["model"], w["resolution"]], map_outputs, api_name=api).then(
+            handlers.on_recipe, recipe_inputs, w["units"], api_visibility="private").then(None, js=HOVER_JS)
+    w["recipe"].focus(None, js=HOVER_JS)  # the units shown before any map (the default model's)
+    w["recipe"].input(handlers.on_recipe, recipe_inputs, w["units"], api_visibility="private")
+    w["units"].input(handlers.on_units_edited, [w["model"], w["units"], w["recipe"]], w["recipe"],
+                     api_visibility="private")
     gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
           [w[n] for n in handler_fields(handlers.on_plan, AblationConfig)], plan_info, api_name="layers_plan")
     gpu = dict(concurrency_id="gpu", concurrency_limit=1)
     compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
                   [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
-    run_sweep.click(handlers.on_sweep, [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups],
-                    [ranked, heatmap, csv, sweep_info], api_name="layers_sweep", **gpu)
+    sweep_inputs = [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups]
+    sweep_outputs = [ranked, heatmap, csv, sweep_info]
+    run_sweep.click(handlers.on_sweep_estimate, sweep_inputs, [sweep_info, confirm, go],
+                    api_name="layers_sweep_estimate", **gpu).then(
+        handlers.on_sweep_if, [go, *sweep_inputs], sweep_outputs, api_visibility="private", **gpu)
+    confirm.click(lambda: gr.Button(visible=False), None, confirm, api_visibility="private").then(
+        handlers.on_sweep, sweep_inputs, sweep_outputs, api_name="layers_sweep", **gpu)
     cancel.click(on_cancel, None, sweep_info, api_name="layers_cancel")
     export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export, AblationConfig)), out_name],
                  export_info, api_name="layers_export", **gpu)

@@ -7,7 +7,8 @@ import pytest
 from studio.jobs import DEFAULT_PRESET, list_presets, preset_config, validate_config
 from studio.jobs.presets import CONFIGS_DIR
 
-GPU = {"distill-ssd1b-from-sdxl", "distill-vega-from-sdxl", "lora-sdxl", "lora-ssd-1b", "lora-vega"}
+GPU = {"distill-ssd1b-from-sdxl", "distill-vega-from-sdxl", "lora-sdxl", "lora-ssd-1b", "lora-vega",
+       "fewstep-sdxl-lcm-lora"}
 
 
 def test_every_config_file_is_a_preset_with_a_title():
@@ -36,6 +37,7 @@ def test_cpu_presets_validate_as_they_are(name):
     ("lora-sdxl", ["'data/lora-images' does not exist", "metadata.jsonl"]),
     ("lora-ssd-1b", ["'data/lora-images' does not exist"]),
     ("lora-vega", ["'data/lora-images' does not exist"]),
+    ("fewstep-sdxl-lcm-lora", ["'data/lcm-sdxl' does not exist", "metadata.jsonl"]),
 ])
 def test_gpu_presets_are_refused_until_their_placeholders_are_real(name, words, tiny_folder, tmp_path):
     kind, config = preset_config(name)

@@ -8,30 +8,44 @@ from studio.ui.generate_tab import apply_defaults, display_image, model_defaults
 
 
 def test_defaults_come_from_the_registry_model_cards():
-    assert model_defaults("ssd-1b") == {"steps": 30, "guidance": 9.0, "negative_prompt": "ugly, blurry, poor quality"}
-    assert model_defaults("sdxl") == {"steps": 30, "guidance": 5.0, "negative_prompt": ""}
+    assert model_defaults("ssd-1b") == {"steps": 30, "guidance": 9.0, "negative_prompt": "ugly, blurry, poor quality",
+                                        "scheduler": "Euler"}
+    assert model_defaults("sdxl") == {"steps": 30, "guidance": 5.0, "negative_prompt": "", "scheduler": "Euler"}
     assert model_defaults("vega")["guidance"] == 9.0 and "worst quality" in model_defaults("vega")["negative_prompt"]
     demo = get_spec("demo-teacher")
     assert model_defaults("demo-teacher") == {"steps": demo.default_steps, "guidance": demo.default_guidance,
-                                              "negative_prompt": ""}
+                                              "negative_prompt": "", "scheduler": "Euler"}
+    # few-step models: LCMScheduler and their cards' steps / CFG
+    assert model_defaults("lcm-lora-sdxl") == {"steps": 4, "guidance": 1.0, "negative_prompt": "", "scheduler": "LCM"}
+    assert model_defaults("lcm-ssd-1b") == {"steps": 4, "guidance": 8.0, "negative_prompt": "", "scheduler": "LCM"}
+    assert model_defaults("vega-rt")["scheduler"] == "LCM" and get_spec("vega-rt").base == "vega"
+    lcm = get_spec("demo-lcm")
+    assert lcm.few_step and model_defaults("demo-lcm") == {"steps": 4, "guidance": lcm.default_guidance,
+                                                           "negative_prompt": "", "scheduler": "LCM"}
 
 
 def test_changing_models_applies_their_defaults_except_values_the_user_changed():
     start = model_defaults("demo-teacher")
     values, applied, info = apply_defaults(["ssd-1b"], dict(start), start)
     assert values == model_defaults("ssd-1b") == applied
-    assert "Defaults applied from **ssd-1b**: 30 steps, CFG 9" in info and "1024²" in info
+    assert "Defaults applied from **ssd-1b**: Euler, 30 steps, CFG 9" in info and "1024²" in info
     # the user sets CFG 7 by hand, then adds sdxl first: steps and negative prompt follow sdxl, CFG stays 7
     mine = dict(values, guidance=7.0)
     values, applied, info = apply_defaults(["sdxl", "ssd-1b"], mine, applied)
-    assert values == {"steps": 30, "guidance": 7.0, "negative_prompt": ""}
+    assert values == {"steps": 30, "guidance": 7.0, "negative_prompt": "", "scheduler": "Euler"}
     assert applied == model_defaults("sdxl") and "Your own value kept for: guidance" in info
-    assert "Other cards" in info and "**ssd-1b**: 30 steps, CFG 9" in info
+    assert "Other cards" in info and "**ssd-1b**: Euler, 30 steps, CFG 9" in info
+    # a few-step model beside the teacher keeps its own card (it runs with it, see compare.iter_side_by_side)
+    values, _, info = apply_defaults(["demo-teacher", "demo-lcm"], dict(start), start)
+    assert values == start and "Few-step models run with their own card: **demo-lcm**: LCM, 4 steps" in info
     # the UI handler returns the widget values in DEFAULT_FIELDS order, then the state and the line
-    steps, guidance, negative, state, line = on_models_change(["vega"], 30, 5.0, "", model_defaults("sdxl"))
-    assert (steps, guidance, negative) == (30, 9.0, model_defaults("vega")["negative_prompt"])
+    steps, guidance, negative, sampler, state, line = on_models_change(["vega"], 30, 5.0, "", "Euler",
+                                                                       model_defaults("sdxl"))
+    assert (steps, guidance, negative, sampler) == (30, 9.0, model_defaults("vega")["negative_prompt"], "Euler")
     assert state == model_defaults("vega") and "**vega**" in line
     assert apply_defaults([], {"steps": 3, "guidance": 1.0, "negative_prompt": "x"}, {})[0]["steps"] == 3
+    assert on_models_change(["demo-lcm"], 30, 5.0, "", "Euler", model_defaults("sdxl"))[:4] == (
+        4, get_spec("demo-lcm").default_guidance, "", "LCM")
 
 
 def test_small_images_are_zoomed_by_whole_numbers_with_sharp_pixels():
