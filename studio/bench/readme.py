@@ -183,12 +183,17 @@ def blocks() -> dict[str, list[str]]:
     }
 
 
-def replace_block(text: str, name: str, lines: list[str]) -> str:
-    start = START.format(name)
-    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(END), re.DOTALL)
+def replace_marked(text: str, start: str, end: str, lines: list[str]) -> str:
+    """``text`` with the lines between the marker lines ``start`` and ``end`` replaced by ``lines`` (first block
+    only); ValueError when the markers are missing. Also writes the demo family's report blocks (training)."""
+    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise ValueError(f"README has no '{start}' ... '{END}' block")
-    return pattern.sub(lambda _: "\n".join([start, *lines, END]), text, count=1)
+        raise ValueError(f"no '{start}' ... '{end}' block")
+    return pattern.sub(lambda _: "\n".join([start, *lines, end]), text, count=1)
+
+
+def replace_block(text: str, name: str, lines: list[str]) -> str:
+    return replace_marked(text, START.format(name), END, lines)
 
 
 def write_readme(path: Path = README) -> list[str]:

@@ -40,7 +40,7 @@ def test_the_readme_blocks_are_what_the_committed_reports_say(tmp_path):
     written = file.read_text()
     assert written.startswith("intro\n") and written.endswith("outro\n") and "\nold\n" not in written
     assert readme.write_readme(file) and file.read_text() == written  # idempotent
-    with pytest.raises(ValueError, match="README has no '<!-- speed:unet"):
+    with pytest.raises(ValueError, match="no '<!-- speed:unet"):
         readme.replace_block("no blocks here", "unet", ["x"])
 
 
