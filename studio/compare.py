@@ -24,6 +24,7 @@ import torch
 
 from studio.generation import (MAX_SEED, GenerateRequest, GenerateResult, GenerationCancelled, OnStep, ShouldStop,
                                card_request, generate)
+from studio.hosting import Caps
 from studio.loading import ModelCache, resolve_spec
 from studio.lora import LoraRef
 from studio.memory import activation_bytes
@@ -109,7 +110,7 @@ def _tagged(on_step: OnStep | None, phase: str) -> OnStep | None:
 def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request: GenerateRequest, *,
                       roots: list[Path] | None = None, loras: dict[str, list[LoraRef]] | None = None,
                       warmup: bool = True, on_step: OnStep | None = None,
-                      should_stop: ShouldStop | None = None) -> Iterator[GenerateResult]:
+                      should_stop: ShouldStop | None = None, caps: Caps | None = None) -> Iterator[GenerateResult]:
     """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed.
 
     Models are registry names, paths or resolved specs; every name is resolved before anything runs (a typo fails
@@ -117,7 +118,12 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
     LCM-LoRA) runs with its own card's (``card_request``), so an LCM at 4 steps sits beside its teacher at 20.
     ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
     load or run yields ``GenerateResult.failed`` and the next model still runs; cancelling stops the whole run.
+    ``caps`` (a hosting's limits: models per request, steps, size, images per model) are checked before anything
+    resolves or loads; `CapError` (a ValueError) names the value, the cap and its environment variable.
     """
+    if caps is not None:
+        caps.check_generation(models=len([m for m in models if m]), steps=request.steps, width=request.width,
+                              height=request.height, batch=request.batch_size)
     specs = [m if isinstance(m, ModelSpec) else resolve_spec(m, roots=roots) for m in check_models(models)]
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))

@@ -19,8 +19,10 @@ the model cache (``ModelCache.set_compile``). None is on by default: each costs 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,6 +32,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from studio.hosting import CapError, Caps
 from studio.lora import LoraRef, lora_file, loras_applied
 from studio.memory import PeakMemory, module_bytes
 from studio.names import safe_name
@@ -42,6 +45,7 @@ from studio.speed import ATTENTION, VAE_DECODE, check_choice, check_flag, option
 MIN_SIZE, MAX_SIZE = 32, 2048
 MAX_STEPS, MAX_BATCH, MAX_PROMPT_CHARS = 150, 8, 2000
 MAX_SEED = 2**32 - 1
+MAX_INIT_PIXELS = 8192 * 8192  # an init image's pixels, whatever the caller's cap (checked before decoding)
 VERSION = "sdxl-studio 0.1"
 TILE_ABOVE_PIXELS = 1536 * 1024  # decode in tiles above ~1.5 MP per image (SDXL's buckets are ~1 MP)
 
@@ -78,8 +82,11 @@ class GenerateRequest:
     def __post_init__(self):
         if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
-        if len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"negative_prompt must be at most {MAX_PROMPT_CHARS} characters")
+        if self.negative_prompt is None:  # "no negative prompt" (an API caller's null)
+            object.__setattr__(self, "negative_prompt", "")
+        if not isinstance(self.negative_prompt, str) or len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"negative_prompt must be text of at most {MAX_PROMPT_CHARS} characters; got "
+                             f"{type(self.negative_prompt).__name__}")
         if not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}; got {self.seed}")
         if not 1 <= self.steps <= MAX_STEPS:
@@ -160,6 +167,29 @@ class GenerateResult:
                     "loras": [{"name": r.name, "scale": r.scale} for r in self.loras]}
             paths.append(save_png(image, out_dir / f"{safe_name(self.model) or 'model'}-{self.seed + i}.png", text, meta))
         return paths
+
+
+def load_init_image(source, caps: Caps | None = None) -> Image.Image:
+    """An init image (a file path or a PIL image) as RGB, refused above ``caps.init_pixels`` (and `MAX_INIT_PIXELS`)
+    *before* it is decoded: ``Image.open`` reads only the header, where a 140 KB PNG can declare 12000x12000."""
+    limit = min(caps.init_pixels, MAX_INIT_PIXELS) if caps is not None else MAX_INIT_PIXELS
+    too_big = f"is above this server's cap of {limit:,} (STUDIO_MAX_INIT_PIXELS); downscale it before uploading"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a clear message
+            image = source if isinstance(source, Image.Image) else Image.open(source)  # the header only
+    except Image.DecompressionBombError as err:  # above Pillow's MAX_IMAGE_PIXELS x 2 (the app sets it to the cap)
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise CapError(f"init image pixels {int(pixels.group(1)) if pixels else 0:,} {too_big}") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"init image: not a readable image ({type(err).__name__})") from None
+    width, height = image.size
+    if width * height > limit:
+        raise CapError(f"init image pixels ({width}x{height} =) {width * height:,} {too_big}")
+    try:
+        return image.convert("RGB")
+    except (OSError, ValueError) as err:  # truncated or corrupt data, found while decoding
+        raise ValueError(f"init image: the file is damaged ({type(err).__name__})") from None
 
 
 def native_size(pipe: StableDiffusionXLPipeline) -> int:

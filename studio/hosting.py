@@ -22,18 +22,16 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
-from studio.paths import ASSETS_DIR, REPO_ROOT, data_dir, model_roots
+from studio.storage import (PERSISTENT_ENV, PRIVATE_DATA_FOLDERS, SPACES_DATA, blocked_paths,  # noqa: F401
+                            deliverable, display_path, hub_cache_dir, persistent_dir, redact, resolve_display_path,
+                            storage_is_persistent)
 
 LOG = logging.getLogger(__name__)
 MODES = ("local", "public")
@@ -42,9 +40,8 @@ PUBLIC_ENV = "STUDIO_PUBLIC"  # "1": public mode without --public (e.g. a contai
 ADMIN_PASSWORD_ENV = "STUDIO_ADMIN_PASSWORD"
 ADMINS_ENV = "STUDIO_ADMINS"  # Hugging Face usernames, comma-separated
 PROXY_HOPS_ENV = "STUDIO_PROXY_HOPS"  # on Spaces: which x-forwarded-for entry, counted from the right, is the client
-PERSISTENT_ENV = "STUDIO_PERSISTENT_DIR"
 VOTES_DATASET_ENV = "STUDIO_VOTES_DATASET"
-SPACES_DATA = Path("/data")  # a Space's persistent storage, when the Space has it
+HF_DATASETS_ENV = "STUDIO_HF_DATASETS"  # hub data sets ("owner/name", comma-separated) public-mode jobs may train on
 
 
 class CapError(ValueError):
@@ -73,6 +70,7 @@ class Caps:
     text_chars: int  # prompts and other free text
     name_chars: int  # names and path-like strings (one file name is at most 255 bytes)
     queue_size: int  # Gradio queue max_size (all events together)
+    pending: int  # one visitor's events waiting or running in the gpu, sweep and arena lanes (admins: no limit)
     concurrency: int  # default concurrency of cheap events (lists, leaderboard, votes)
     sweep_concurrency: int  # the "sweep" lane (Layers sweeps)
     queued_jobs: int  # training jobs queued or running at once
@@ -131,10 +129,11 @@ class Caps:
                 self.check("size", value, name)
         self.check("batch", batch, "images per model")
 
-    def check_sweep(self, *, units: int, prompts: int, seeds: int, steps: int) -> int:
-        """The cost units x prompts x seeds x steps of a Layers sweep, refused above ``sweep_cost``."""
+    def check_sweep(self, *, units: int, prompts: int, seeds: int, steps: int, what: str = "sweep") -> int:
+        """The cost units x prompts x seeds x steps of a Layers sweep (``what``: or of a comparison, whose two units
+        are the full and the ablated model), refused above ``sweep_cost``."""
         cost = units * prompts * seeds * steps
-        self.check("sweep_cost", cost, f"sweep cost ({units} units x {prompts} prompts x {seeds} seeds x "
+        self.check("sweep_cost", cost, f"{what} cost ({units} units x {prompts} prompts x {seeds} seeds x "
                                        f"{steps} steps =)")
         return cost
 
@@ -159,6 +158,7 @@ CAP_ENV: dict[str, tuple[str, float, float, tuple]] = {
     "text_chars": ("STUDIO_MAX_TEXT", 1, 2000, (2000, 500)),
     "name_chars": ("STUDIO_MAX_NAME", 1, 200, (200, 64)),
     "queue_size": ("STUDIO_QUEUE_SIZE", 1, 10_000, (64, 32)),
+    "pending": ("STUDIO_MAX_PENDING", 1, 1000, (64, 2)),
     "concurrency": ("STUDIO_CONCURRENCY", 1, 64, (1, 4)),
     "sweep_concurrency": ("STUDIO_SWEEP_CONCURRENCY", 1, 8, (1, 1)),
     "queued_jobs": ("STUDIO_MAX_QUEUED_JOBS", 1, 1000, (16, 2)),
@@ -172,6 +172,7 @@ _HINTS = {
     "size": "; pick a smaller size",
     "sweep_cost": "; tick fewer units or use fewer prompts, seeds or steps",
     "init_pixels": "; downscale the image before uploading it",
+    "pending": "; wait for your earlier requests to finish",
 }
 
 # Concurrency lanes (Gradio ``concurrency_id``): events sharing a lane share its limit.
@@ -179,6 +180,9 @@ GPU_LANE = "gpu"  # generation, live arena battles, Layers compare/export: one a
 # not thread-safe, so this lane's limit is fixed at 1, not configurable)
 SWEEP_LANE = "sweep"  # long Layers sweeps, kept apart so they cannot starve generation (needs a private pipeline)
 ARENA_LANE = "arena"  # cache-only arena battles: no GPU, several at once
+
+
+HEAVY_LANES = (GPU_LANE, SWEEP_LANE, ARENA_LANE)  # what `Caps.pending` counts per visitor
 
 
 def lane(name: str, caps: Caps) -> dict:
@@ -283,6 +287,7 @@ class Hosting:
     proxy_hops: int = 1
     mcp: bool = False
     oauth: bool = False  # "Sign in with Hugging Face" is available (a Space with hf_oauth: true)
+    hf_datasets: frozenset[str] = frozenset()  # hub data sets a public studio's jobs may use (local: any)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -304,9 +309,10 @@ class Hosting:
         hops = env.get(PROXY_HOPS_ENV, "1").strip() or "1"
         if not hops.isdigit():
             raise ValueError(f"{PROXY_HOPS_ENV}={hops!r}: expected an integer between 1 and 8")
+        datasets = frozenset(n.strip() for n in env.get(HF_DATASETS_ENV, "").split(",") if n.strip())
         return cls(mode=mode, caps=Caps.from_env(mode, env), on_spaces=on_spaces, admins=admins,
                    admin_password=env.get(ADMIN_PASSWORD_ENV) or None, proxy_hops=int(hops), mcp=mcp,
-                   oauth=on_spaces and bool(env.get("OAUTH_CLIENT_ID")) and bool(admins))
+                   oauth=on_spaces and bool(env.get("OAUTH_CLIENT_ID")) and bool(admins), hf_datasets=datasets)
 
     @property
     def public(self) -> bool:
@@ -331,6 +337,18 @@ class Hosting:
         """`AdminOnlyError` for a non-admin in public mode (local mode: everyone is an admin)."""
         if not visitor.admin:
             raise AdminOnlyError(f"{action} is for admins only on this public studio. {self.how_to_become_admin()}")
+
+    def require_owner(self, visitor: Visitor, owner: str | None, action: str) -> None:
+        """`AdminOnlyError` unless ``visitor`` is an admin or ``owner`` (a `Visitor.key`; None: unknown, e.g. no such
+        job — refused the same way, so a refusal says nothing about what exists)."""
+        if not visitor.admin and (not owner or owner != visitor.key):
+            raise AdminOnlyError(f"{action} is for the visitor who started it or an admin on this public studio. "
+                                 f"{self.how_to_become_admin()}")
+
+    @property
+    def hub_datasets(self) -> frozenset[str] | None:
+        """The hub data sets jobs may train on: `hf_datasets` in public mode, None (any) locally."""
+        return self.hf_datasets if self.public else None
 
     def how_to_become_admin(self) -> str:
         ways = []
@@ -360,96 +378,6 @@ def activate(hosting: Hosting) -> Hosting:
 def current() -> Hosting:
     """The hosting of the app being built or served; local defaults before any `activate`."""
     return _ACTIVE[0] if _ACTIVE else Hosting()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# where data lives, what may be served, how paths are shown
-
-
-def persistent_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where data that must outlive a restart goes (the arena's votes): ``STUDIO_PERSISTENT_DIR``, else
-    ``/data/studio`` on a Space with persistent storage, else the data dir."""
-    env = os.environ if env is None else env
-    if env.get(PERSISTENT_ENV):
-        path = Path(env[PERSISTENT_ENV]).expanduser().resolve()
-    elif env.get("SPACE_ID") and SPACES_DATA.is_dir() and os.access(SPACES_DATA, os.W_OK):
-        path = SPACES_DATA / "studio"
-    else:
-        return data_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def storage_is_persistent(env: Mapping[str, str] | None = None) -> bool:
-    """False only on a Space without persistent storage (its disk is wiped at every restart)."""
-    env = os.environ if env is None else env
-    return not env.get("SPACE_ID") or bool(env.get(PERSISTENT_ENV)) or persistent_dir(env) != data_dir()
-
-
-# Folders of the data dir that hold nothing a visitor may download directly (votes, battle images, generated
-# PNGs, exported weights). `RAW_PATH_FOLDERS` still hand Gradio paths inside them (Train tab job outputs, Layers
-# sweep CSVs); once those tabs return `deliverable` copies they join `PRIVATE_DATA_FOLDERS` and the whole data dir
-# is blocked. Nothing under the data dir is in `allowed_paths` either way, so Gradio serves none of it.
-PRIVATE_DATA_FOLDERS = ("arena", "generations", "models", "exports")
-RAW_PATH_FOLDERS = ("jobs", "sweeps")
-
-
-def blocked_paths() -> list[str]:
-    """``launch(blocked_paths=...)``: the private folders of the data dir and the persistent dir."""
-    data, store = data_dir(), persistent_dir()
-    paths = [data / name for name in PRIVATE_DATA_FOLDERS]
-    if store != data:
-        paths.append(store)
-    return [str(p) for p in paths]
-
-
-def _staging_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"studio-deliver-{os.getuid() if hasattr(os, 'getuid') else 0}"
-
-
-def deliverable(path: str | os.PathLike, *, max_age_s: float = 3600) -> str:
-    """A copy of ``path`` in a staging folder outside every data folder, for a component to hand to Gradio (which
-    copies it into its own cache and serves it from there, to the visitor it was returned to). Staged copies older
-    than ``max_age_s`` are removed on the way."""
-    root = _staging_root()
-    root.mkdir(mode=0o700, exist_ok=True)
-    now = time.time()
-    for old in root.iterdir():
-        try:
-            if now - old.stat().st_mtime > max_age_s:
-                shutil.rmtree(old, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-    folder = root / secrets.token_hex(8)
-    folder.mkdir()
-    return str(Path(shutil.copy2(path, folder / Path(path).name)))
-
-
-def _labelled_roots() -> list[tuple[str, Path]]:
-    roots = [("<data>", data_dir()), ("<persistent>", persistent_dir()), ("", REPO_ROOT.resolve())]
-    extra = [r for r in model_roots() if r not in (ASSETS_DIR.resolve(),) and not r.is_relative_to(data_dir())]
-    roots += [(f"<model root {i + 1}>", r) for i, r in enumerate(extra)]
-    return sorted(roots, key=lambda lr: len(str(lr[1])), reverse=True)  # most specific first
-
-
-def display_path(path: str | os.PathLike) -> str:
-    """``path`` as users see it: relative to the studio's roots (``assets/demo/teacher``, ``<data>/jobs/x``,
-    ``<model root 1>/sdxl``), never an absolute server path; outside every root only its file name is shown."""
-    resolved = Path(os.path.abspath(os.path.expanduser(str(path))))
-    for label, root in _labelled_roots():
-        if resolved == root or resolved.is_relative_to(root):
-            rel = resolved.relative_to(root).as_posix()
-            return (f"{label}/{rel}" if rel != "." else label) if label else (rel if rel != "." else ".")
-    return f"<outside the studio's folders>/{resolved.name}"
-
-
-def redact(text: str) -> str:
-    """``text`` with every absolute studio root (and the home folder) replaced by its label, for error messages."""
-    text = str(text)
-    for label, root in _labelled_roots():
-        text = re.sub(re.escape(str(root)) + r"/?", (label + "/") if label else "", text)
-    home = str(Path.home())
-    return text.replace(home, "~") if len(home) > 1 else text
 
 
 # ---------------------------------------------------------------------------------------------------------------

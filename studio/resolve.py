@@ -49,8 +49,17 @@ def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None, base: st
     if text in registry:
         return registry[text]
     path = Path(text).expanduser()
-    if path.exists() or text.startswith(("/", ".", "~")) or text.endswith(WEIGHT_SUFFIXES):
-        resolved = resolve_inside(path, roots) if roots is not None else path.resolve()
+    hub_like = HUB_ID.match(text) and not text.startswith((".", "/", "~"))
+    if roots is not None:  # remote callers: decided without asking whether anything outside the roots exists
+        inside = _inside(path, roots)
+        if inside is not None and inside.exists():
+            return _path_spec(inside, base, registry)
+        if _path_like(text) and not hub_like:
+            if inside is None:
+                resolve_inside(path, roots)  # its "outside the allowed folders" error
+            raise ModelLoadError(f"model path {text!r} does not exist")
+    elif path.exists() or text.startswith(("/", ".", "~")) or text.endswith(WEIGHT_SUFFIXES):
+        resolved = path.resolve()
         if not resolved.exists():
             raise ModelLoadError(f"model path {text!r} does not exist")
         return _path_spec(resolved, base, registry)
@@ -61,6 +70,18 @@ def resolve_spec(name_or_path: str, *, roots: list[Path] | None = None, base: st
         return ModelSpec(safe_name(text.replace("/", "-")) or "hub-model", text,
                          base=_checked_base(text, base, None) if base else None)
     return get_spec(text)  # raises "unknown model" listing the known names
+
+
+def _path_like(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.endswith(WEIGHT_SUFFIXES) or "/" in text or "\\" in text
+
+
+def _inside(path: Path, roots: list[Path]) -> Path | None:
+    """``path`` resolved when it lies inside one of ``roots``, else None (nothing about its existence)."""
+    try:
+        return resolve_inside(path, roots)
+    except ValueError:
+        return None
 
 
 def _path_spec(path: Path, base: str | None, registry: dict[str, ModelSpec]) -> ModelSpec:

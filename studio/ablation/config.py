@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from studio.generation import MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from studio.generation import MAX_PROMPT_CHARS, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from studio.recipes import RECIPES, recipe_plan
 from studio.removal import RemovalPlan, parse_unit, validate_plan
 
@@ -39,22 +39,33 @@ class AblationConfig:
             parse_unit(unit)
         if self.recipe and self.recipe not in RECIPES:
             raise ValueError(f"AblationConfig.recipe={self.recipe!r}: allowed: {', '.join(RECIPES)} or ''")
-        if not 1 <= len(self.prompts) <= MAX_PROMPTS or not all(isinstance(p, str) and p.strip()
-                                                                 for p in self.prompts):
-            raise ValueError(f"AblationConfig.prompts: give 1-{MAX_PROMPTS} non-empty prompts; got {self.prompts!r}")
-        if not 1 <= len(self.seeds) <= MAX_SEEDS or not all(isinstance(s, int) and 0 <= s <= MAX_SEED
-                                                             for s in self.seeds):
-            raise ValueError(f"AblationConfig.seeds: give 1-{MAX_SEEDS} seeds in 0..{MAX_SEED}; got {self.seeds!r}")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"AblationConfig.steps must be between 1 and {MAX_STEPS}; got {self.steps}")
-        if not 0 <= self.guidance <= 30:
-            raise ValueError(f"AblationConfig.guidance must be between 0 and 30; got {self.guidance}")
-        if self.resolution is not None and (self.resolution % 8 or not MIN_SIZE <= self.resolution <= MAX_SIZE):
-            raise ValueError(f"AblationConfig.resolution must be a multiple of 8 in {MIN_SIZE}..{MAX_SIZE} "
-                             f"(or None for native); got {self.resolution}")
+        if not 1 <= len(self.prompts) <= MAX_PROMPTS or not all(
+                isinstance(p, str) and p.strip() and len(p) <= MAX_PROMPT_CHARS for p in self.prompts):
+            raise ValueError(f"AblationConfig.prompts: give 1-{MAX_PROMPTS} non-empty prompts of at most "
+                             f"{MAX_PROMPT_CHARS} characters; got {len(self.prompts)} ({str(self.prompts)[:80]})")
+        if not 1 <= len(self.seeds) <= MAX_SEEDS or not all(_integer(s) and 0 <= s <= MAX_SEED for s in self.seeds):
+            raise ValueError(f"AblationConfig.seeds: give 1-{MAX_SEEDS} seeds in 0..{MAX_SEED}; got "
+                             f"{str(self.seeds)[:80]}")
+        if not _integer(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"AblationConfig.steps must be an integer between 1 and {MAX_STEPS}; got {self.steps!r}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or \
+                not 0 <= self.guidance <= 30:
+            raise ValueError(f"AblationConfig.guidance must be between 0 and 30; got {self.guidance!r}")
+        check_resolution(self.resolution, "AblationConfig.resolution")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resolution(value, name: str = "resolution") -> None:
+    """An image side: a multiple of 8 from MIN_SIZE to MAX_SIZE, or None (the model's native size)."""
+    if value is not None and (not _integer(value) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE):
+        raise ValueError(f"{name} must be a multiple of 8 in {MIN_SIZE}..{MAX_SIZE} (or 0 for the model's native "
+                         f"size); got {value!r}")
 
 
 def config_plan(config: AblationConfig, unet_config: dict) -> RemovalPlan:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from studio.ablation.sweep import SweepResult
-from studio.blocks import unet_layout, unit_label
+from studio.ablation.sweep import SWEEP_COLUMNS, SweepResult
+from studio.blocks import format_si, unet_layout, unit_label
 from studio.removal import parse_unit
 
 short_label = unit_label  # the name the Layers tab imports
@@ -67,3 +67,19 @@ def plot_sweep(result: SweepResult, unet_config: dict, *, metric: str = "damage"
     ax.set_xlabel("d/mid/u = down/mid/up block; r = resnet, a = attention, a1.3 = its transformer layer 3; "
                   "blank = not swept", fontsize=8)
     return fig
+
+
+SHOWN_SWEEP_COLUMNS = [c for c in SWEEP_COLUMNS if c != "latency_ratio"]  # one timing per unit is noise: CSV only
+SWEEP_HEADERS = ["rank", "unit", "kind", "params saved", "MACs saved", "damage", "damage per M params", "SSIM",
+                 "PSNR (dB)", "fidelity drop", "module path"]  # SHOWN_SWEEP_COLUMNS in words (they wrap), then path
+
+
+def sweep_table(rows: list[dict]) -> list[list]:
+    """The ranked rows as the tab shows them: units by their short name, numbers formatted, no latency column."""
+    def cell(column, value):
+        if column == "unit":
+            return short_label(value)
+        if column in ("params_saved", "macs_saved"):
+            return format_si(value)
+        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else value
+    return [[cell(c, row[c]) for c in SHOWN_SWEEP_COLUMNS] + [row["unit"]] for row in rows]

@@ -2,19 +2,123 @@
 that runs it, what a finished run exports, and which local paths a remote caller may name.
 
     frozen = validate_config("distill", {"steps": 300})      # the dataclass's ValueError names a bad field
+    frozen = prepare_config("distill", config, output_dir="jobs/x/train", policy=PathPolicy.default())  # remote callers
     command_line("lora", "jobs/x/config.json", resume=True)   # [python, -m, training.lora, --config, ..., --resume ...]
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio.names import safe_name
-from studio.paths import resolve_inside
+from studio.paths import REPO_ROOT, data_dir, model_roots
 from studio.train_config import CONFIG_CLASSES, cli_module, config_class
+from studio.train_config.base import require_path_text
 from studio.train_config.lora import CONFIG_NAME, LORA_WEIGHT_NAME
 
 KINDS = tuple(CONFIG_CLASSES)
+HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "owner/name"
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """Where the config of a remote (UI/API) caller may point: ``read`` folders (models, data sets, LoRAs),
+    ``write`` folders (caches); hub data sets (``hf:<id>``) only from ``hf_datasets`` unless that is None (any)."""
+
+    read: tuple[Path, ...]
+    write: tuple[Path, ...]
+    hf_datasets: frozenset[str] | None = None
+
+    @classmethod
+    def default(cls, hf_datasets: frozenset[str] | None = None) -> PathPolicy:
+        """Read: the model roots, the data folder, the repository's ``models/`` and ``data/`` (where the GPU presets
+        expect a downloaded teacher and an image folder) and the Hugging Face hub cache; write: the data folder and
+        the repository's ``outputs/`` (the presets' cache location)."""
+        from studio.hosting import hub_cache_dir
+
+        read = [*model_roots(), data_dir(), REPO_ROOT / "models", REPO_ROOT / "data", hub_cache_dir()]
+        write = [data_dir(), REPO_ROOT / "outputs"]
+        return cls(tuple(dict.fromkeys(p.resolve() for p in read)), tuple(dict.fromkeys(p.resolve() for p in write)),
+                   hf_datasets)
+
+
+def confine_config(kind: str, config: dict, policy: PathPolicy) -> dict:
+    """``config`` with every path-valued field (the config class's ``PATH_FIELDS``; teachers given as a list or as
+    the ``"path@weight,..."`` shorthand) resolved, symlinks and ``..`` included, and refused unless it lies inside
+    the policy's folders — before anything looks at it, so the answer never depends on whether an outside path
+    exists. Paths are read as the studio shows them (``studio.hosting.resolve_display_path``: ``<data>/…``,
+    ``<hf cache>/…``, relative = under the repository). Registry names, recipes, ``demo`` data and allowed hub data
+    sets pass unchanged; ``output_dir`` is the runner's. The returned paths are absolute (the job reads exactly what
+    was checked)."""
+    cls = config_class(kind)
+    out = dict(config)
+    for name, what in cls.PATH_FIELDS.items():
+        value = out[name] if name in out else _default(cls, name)
+        if name == "output_dir" or value is None or value == "":
+            continue
+        if what == "teachers":
+            out[name] = [{"path": _inside(cls, name, t["path"], policy.read, "read from"), "weight": t["weight"]}
+                         for t in cls.parse_teachers(value)]
+            continue
+        require_path_text(cls.__name__, name, value)
+        if what == "write":
+            out[name] = _inside(cls, name, value, policy.write, "write to")
+        elif what == "dataset":
+            out[name] = _dataset(cls, name, value, policy)
+        elif not _named(what, value):  # "read", or a model / recipe that is not a name
+            out[name] = _inside(cls, name, value, policy.read, "read from")
+    return out
+
+
+def _default(cls, name: str):
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _named(what: str, value: str) -> bool:
+    """A registry model (``what`` "model") or a removal recipe ("recipe-or-folder") named, not a path."""
+    if what == "model":
+        from studio.registry import list_models
+
+        return value in {s.name for s in list_models()}
+    if what == "recipe-or-folder":
+        from studio.recipes import RECIPES
+
+        return value in RECIPES
+    return False
+
+
+def _dataset(cls, name: str, value: str, policy: PathPolicy) -> str:
+    if value == "demo" or value.startswith("demo:"):
+        return value
+    if not value.startswith("hf:"):
+        return _inside(cls, name, value, policy.read, "read from")
+    ident = value[3:]
+    if policy.hf_datasets is not None and ident not in policy.hf_datasets:
+        allowed = ", ".join(sorted(policy.hf_datasets)) or "none"
+        raise ValueError(f"{cls.__name__}.{name}: hub data set {ident[:100]!r} is not one this studio allows "
+                         f"(STUDIO_HF_DATASETS: {allowed})")
+    if HUB_DATASET.match(ident) and ".." not in ident and not (Path.cwd() / ident).exists():
+        return value  # a hub data set id (the trainer would read a local folder of that name instead)
+    return "hf:" + _inside(cls, name, ident, policy.read, "read from")
+
+
+def _inside(cls, name: str, value, roots, verb: str) -> str:
+    from studio.hosting import display_path, resolve_display_path
+
+    if not isinstance(value, str):
+        raise ValueError(f"{cls.__name__}.{name} must be text; got {type(value).__name__}")
+    try:
+        resolved = resolve_display_path(value).resolve()
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{cls.__name__}.{name}: {value[:200]!r} cannot be resolved ({type(err).__name__})") from None
+    if any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        return str(resolved)
+    allowed = ", ".join(display_path(r) for r in roots)
+    raise ValueError(f"{cls.__name__}.{name}: {value[:200]!r} is outside the folders a job may {verb} ({allowed})")
 
 
 def validate_config(kind: str, config: dict) -> dict:
@@ -42,22 +146,18 @@ def command_line(kind: str, config_path: str | Path, *, resume: bool = False) ->
         ["--resume", "latest"] if resume else [])
 
 
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-
-
-def check_config_paths(config: dict, roots: list[Path]) -> None:
-    """Refuse a config naming a local file or folder outside ``roots`` (hub ids and recipe names pass)."""
-    for text in _strings(config):
-        if text.startswith(("/", ".", "~")) or (text and Path(text).exists()):
-            resolve_inside(text, roots)
+def prepare_config(kind: str, config: dict, *, output_dir: str | Path, policy: PathPolicy | None = None) -> dict:
+    """What a job of ``kind`` will run with: ``config`` confined to ``policy``'s folders (remote callers; None: the
+    local command line), ``output_dir`` set, a distillation's ``base_name`` taken from its first teacher when the
+    registry lists it, validated by the config class. The Train tab's check and the runner's submit both call this,
+    so a config that checks also submits."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a job config is a JSON object of config fields; got {type(config).__name__}")
+    config = confine_config(kind, config, policy) if policy is not None else dict(config)
+    config["output_dir"] = str(output_dir)
+    if kind == "distill" and not config.get("base_name"):
+        config["base_name"] = registry_name_of(config.get("teachers"))
+    return validate_config(kind, config)
 
 
 def model_name(text: str) -> str:
@@ -72,11 +172,13 @@ def registry_name_of(teachers) -> str:
     """Registry name of the first teacher folder when the registry lists it (so the student names its base)."""
     from studio.registry import list_models
 
-    if not teachers:
-        return ""
-    first = teachers[0] if not isinstance(teachers, str) else teachers.split(",")[0].split("@")[0]
-    path = first.get("path") if isinstance(first, dict) else first
-    if not path or not Path(path).exists():
+    from studio.train_config import DistillConfig
+
+    try:
+        path = DistillConfig.parse_teachers(teachers)[0]["path"]
+    except ValueError:
+        return ""  # validation says what is wrong
+    if not Path(path).exists():
         return ""
     target = Path(path).resolve()
     for spec in list_models():

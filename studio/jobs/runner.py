@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -35,13 +36,15 @@ from pathlib import Path
 
 import psutil
 
-from studio.jobs.kinds import (check_config_paths, command_line, final_output, model_name, registry_name_of,
-                               validate_config)
+from studio.jobs.kinds import (PathPolicy, command_line, final_output, model_name, prepare_config,
+                               registry_name_of)
 from studio.jobs.status import MetricsLog, check_transition, estimate_progress, read_log_tail, summarize_end
 from studio.paths import REPO_ROOT, data_dir, models_dir
 from studio.train_config.base import STOP_FILE, checkpoint_dirs, request_stop
 
 LOG_FILE, STATUS_FILE, CONFIG_FILE, TRAIN_DIR = "stdout.log", "status.json", "config.json", "train"
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ACTIVE = ("queued", "running")  # what the queue cap counts
 
 
 # ---------------------------------------------------------------- registry records
@@ -68,6 +71,7 @@ class Job:
     command: list = field(default_factory=list)
     output: str = ""  # registered model / LoRA folder
     slot: int = 0  # which slot (GPU index when there are several) the latest run used
+    owner: str = ""  # who submitted it (studio.hosting.Visitor.key; "" from the command line / older runners)
 
     @classmethod
     def from_dict(cls, d: dict) -> Job:
@@ -143,14 +147,14 @@ class JobRunner:
 
     # storage
     def job_dir(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            raise ValueError(f"bad job id {job_id!r}")
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise ValueError(f"bad job id {str(job_id)[:120]!r}")
         return self.root / job_id
 
     def status(self, job_id: str) -> Job:
         path = self.job_dir(job_id) / STATUS_FILE
         if not path.exists():
-            raise ValueError(f"no job {job_id!r} in {self.root}")
+            raise ValueError(f"no job {job_id!r}")
         return Job.from_dict(json.loads(path.read_text()))
 
     def _save(self, job: Job) -> None:
@@ -184,28 +188,35 @@ class JobRunner:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # public API
-    def submit(self, kind: str, config: dict, *, name: str = "", roots: list[Path] | None = None) -> str:
-        """Validate ``config`` with the kind's dataclass (ValueError before anything runs), freeze it in a new job
-        folder and queue it; returns the job id. ``output_dir`` is always the job's ``train/`` folder.
-        ``roots`` (remote callers: the UI/API) confines every local path in the config to those folders."""
-        config = dict(config)
-        if roots is not None:
-            check_config_paths({k: v for k, v in config.items() if k != "output_dir"}, roots)
+    def submit(self, kind: str, config: dict, *, name: str = "", policy: PathPolicy | None = None, owner: str = "",
+               max_queued: int | None = None) -> str:
+        """Validate ``config`` (``prepare_config``: ValueError before anything runs or is written), freeze it in a
+        new job folder and queue it; returns the job id. ``output_dir`` is always the job's ``train/`` folder.
+        ``policy`` (remote callers: the UI/API) confines every path in the config to its folders; ``owner`` is
+        recorded; ``max_queued`` refuses a job when that many are already queued or running."""
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(2)}"
         job_dir = self.job_dir(job_id)
-        config["output_dir"] = str(job_dir / TRAIN_DIR)
-        if kind == "distill" and not config.get("base_name"):
-            config["base_name"] = registry_name_of(config.get("teachers"))
-        frozen = validate_config(kind, config)
+        frozen = prepare_config(kind, config, output_dir=job_dir / TRAIN_DIR, policy=policy)
+        if kind == "distill" and not frozen.get("base_name"):  # paths are confined by now: the student names its base
+            frozen["base_name"] = registry_name_of(frozen["teachers"])
         name = model_name(name or auto_name(job_id))
         with self._locked():
+            self._check_queue(max_queued)
             job_dir.mkdir(parents=True)
-            (job_dir / CONFIG_FILE).write_text(json.dumps(frozen, indent=1) + "\n")
+            (job_dir / CONFIG_FILE).write_text(json.dumps(frozen, indent=1, allow_nan=False) + "\n")
             now = time.time()
             self._save(Job(job_id, kind, name, submitted=now, queued_at=now, cwd=os.getcwd(),
-                           command=command_line(kind, job_dir / CONFIG_FILE)))
+                           command=command_line(kind, job_dir / CONFIG_FILE), owner=str(owner)))
         self.poll()
         return job_id
+
+    def _check_queue(self, max_queued: int | None) -> None:
+        if max_queued is None:
+            return
+        active = sum(job.status in ACTIVE for job in self.list())
+        if active >= max_queued:
+            raise ValueError(f"the job queue is full: {active} jobs are queued or running and this studio takes at "
+                             f"most {max_queued}; wait for one to finish or cancel one")
 
     def cancel(self, job_id: str, *, at_step: int | None = None, wait_s: float = 0.0) -> Job:
         """Queued: cancelled now. Running: ``train/STOP``, which the trainer honours before its next step, or once
@@ -228,12 +239,13 @@ class JobRunner:
             time.sleep(0.2)
         return self.status(job_id)
 
-    def resume(self, job_id: str) -> Job:
+    def resume(self, job_id: str, *, max_queued: int | None = None) -> Job:
         """Queue a failed or cancelled job again; it continues from its newest checkpoint (``--resume latest``), or
-        starts over when it has none."""
+        starts over when it has none. ``max_queued`` as in `submit`."""
         with self._locked():
             job = self.status(job_id)
             check_transition(job.status, "queued")
+            self._check_queue(max_queued)
             job.resume = bool(checkpoint_dirs(self.job_dir(job_id) / TRAIN_DIR))
             job.queued_at, job.cancel_requested, job.signals_sent = time.time(), None, 0
             job.returncode, job.pid = None, None

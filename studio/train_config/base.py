@@ -10,6 +10,7 @@ This package is studio core: the job runner validates configs with these classes
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -66,58 +67,131 @@ def read_config_file(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------- validation helpers
 
+MAX_COUNT = 10_000_000  # steps and other counts of one run
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 2000  # characters of a prompt or other free text in a config
+MAX_PATH = 1024  # characters of a path-valued field; each of its names at most NAME_BYTES bytes (the file system's)
+NAME_BYTES = 255
+MAX_BUCKET = 4096  # pixels of a training bucket's side (SDXL trains at up to 1536)
+MAX_SHORTHAND = 4 * MAX_PATH  # characters of a list given as one comma-separated string
+MAX_ITEMS = 256  # entries of a list field (teachers, buckets, prompts, module names), unless SIZES says otherwise
+
+
 @dataclass(frozen=True)
 class Bound:
-    """The allowed range of a numeric config field; ``check`` raises the ValueError naming the field, ``describe``
-    is the same range in words (the Train tab's form shows it)."""
+    """The allowed range of a numeric config field: one source for validation (``check``: the ValueError naming the
+    field) and the Train tab's form (``describe``: the same range in words). Values are finite; bools are refused."""
 
-    low: float | None = None
-    high: float | None = None
+    low: float
+    high: float
     low_open: bool = False  # True: value > low (else >=)
     high_open: bool = False  # True: value < high (else <=)
     integer: bool = False
 
     def describe(self) -> str:
-        what = "an integer " if self.integer else ""
-        if self.high is None:
-            return f"{what}{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{what}in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        what = "an integer" if self.integer else "a finite number"
+        if self.low_open or self.high_open:
+            return f"{what} in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}" \
+                   f"{')' if self.high_open else ']'}"
+        return f"{what} >= {_num(self.low)} and <= {_num(self.high)}"
 
     def contains(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+        if not math.isfinite(value):
             return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if value <= self.low if self.low_open else value < self.low:
+            return False
+        return value < self.high if self.high_open else value <= self.high
 
-    def check(self, cfg, name: str) -> None:
-        value = getattr(cfg, name)
+    def require(self, owner: str, name: str, value) -> None:
         if not self.contains(value):
-            raise ValueError(f"{type(cfg).__name__}.{name} must be {self.describe()}; got {value!r}")
+            raise ValueError(f"{owner}.{name} must be {self.describe()}; got {_short(value)}")
 
 
-NON_NEGATIVE, FRACTION = Bound(0), Bound(0, 1, high_open=True)
-COUNT, POSITIVE_COUNT = Bound(0, integer=True), Bound(1, integer=True)
+def require_number(owner: str, name: str, value, kind: str, low: float, high: float) -> None:
+    """ValueError unless ``value`` is an ``int`` (kind "int") or a finite number (kind "float") in [low, high]."""
+    Bound(low, high, integer=kind == "int").require(owner, name, value)
+
+
+def counts(high: float = MAX_COUNT, low: float = 0) -> Bound:
+    return Bound(low, high, integer=True)
+
+
+def weights(high: float = 1000.0) -> Bound:
+    return Bound(0, high)
+
+
+FRACTION = Bound(0, 1, high_open=True)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def require_text(owner: str, name: str, value, max_chars: int = MAX_TEXT) -> None:
+    if not isinstance(value, str) or len(value) > max_chars or "\0" in value:
+        raise ValueError(f"{owner}.{name} must be text of at most {max_chars} characters; got "
+                         f"{_short(value)}")
+
+
+def require_path_text(owner: str, name: str, value) -> None:
+    """A path-valued string: at most MAX_PATH characters, each of its names at most NAME_BYTES bytes (longer ones
+    make the operating system refuse the path with "File name too long")."""
+    require_text(owner, name, value, MAX_PATH)
+    if any(len(part.encode("utf-8", "surrogatepass")) > NAME_BYTES for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"{owner}.{name}: each folder or file name in a path is at most {NAME_BYTES} bytes; got "
+                         f"{_short(value)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
+
+
+def check_fields(cfg) -> None:
+    """The checks every field of a config gets from its annotation: ``int`` and ``float`` fields are numbers within
+    ``BOUNDS`` (finite, bools refused), ``bool`` fields are booleans, ``str`` fields are text of at most MAX_TEXT
+    characters (path-valued ones, ``PATH_FIELDS``, at most MAX_PATH with names of at most NAME_BYTES bytes), ``list``
+    and ``dict`` fields hold at most ``SIZES.get(name, MAX_ITEMS)`` entries (``SHORTHAND`` fields may be a string)."""
+    owner, bounds = type(cfg).__name__, type(cfg).class_table("BOUNDS")
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind in ("int", "float"):
+            bounds[f.name].require(owner, f.name, value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{owner}.{f.name} must be true or false; got {_short(value)}")
+        elif kind == "str":
+            (require_path_text if f.name in type(cfg).PATH_FIELDS else require_text)(owner, f.name, value)
+        elif kind in ("list", "dict"):
+            if isinstance(value, str) and f.name in type(cfg).SHORTHAND:
+                require_text(owner, f.name, value, MAX_SHORTHAND)
+                continue
+            if not isinstance(value, list if kind == "list" else dict) and not (kind == "list" and
+                                                                                 isinstance(value, tuple)):
+                raise ValueError(f"{owner}.{f.name} must be a {'list' if kind == 'list' else 'table'}; got "
+                                 f"{_short(value)}")
+            most = type(cfg).SIZES.get(f.name, MAX_ITEMS)
+            if len(value) > most:
+                raise ValueError(f"{owner}.{f.name} takes at most {most} entries; got {len(value)}")
+
+
+def check_text_list(cfg, name: str, max_chars: int = MAX_TEXT, *, allow_empty: bool = False) -> None:
+    """Every entry of list field ``name`` is text of at most ``max_chars`` characters."""
+    for item in getattr(cfg, name):
+        if not isinstance(item, str) or len(item) > max_chars or (not allow_empty and not item.strip()):
+            raise ValueError(f"{type(cfg).__name__}.{name}: each entry is {'' if allow_empty else 'non-empty '}text "
+                             f"of at most {max_chars} characters; got {_short(item)}")
 
 
 def check_buckets(cfg) -> None:
-    """``cfg.buckets``: (width, height) pairs, positive multiples of 8; normalised to lists."""
-    if not cfg.buckets or any(len(b) != 2 or any(not isinstance(v, int) or v < 8 or v % 8 for v in b)
-                              for b in cfg.buckets):
-        raise ValueError(f"{type(cfg).__name__}.buckets: each bucket is [width, height], positive multiples of 8; "
-                         f"got {cfg.buckets}")
+    """``cfg.buckets``: (width, height) pairs, multiples of 8 from 8 to MAX_BUCKET; normalised to lists."""
+    if not cfg.buckets or any(not isinstance(b, (list, tuple)) or len(b) != 2 or any(
+            not Bound(8, MAX_BUCKET, integer=True).contains(v) or v % 8 for v in b) for b in cfg.buckets):
+        raise ValueError(f"{type(cfg).__name__}.buckets: each bucket is [width, height], multiples of 8 from 8 to "
+                         f"{MAX_BUCKET}; got {_short(cfg.buckets)}")
     cfg.buckets = [list(b) for b in cfg.buckets]
-
-
-def check_dataset(cfg, allowed: str) -> None:
-    """``cfg.dataset`` given as a local imagefolder must exist with ``metadata.jsonl``; the message says how to make
-    one (``allowed`` names the other accepted forms)."""
-    folder = Path(cfg.dataset)
-    if not (folder / "metadata.jsonl").exists():
-        what = "does not exist" if not folder.exists() else "has no metadata.jsonl"
-        raise ValueError(f"{type(cfg).__name__}.dataset: {cfg.dataset!r} {what}. Put your images there with a "
-                         f"metadata.jsonl (one {{\"file_name\": ..., \"{cfg.caption_column}\": ...}} per line), "
-                         f"or use {allowed}")
 
 
 def check_model(cfg, field_name: str) -> None:
@@ -131,6 +205,17 @@ def check_model(cfg, field_name: str) -> None:
         resolve_spec(value)
     except ValueError as err:
         raise ValueError(f"{type(cfg).__name__}.{field_name}: {err}") from None
+
+
+def check_dataset(cfg, allowed: str) -> None:
+    """``cfg.dataset`` given as a local imagefolder must exist with ``metadata.jsonl``; the message says how to make
+    one (``allowed`` names the other accepted forms)."""
+    folder = Path(cfg.dataset)
+    if not (folder / "metadata.jsonl").exists():
+        what = "does not exist" if not folder.exists() else "has no metadata.jsonl"  # path length checked before
+        raise ValueError(f"{type(cfg).__name__}.dataset: {cfg.dataset!r} {what}. Put your images there with a "
+                         f"metadata.jsonl (one {{\"file_name\": ..., \"{cfg.caption_column}\": ...}} per line), "
+                         f"or use {allowed}")
 
 
 def missing_model_hint(path: str, registry_name: str = "") -> str:
@@ -151,7 +236,35 @@ def missing_model_hint(path: str, registry_name: str = "") -> str:
 
 @dataclass
 class TrainConfig:
-    """How to optimise (shared by every trainer); subclasses add what to train."""
+    """How to optimise (shared by every trainer); subclasses add what to train.
+
+    Every field is checked by ``check_fields`` from its annotation before the field-specific checks: the number
+    fields within ``BOUNDS`` (a subclass extends it), string and list fields length-limited. ``PATH_FIELDS`` names the
+    path-valued fields and what they are (``studio.jobs.kinds.confine_config`` keeps them inside the allowed folders
+    for remote callers before anything else looks at them)."""
+
+    # Bounds and choices by field name (a subclass adds its own; ``class_table`` merges them): one source for
+    # validation and the Train tab's form. FORM: the common fields the form shows, in order.
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "steps": counts(low=1), "lr": Bound(0, 1, low_open=True), "lr_warmup_steps": counts(),
+        "batch_size": counts(4096, 1), "grad_accum": counts(4096, 1), "weight_decay": Bound(0, 10),
+        "max_grad_norm": Bound(0, 1e6), "ema_decay": FRACTION, "checkpoint_every": counts(),
+        "keep_checkpoints": counts(10_000), "validate_every": counts(), "seed": counts(MAX_SEED),
+        "max_minutes": Bound(0, 1e6)}
+    CHOICES: ClassVar[dict[str, tuple]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
+    FORM: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size", "checkpoint_every", "validate_every",
+                                       "max_minutes", "lr_scheduler", "mixed_precision", "seed")
+
+    @classmethod
+    def class_table(cls, attr: str) -> dict:
+        """``BOUNDS``, ``CHOICES`` (or another table) of this class and its bases merged (a subclass entry wins)."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get(attr, {}))
+        return merged
+    PATH_FIELDS: ClassVar[dict[str, str]] = {"output_dir": "write"}  # field -> "read" | "write" | "model" | ...
+    SIZES: ClassVar[dict[str, int]] = {}  # list / dict field -> most entries (default MAX_ITEMS)
+    SHORTHAND: ClassVar[frozenset[str]] = frozenset()  # list fields that may be given as one comma-separated string
 
     steps: int = 1000  # optimizer steps
     lr: float = 1e-4  # peak AdamW learning rate
@@ -171,32 +284,12 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget of one run; when hit: checkpoint + export, like the last step
     output_dir: str = "outputs/train"
 
-    # Validation bounds and choices by field name (subclasses add theirs; ``class_table`` merges them): one source
-    # for __post_init__ and the Train tab's form. FORM: the common fields the form shows, in order.
-    BOUNDS: ClassVar[dict[str, Bound]] = {
-        "steps": POSITIVE_COUNT, "batch_size": POSITIVE_COUNT, "grad_accum": POSITIVE_COUNT,
-        "lr_warmup_steps": COUNT, "checkpoint_every": COUNT, "keep_checkpoints": COUNT, "validate_every": COUNT,
-        "seed": COUNT, "lr": Bound(0, 1, low_open=True), "ema_decay": FRACTION, "weight_decay": NON_NEGATIVE,
-        "max_grad_norm": NON_NEGATIVE, "max_minutes": NON_NEGATIVE}
-    CHOICES: ClassVar[dict[str, tuple]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
-    FORM: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size", "checkpoint_every", "validate_every",
-                                       "max_minutes", "lr_scheduler", "mixed_precision", "seed")
-
-    @classmethod
-    def class_table(cls, attr: str) -> dict:
-        """``BOUNDS`` or ``CHOICES`` of this class and its bases merged (a subclass entry wins)."""
-        merged = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(klass.__dict__.get(attr, {}))
-        return merged
-
     def __post_init__(self):
         name = type(self).__name__
-        for field_name, bound in self.class_table("BOUNDS").items():
-            bound.check(self, field_name)
+        check_fields(self)
         for field_name, allowed in self.class_table("CHOICES").items():
             if getattr(self, field_name) not in allowed:
-                raise ValueError(f"{name}.{field_name} must be one of {allowed}; got {getattr(self, field_name)!r}")
+                raise ValueError(f"{name}.{field_name} must be one of {allowed}; got {_short(getattr(self, field_name))}")
         if not self.output_dir:
             raise ValueError(f"{name}.output_dir must not be empty")
 

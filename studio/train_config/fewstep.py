@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from studio.train_config.base import FRACTION, NON_NEGATIVE, SAVE_DTYPES, TrainConfig, check_dataset, check_model
+from studio.train_config.base import (FRACTION, SAVE_DTYPES, Bound, TrainConfig, check_dataset, check_model, counts,
+                                      weights)
 
 STUDENTS = ("full", "lora")
 OBJECTIVES = ("lcd", "codi", "task")
@@ -64,42 +65,38 @@ class FewStepConfig(TrainConfig):
         "a red circle on a blue background", "a yellow star on a black background",
         "a white square on a green background", "a cyan cross on a purple background"])
     output_dir: str = "outputs/fewstep"
-    BOUNDS: ClassVar = {"lambda_task": NON_NEGATIVE, "alpha": NON_NEGATIVE, "inference_guidance": NON_NEGATIVE,
-                        "caption_dropout": FRACTION}
+    BOUNDS: ClassVar = {"condition_size": counts(4096, 1), "num_ddim_timesteps": counts(1000, 2),
+                        "guidance_min": Bound(0, 30), "guidance_max": Bound(0, 30),
+                        "time_cond_proj_dim": counts(4096, 2), "huber_c": Bound(0, 1, low_open=True),
+                        "target_decay": FRACTION, "lambda_task": weights(), "rank": counts(1024),
+                        "alpha": weights(10_000), "dataset_count": counts(low=1), "resolution": counts(4096, 8),
+                        "caption_dropout": FRACTION, "inference_steps": counts(1000, 1),
+                        "inference_guidance": Bound(0, 30)}
+    CHOICES: ClassVar = {"student": STUDENTS, "objective": OBJECTIVES, "loss": LOSSES, "condition": CONDITIONS,
+                         "save_dtype": SAVE_DTYPES}
+    PATH_FIELDS: ClassVar = {**TrainConfig.PATH_FIELDS, "teacher": "model", "student_base": "model",
+                             "init_from": "read", "dataset": "dataset", "cache_dir": "write"}
+    SIZES: ClassVar = {"adapter_channels": 8, "validation_prompts": 64}
+    SHORTHAND: ClassVar = frozenset({"target_modules"})
 
     def __post_init__(self):
         super().__post_init__()
         name = type(self).__name__
-        choices = (("student", STUDENTS), ("objective", OBJECTIVES), ("loss", LOSSES), ("condition", CONDITIONS),
-                   ("save_dtype", SAVE_DTYPES))
-        for field_name, allowed in choices:
-            if getattr(self, field_name) not in allowed:
-                raise ValueError(f"{name}.{field_name} must be one of {allowed}; got {getattr(self, field_name)!r}")
         check_model(self, "teacher")
         if self.student_base:
             check_model(self, "student_base")
         if self.init_from and not (Path(self.init_from) / "studio_model.json").exists():
             raise ValueError(f"{name}.init_from: {self.init_from!r} is not a few-step/conditional model folder "
                              f"(no studio_model.json)")
-        if not isinstance(self.num_ddim_timesteps, int) or not 2 <= self.num_ddim_timesteps <= 1000:
-            raise ValueError(f"{name}.num_ddim_timesteps (N of the skipping schedule, interval k = T // N) must be an "
-                             f"integer in [2, 1000]; got {self.num_ddim_timesteps!r}")
-        if not isinstance(self.inference_steps, int) or not 1 <= self.inference_steps <= self.num_ddim_timesteps:
+        if self.inference_steps > self.num_ddim_timesteps:
             raise ValueError(f"{name}.inference_steps must be an integer in [1, num_ddim_timesteps="
                              f"{self.num_ddim_timesteps}] (LCMScheduler picks them from the skipping schedule); "
                              f"got {self.inference_steps!r}")
         if not 1 <= self.guidance_min <= self.guidance_max <= 30:
             raise ValueError(f"{name}.guidance_min/guidance_max: need 1 <= guidance_min <= guidance_max <= 30 (CFG "
                              f"scales); got {self.guidance_min}, {self.guidance_max}")
-        if not isinstance(self.time_cond_proj_dim, int) or self.time_cond_proj_dim < 2 or self.time_cond_proj_dim % 2:
+        if self.time_cond_proj_dim % 2:
             raise ValueError(f"{name}.time_cond_proj_dim must be an even integer >= 2; got {self.time_cond_proj_dim!r}")
-        if not 0 < self.huber_c <= 1:
-            raise ValueError(f"{name}.huber_c must be in (0, 1]; got {self.huber_c}")
-        if not 0 <= self.target_decay < 1:
-            raise ValueError(f"{name}.target_decay must be in [0, 1) (0 = online student as target); "
-                             f"got {self.target_decay}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
-            raise ValueError(f"{name}.rank must be an integer >= 0; got {self.rank!r}")
         if isinstance(self.target_modules, str):  # CLI shorthand: "to_q,to_k"
             self.target_modules = [v.strip() for v in self.target_modules.split(",") if v.strip()]
         if self.student == "lora" and self.rank and not self.target_modules:

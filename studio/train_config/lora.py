@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from studio.demo.concepts import CONCEPTS
-from studio.train_config.base import (FRACTION, NON_NEGATIVE, POSITIVE_COUNT, SAVE_DTYPES, Bound, TrainConfig,
-                                      check_buckets, check_dataset, check_model)
+from studio.train_config.base import (FRACTION, SAVE_DTYPES, Bound, TrainConfig, check_buckets, check_dataset,
+                                      check_model, check_text_list, counts, require_text, weights)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # at the top of output_dir, where load_lora_weights looks
 CONFIG_NAME = "lora_config.json"
@@ -57,10 +57,15 @@ class LoraTrainConfig(TrainConfig):
     validation_guidance: float = 0.0  # CFG scale; 0 = the base model's default
     output_dir: str = "outputs/models/loras/lora"  # under the models dir, so the Generate tab lists it
 
-    BOUNDS: ClassVar = {"rank": Bound(0, low_open=True, integer=True), "alpha": NON_NEGATIVE, "dropout": FRACTION,
-                        "kd_weight": NON_NEGATIVE, "caption_dropout": FRACTION, "noise_offset": NON_NEGATIVE,
-                        "snr_gamma": NON_NEGATIVE, "validation_steps": POSITIVE_COUNT,
-                        "validation_guidance": NON_NEGATIVE}
+    BOUNDS: ClassVar = {"rank": counts(1024, 1), "alpha": weights(10_000), "dropout": FRACTION,
+                        "kd_weight": weights(), "caption_dropout": FRACTION, "noise_offset": Bound(0, 10),
+                        "snr_gamma": weights(), "validation_steps": counts(150, 1),
+                        "validation_guidance": Bound(0, 30)}
+    PATH_FIELDS: ClassVar = {**TrainConfig.PATH_FIELDS, "base_model": "model", "dataset": "dataset",
+                             "init_lora": "read", "cache_dir": "write", "kd_teacher": "model",
+                             "kd_teacher_lora": "read"}
+    SIZES: ClassVar = {"buckets": 64, "validation_prompts": 64}
+    SHORTHAND: ClassVar = frozenset({"target_modules", "text_target_modules"})
     CHOICES: ClassVar = {"save_dtype": SAVE_DTYPES}
     SUGGESTIONS: ClassVar = {"dataset": tuple(f"demo:{c}" for c in CONCEPTS)}
     FORM: ClassVar = ("base_model", "dataset", "rank", "alpha", "dropout", "train_text_encoder", "snr_gamma",
@@ -83,8 +88,9 @@ class LoraTrainConfig(TrainConfig):
             if isinstance(value, str):  # CLI shorthand: "to_q,to_k"
                 value = [v.strip() for v in value.split(",") if v.strip()]
                 setattr(self, field_name, value)
-            if not value or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{name}.{field_name} must be a non-empty list of module names; got {value!r}")
+            if not value or len(value) > 256 or not all(isinstance(v, str) and v and len(v) <= 200 for v in value):
+                raise ValueError(f"{name}.{field_name} must be a non-empty list of at most 256 module names; got "
+                                 f"{str(value)[:200]}")
         if not isinstance(self.exclude_modules, str):
             raise ValueError(f"{name}.exclude_modules must be a regex string ('' = none); got {self.exclude_modules!r}")
         if self.exclude_modules:
@@ -101,6 +107,8 @@ class LoraTrainConfig(TrainConfig):
         if self.init_lora and not Path(self.init_lora).exists():
             raise ValueError(f"{name}.init_lora: {self.init_lora!r} does not exist")
         check_buckets(self)
+        check_text_list(self, "validation_prompts")
+        require_text(name, "caption_column", self.caption_column, 64)
 
     @property
     def lora_alpha(self) -> float:

@@ -23,6 +23,7 @@ from studio.loading import ModelCache
 from studio.paths import data_dir
 import studio.ui.access as access
 from studio.ui.arena_tab import build_arena_tab
+from studio.ui.fairness import limit_pending_per_visitor
 from studio.ui.generate_tab import build_generate_tab, on_refresh_lists
 from studio.ui.jobs_tab import build_jobs_tab
 from studio.ui.layers_tab import build_layers_tab
@@ -33,8 +34,8 @@ INTRO = ("**SDXL-family studio** — generate with SDXL, SSD-1B, Vega and the em
 # In public mode only these endpoints are listed in the API docs and become MCP tools (read-only ones and
 # generation within the caps); every other event is "undocumented": still callable by its api_name (the names
 # are an interface), but not advertised and not a tool. Visibility is not a permission: handlers check that.
-# (/list_loras joins once its choices show paths relative to the studio's roots: today they are absolute.)
-PUBLIC_TOOLS = frozenset({"generate", "list_models", "layers_map", "layers_plan", "arena_leaderboard",
+# (/list_loras shows paths relative to the studio's roots: ``display_path``.)
+PUBLIC_TOOLS = frozenset({"generate", "list_models", "list_loras", "layers_map", "layers_plan", "arena_leaderboard",
                           "arena_draw_prompt"})
 
 
@@ -46,11 +47,12 @@ def build_app(cache: ModelCache | None = None, hosting: Hosting | None = None) -
         gr.Markdown(INTRO)
         access.sign_in_widgets(hosting)
         with gr.Tab("Generate") as generate:
-            lists = build_generate_tab(cache)
+            lists = build_generate_tab(cache, hosting)
         with gr.Tab("Layers"):
-            build_layers_tab(cache)
-        with gr.Tab("Train"):
-            build_jobs_tab(runner=JobRunner(before_start=gpu_handover(cache)))  # a GPU job gets the GPU
+            build_layers_tab(cache, hosting)
+        with gr.Tab("Train") as train:
+            build_jobs_tab(runner=JobRunner(before_start=gpu_handover(cache)), hosting=hosting,  # a GPU job gets
+                           tab=train)  # the GPU
         with gr.Tab("Arena"):
             build_arena_tab(cache, hosting=hosting)
         generate.select(on_refresh_lists, None, lists, api_name=False)  # a finished job's student/LoRA is listed
@@ -92,4 +94,5 @@ def launch(demo: gr.Blocks, hosting: Hosting | None = None, **kwargs):
     LOG.info("studio: %s mode, queue max_size %d", hosting.mode, hosting.caps.queue_size)
     demo.queue(max_size=hosting.caps.queue_size, default_concurrency_limit=hosting.caps.concurrency,
                api_open=not hosting.public)
+    limit_pending_per_visitor(demo, hosting)  # one visitor cannot fill the queue (caps.pending)
     return demo.launch(**options)

@@ -33,13 +33,19 @@ def _headers(request) -> dict[str, str]:
     return {k.lower(): v for k, v in dict(request.headers or {}).items()}
 
 
-def _hf_user(request: gr.Request) -> str | None:
+def _hf_user(raw) -> str | None:
     """The Hugging Face username of an OAuth sign-in (only where Gradio installed its session middleware)."""
-    raw = getattr(request, "request", None)
     if raw is None or "session" not in getattr(raw, "scope", {}):
         return None
     info = raw.session.get("oauth_info") or {}
     return (info.get("userinfo") or {}).get("preferred_username")
+
+
+def raw_visitor(raw: StarletteRequest, username: str | None, hosting: Hosting) -> Visitor:
+    """The visitor of a raw request (Gradio's queue sees these) and the username Gradio's auth gave it."""
+    client = getattr(raw, "client", None)
+    return hosting.visitor(client_host=getattr(client, "host", None), headers=_headers(raw),
+                           password_user=username or None, hf_user=_hf_user(raw))
 
 
 def visitor(request: gr.Request | None, hosting: Hosting | None = None) -> Visitor:
@@ -49,7 +55,8 @@ def visitor(request: gr.Request | None, hosting: Hosting | None = None) -> Visit
         return hosting.visitor(client_host="127.0.0.1")
     client = getattr(request, "client", None)
     return hosting.visitor(client_host=getattr(client, "host", None), headers=_headers(request),
-                           password_user=getattr(request, "username", None) or None, hf_user=_hf_user(request))
+                           password_user=getattr(request, "username", None) or None,
+                           hf_user=_hf_user(getattr(request, "request", None)))
 
 
 def require_admin(request: gr.Request | None, action: str, hosting: Hosting | None = None) -> Visitor:
@@ -58,6 +65,17 @@ def require_admin(request: gr.Request | None, action: str, hosting: Hosting | No
     who = visitor(request, hosting)
     try:
         hosting.require_admin(who, action)
+    except AdminOnlyError as err:
+        raise gr.Error(str(err)) from None
+    return who
+
+
+def require_owner(request: gr.Request | None, owner: str | None, action: str, hosting: Hosting | None = None) -> Visitor:
+    """The caller, or a `gr.Error` unless it is an admin or ``owner`` (see `Hosting.require_owner`)."""
+    hosting = hosting or hosting_mod.current()
+    who = visitor(request, hosting)
+    try:
+        hosting.require_owner(who, owner, action)
     except AdminOnlyError as err:
         raise gr.Error(str(err)) from None
     return who

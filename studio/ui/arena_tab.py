@@ -34,7 +34,7 @@ from studio.arena import (CACHE_INDEX, LABELS, VOTES, Arena, ArenaConfig, ArenaE
 from studio.arena_cli import SETTING_KEYS, make_generate_fn
 from studio.hosting import Hosting, deliverable, display_path, gpu_task
 from studio.loading import ModelCache
-from studio.paths import DEMO_DIR, data_dir, models_dir
+from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.ratings import RatingConfig, filter_votes, leaderboard, parse_date, plot_win_rate_heatmap, win_rate_matrix
 from studio.registry import list_models
 import studio.ui.access as access
@@ -200,7 +200,7 @@ class ArenaService:
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.config = config or arena_config(self.hosting)
         self.env_settings = env_settings(self.hosting.caps)  # checked at start-up, not at the first battle
-        self.generate_fn = gpu_task(make_generate_fn(cache.get))
+        self.generate_fn = gpu_task(make_generate_fn(lambda name: cache.get(name, roots=model_roots())))
         self.prompts = load_prompt_set()
         self.mirror = start_mirror(self.db_path) if db_path is None else None
         self.startup_pool = None if self.fixed_pool is not None else default_pool(public=self.hosting.public)

@@ -17,16 +17,18 @@ from PIL import Image
 
 from studio.bench.notes import option_notes
 from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
-from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled
-from studio.hosting import deliverable, gpu_task
+from studio import hosting as hosting_mod
+from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled, load_init_image
+from studio.hosting import Caps, Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache, vae_status
-from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
+from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef, lora_file
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import VAES, default_model, get_spec, list_models
 from studio.reuse import MAX_INTERVAL
 from studio.schedulers import SCHEDULERS
-from studio.speed import ATTENTION, COMPILE, VAE_DECODE
-from studio.ui.access import lane
+from studio.speed import ATTENTION, COMPILE, VAE_DECODE, check_choice
+import studio.ui.access as access
+from studio.ui.fields import whole
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -86,6 +88,22 @@ def defaults_info(chosen: list[str], kept: list[str]) -> str:
     return text + "."
 
 
+def unopened(image: gr.Image) -> gr.Image:
+    """``image`` handing its handler the uploaded file's path unopened (Gradio's own preprocessing opens it, and
+    Pillow's decompression-bomb check would answer with a bare error): ``load_init_image`` counts the pixels from the
+    header and refuses them above the cap before anything is decoded. (An instance override: a ``gr.Image``
+    subclass would make Gradio write a .pyi stub next to this module.)"""
+    preprocess = image.preprocess
+
+    def from_path(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)  # a file of Gradio's upload cache (Gradio refuses paths outside it)
+        return preprocess(payload)
+
+    image.preprocess = from_path
+    return image
+
+
 def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     """One widget per GenerateRequest field, keyed by the field name."""
     w = {}
@@ -104,13 +122,13 @@ def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
         w["height"] = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0 = native)")
     preset.change(lambda p: SIZE_PRESETS[p], preset, [w["width"], w["height"]], api_name=False)
     with gr.Accordion("Image to image", open=False):
-        w["init_image"] = gr.Image(label="Init image (optional)", type="pil")
+        w["init_image"] = unopened(gr.Image(label="Init image (optional)", type="filepath", image_mode=None))
         w["strength"] = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength")
     return w
 
 
-def build_memory_widgets() -> dict[str, gr.components.Component]:
-    """VAE choice (a request field) and low-VRAM mode."""
+def build_memory_widgets(hosting: Hosting) -> dict[str, gr.components.Component]:
+    """VAE choice (a request field) and low-VRAM mode (a server setting: admins only in public mode)."""
     w = {}
     with gr.Accordion("Memory and precision", open=False):
         with gr.Row():
@@ -120,7 +138,8 @@ def build_memory_widgets() -> dict[str, gr.components.Component]:
                                                      "(SDXL-class models)")
             w["low_vram"] = gr.Checkbox(False, label="Low VRAM (model CPU offload)",
                                         info="weights stay in CPU memory, one component at a time on the GPU: "
-                                             "slower, fits smaller cards; no effect without a GPU")
+                                             "slower, fits smaller cards; no effect without a GPU"
+                                             + ("; a server setting, for admins" if hosting.public else ""))
     return w
 
 
@@ -160,17 +179,20 @@ def build_speed_widgets() -> dict[str, gr.components.Component]:
     return w
 
 
-def request_from_values(values: dict) -> GenerateRequest:
-    """Widget values keyed by field name -> a validated request (0 size = the model's native size)."""
+def request_from_values(values: dict, caps: Caps | None = None) -> GenerateRequest:
+    """Widget values keyed by field name -> a validated request (0 size = the model's native size). The init image
+    (a file path) is refused above ``caps.init_pixels`` before it is decoded."""
     values = dict(values)
     for name in ("seed", "steps", "batch_size", "width", "height"):
-        values[name] = int(values[name]) if values[name] is not None else None
+        values[name] = whole(name, values[name]) if values[name] is not None else None
+    if values.get("init_image") is not None:
+        values["init_image"] = load_init_image(values["init_image"], caps)
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
     for name in ("feature_reuse", "feature_reuse_branch"):
         if values.get(name) is not None:
-            values[name] = int(values[name])
+            values[name] = whole(name, values[name])
     return GenerateRequest(**values)
 
 
@@ -188,7 +210,7 @@ def find_loras() -> list[tuple[str, str]]:
                 continue
             label = file.parent.name if file.name == LORA_WEIGHT_NAME else file.stem
             found.setdefault(str(file.parent if file.name == LORA_WEIGHT_NAME else file), f"{label} ({tag})")
-    return [(label, path) for path, label in found.items()]
+    return [(label, display_path(path)) for path, label in found.items()]  # <data>/models/..., never absolute
 
 
 def lora_map(models: list[str], lora: str | None, scale: float, lora_models: list[str] | None
@@ -201,7 +223,9 @@ def lora_map(models: list[str], lora: str | None, scale: float, lora_models: lis
     unknown = [m for m in targets if m not in models]
     if unknown:
         raise ValueError(f"LoRA target model(s) {unknown} are not among the selected models {list(models)}")
-    ref = LoraRef(str(lora), float(scale if scale is not None else 1.0))
+    if not isinstance(lora, str) or len(lora) > 1024:
+        raise ValueError("lora: choose one of the listed LoRAs")
+    ref = LoraRef(str(hosting_mod.resolve_display_path(lora)), float(scale if scale is not None else 1.0))
     return {m: [ref] for m in targets}
 
 
@@ -215,10 +239,11 @@ def display_image(image: Image.Image) -> tuple[Image.Image, int]:
 
 
 class GenerateHandlers:
-    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and its hosting."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, hosting: Hosting | None = None):
         self.cache = cache
+        self.hosting = hosting or hosting_mod.current()
 
     def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
@@ -233,22 +258,37 @@ class GenerateHandlers:
         then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to), the request's ``vae`` and
         ``low_vram`` (model CPU offload), then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's
         compile mode. A model that fails shows its error; the other columns still finish.
+        The hosting's caps (models, steps, size, images per model, init-image pixels) are checked before anything
+        loads; low VRAM and compile are server settings, changed only by admins in public mode.
         """
+        caps = self.hosting.caps
         try:
+            caps.check_text("prompt", prompt)
+            caps.check_text("negative_prompt", negative_prompt)
             models = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
                                            height=height, init_image=init_image, strength=strength, vae=vae,
                                            attention=attention, channels_last=bool(channels_last),
                                            fuse_qkv=bool(fuse_qkv), vae_decode=vae_decode,
-                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch))
+                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch),
+                                      caps)
+            check_choice("compile", compile or "off", COMPILE)
             loras = lora_map(models, lora, lora_scale, lora_models)
+            for ref in {r for refs in loras.values() for r in refs}:
+                lora_file(ref, model_roots())  # inside the model roots, a .safetensors file: before anything runs
+            caps.check_generation(models=len(models), steps=req.steps, width=req.width, height=req.height,
+                                  batch=req.batch_size)
+        except (ValueError, TypeError) as err:
+            raise gr.Error(redact(str(err))) from None
+        if bool(low_vram) != self.cache.offload:
+            access.require_admin(request, "Switching low-VRAM mode (a server-wide memory setting)", self.hosting)
+            self.cache.set_offload(bool(low_vram))
+        if (compile or "off") != self.cache.compile:  # compiling takes minutes and stays on for every model
+            access.require_admin(request, "Switching torch.compile (a server-wide setting)", self.hosting)
             self.cache.set_compile(compile or "off")
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
         stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
         stop.clear()
-        self.cache.set_offload(bool(low_vram))
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
 
@@ -258,16 +298,17 @@ class GenerateHandlers:
 
         try:
             for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
-                                            on_step=on_step, should_stop=stop.is_set):
+                                            on_step=on_step, should_stop=stop.is_set, caps=caps):
                 results.append(result)
                 if result.error:
+                    result.error = redact(result.error)
                     gr.Warning(f"{result.model}: {result.error}")
                 files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
                 yield _outputs(models, results, files)
         except GenerationCancelled:
             gr.Warning("Generation cancelled")
         except ValueError as err:  # a name that does not resolve: nothing ran
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
 
 
 def _outputs(models, results, files):
@@ -340,8 +381,9 @@ def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Compon
     return w
 
 
-def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
+def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> list[gr.components.Component]:
     """The Generate tab; returns [models, lora], the outputs of ``on_refresh_lists``."""
+    hosting = hosting or hosting_mod.current()
     names = [s.name for s in list_models()]
     first = default_model()
     defaults = model_defaults(first)
@@ -353,7 +395,7 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
     defaults_md = gr.Markdown(defaults_info([first], []))
     applied = gr.State(defaults)
     widgets.update(build_request_widgets(defaults))
-    widgets.update(build_memory_widgets())
+    widgets.update(build_memory_widgets(hosting))
     widgets.update(build_lora_widgets(names))
     widgets.update(build_speed_widgets())
     with gr.Row():
@@ -371,8 +413,8 @@ def build_generate_tab(cache: ModelCache) -> list[gr.components.Component]:
             reuse = gr.Button("♻ reuse seed")
             status = gr.Markdown()
     inputs = [widgets[name] for name in api_parameters()]
-    event = go.click(gpu_task(GenerateHandlers(cache).on_generate), inputs, [*galleries, stats, files, seed_used],
-                     api_name="generate", **lane("gpu"))
+    event = go.click(gpu_task(GenerateHandlers(cache, hosting).on_generate), inputs,
+                     [*galleries, stats, files, seed_used], api_name="generate", **access.lane("gpu", hosting))
     cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
     reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, widgets["models"], api_name="list_models")

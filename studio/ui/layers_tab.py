@@ -1,41 +1,46 @@
-"""Layers tab: the block map of a model, pick units to remove, compare full vs ablated, leave-one-out sweep, export.
+"""Layers tab (``build_layers_tab(cache)``): the block map of a model, pick units to remove, compare full vs ablated,
+leave-one-out sweep, export.
 
-    with gr.Tab("Layers"):
-        build_layers_tab(cache)
-
-Besides the registry's models, the model list offers the released configs committed under ``assets/configs/`` that
-no registry model covers (SD 1.4, BK-SDM): their block maps and removal plans need no weights; compare, sweep and
-export do.
+The model list also offers the released configs under ``assets/configs/`` that no registry model covers (SD 1.4,
+BK-SDM): block maps and removal plans need no weights; compare, sweep and export do.
 
 Widgets map to AblationConfig fields by name (``WIDGET_FIELDS``); each handler takes exactly those fields as named
-parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them. Compare, sweep and
-export share the "gpu" concurrency id with the Generate tab: run-time ablation patches the cached teacher's UNet.
+parameters (the API names of /layers_compare, /layers_sweep, ...) and builds the config from them.
+
+Lanes and caps (``studio.hosting``): compare and export share the "gpu" lane with Generate (ablation patches the
+cached UNet); a sweep (and its estimate) runs on its own model copy in the "sweep" lane and is refused above the
+sweep-cost cap (units x prompts x seeds x steps; a comparison counts as two units). Export and models by path are
+for admins in public mode; paths stay inside the model roots.
 """
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 
-from studio.ablation import (SWEEP_COLUMNS, AblationConfig, compare_ablation, config_plan, export_plan, model_facts,
-                             model_rows, plan_cost, plot_sweep, removable_units, short_label, sweep, sweep_dir)
+from studio import hosting as hosting_mod
+from studio.ablation import (SWEEP_HEADERS, AblationConfig, check_resolution, compare_ablation, config_plan,
+                             export_plan, model_facts, model_rows, plan_cost, plot_sweep, removable_units, short_label,
+                             sweep, sweep_table)
 from studio.ablation.estimate import LONG_RUN_S, estimate_sweep, format_duration
 from studio.blocks import format_si, plot_block_map
 from studio.generation import MAX_STEPS, GenerationCancelled
+from studio.hosting import Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache
+from studio.paths import model_roots
 from studio.recipes import RECIPES, recipe_plan
 from studio.registry import default_model, list_models
 from studio.released import released_models
-from studio.ui.fields import handler_fields
+import studio.ui.access as access
+from studio.ui.fields import handler_fields, whole
 
 FIRST_STEP = ("**Start here:** press **Show block map** to see where the parameters and MACs are, then tick units "
               "(or choose a recipe, which ticks its units) and press **Compare full vs ablated**.")
 MAP_COLUMNS = ["unit", "module path", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # batch-1 forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
-SHOWN_SWEEP_COLUMNS = [c for c in SWEEP_COLUMNS if c != "latency_ratio"]  # one timing per unit is noise: CSV only
-SWEEP_HEADERS = ["rank", "unit", "kind", "params saved", "MACs saved", "damage", "damage per M params", "SSIM",
-                 "PSNR (dB)", "fidelity drop", "module path"]  # SHOWN_SWEEP_COLUMNS in words (they wrap), then path
 NO_RECIPE = "(none)"
 MIN_TIMED_IMAGES = 3  # compare shows latency only with at least this many images per side
 _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, the sweep polls it
@@ -43,19 +48,33 @@ _STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button
 
 # ---------------------------------------------------------------- widget values -> config
 
+def resolution_of(value) -> int | None:
+    """The resolution widget: 0 or empty = the model's native size (None), else a checked image side."""
+    size = whole("resolution", value or 0) or None
+    check_resolution(size)
+    return size
+
+
 def config_from_values(values: dict) -> AblationConfig:
     """Widget values keyed by AblationConfig field name -> a validated config (0 resolution = native size)."""
+    for name in ("model", "recipe", "prompts", "seeds"):
+        if values[name] is not None and not isinstance(values[name], str):
+            raise ValueError(f"{name} must be text; got {type(values[name]).__name__}")
+    if not isinstance(values["units"] or [], (list, tuple)) or len(values["units"] or []) > 1000:
+        raise ValueError("units: give a list of at most 1000 unit names")
     seeds = [s for s in str(values["seeds"]).replace(",", " ").split() if s]
     try:
-        seeds = tuple(int(s) for s in seeds)
+        seeds = tuple(int(s) for s in seeds if len(s) <= 20)
     except ValueError:
-        raise ValueError(f"seeds: give whole numbers separated by commas; got {values['seeds']!r}") from None
+        raise ValueError(f"seeds: give whole numbers separated by commas; got {str(values['seeds'])[:40]!r}") from None
+    guidance = values["guidance"]
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+        raise ValueError(f"guidance must be a number; got {str(guidance)[:40]!r}")
     return AblationConfig(
         model=values["model"] or "", units=tuple(values["units"] or ()),
         recipe="" if values["recipe"] in (None, NO_RECIPE) else values["recipe"],
         prompts=tuple(p.strip() for p in str(values["prompts"]).splitlines() if p.strip()), seeds=seeds,
-        steps=int(values["steps"]), guidance=float(values["guidance"]),
-        resolution=(int(values["resolution"]) or None) if values["resolution"] is not None else None)
+        steps=whole("steps", values["steps"]), guidance=float(guidance), resolution=resolution_of(values["resolution"]))
 
 
 # ---------------------------------------------------------------- handlers
@@ -73,33 +92,62 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 class LayersHandlers:
-    """Event handlers bound to the app's model cache (the one deliberate piece of shared state)."""
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and its hosting."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, hosting: Hosting | None = None):
         self.cache = cache
+        self.hosting = hosting or hosting_mod.current()
+
+    def _check_model(self, model, request: gr.Request | None) -> None:
+        """A listed model, or (admins, or everyone locally) a path, kept inside the model roots when loaded."""
+        if not model:
+            raise ValueError("choose a model")
+        if model in {s.name for s in list_models()} or model in config_only_models():
+            return
+        if not isinstance(model, str) or len(model) > 1024:
+            raise ValueError("model: choose one of the listed models")
+        access.require_admin(request, "Naming a model by path", self.hosting)
 
     def _pipe(self, model: str):
         """The loaded teacher; a clear error for a config-only entry (it has no weights to generate with)."""
         if model in config_only_models():
             raise ValueError(f"{model} is a released UNet config without weights: its block map and removal plans "
                              f"work here, but compare, sweep and export need a model with weights (a registry model)")
-        return self.cache.get(model)
+        return self.cache.get(model, roots=model_roots())
+
+    def _private_pipe(self, model: str):
+        """A copy of the model of its own, loaded from disk (a sweep ablates its UNet in place, off the gpu lane)."""
+        if model in config_only_models():
+            self._pipe(model)  # its clear error
+        private = ModelCache(self.cache.budget_bytes, self.cache.runtime, offload=self.cache.offload)
+        return private.get(model, roots=model_roots())
 
     def _facts(self, model: str) -> tuple[dict, int, int]:
         try:
             return model_facts(model)
         except ValueError:  # not on disk as config files (e.g. a single .safetensors): load it
-            pipe = self.cache.get(model)
+            pipe = self._pipe(model)
             return dict(pipe.unet.config), pipe.vae_scale_factor, pipe.unet.config.sample_size * pipe.vae_scale_factor
 
-    def on_map(self, model: str, resolution: float):
+    def _config(self, values: dict, request: gr.Request | None) -> AblationConfig:
+        """The config of a compare or sweep, within this server's caps (steps, size, prompt length)."""
+        caps = self.hosting.caps
+        for name in ("prompts", "seeds"):
+            caps.check_text(name, values[name])
+        config = config_from_values(values)
+        self._check_model(config.model, request)
+        caps.check_generation(steps=config.steps, width=config.resolution, height=config.resolution)
+        return config
+
+    def on_map(self, model: str, resolution: float, request: gr.Request):
         """Block map table (down to transformer layers) and bar chart; the removable units of this model."""
         try:
+            self._check_model(model, request)
             unet_config, factor, native = self._facts(model)
-            size = int(resolution or 0) or native
+            size = resolution_of(resolution) or native
             rows = model_rows(unet_config, size, factor)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
         params, macs = (sum(getattr(r, f) for r in rows if r.depth == 0) for f in ("params", "macs"))
         indent = "\u00a0\u00a0\u00a0"  # non-breaking: the table keeps the hierarchy's indentation
         table = [[indent * r.depth + short_label(r.unit), r.unit, r.kind, r.resolution, format_si(r.params),
@@ -112,41 +160,44 @@ class LayersHandlers:
                 f"{format_si(macs, 'MACs')} per forward (batch 1). {len(units)} units can be removed one by one.")
         return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
 
-    def on_recipe(self, model: str, recipe: str, resolution: float):
+    def on_recipe(self, model: str, recipe: str, resolution: float, request: gr.Request):
         """A recipe chosen -> its units ticked (the user can then untick or add; "(none)" unticks everything)."""
         if recipe in (None, "", NO_RECIPE):
             return gr.CheckboxGroup(value=[])
         try:
+            self._check_model(model, request)
             unet_config = self._facts(model)[0]
             units = recipe_plan(recipe, unet_config).units
         except ValueError as err:
-            gr.Warning(str(err))
+            gr.Warning(redact(str(err)))
             return gr.skip()
         return gr.CheckboxGroup(value=[u for _, u in _unit_choices(unet_config) if u in units])
 
-    def on_units_edited(self, model: str, units: list[str], recipe: str):
+    def on_units_edited(self, model: str, units: list[str], recipe: str, request: gr.Request):
         """The user unticked one of the recipe's units: the plan is now the ticked units alone (recipe "(none)")."""
         if recipe in (None, "", NO_RECIPE):
             return gr.skip()
         try:
+            self._check_model(model, request)
             unet_config = self._facts(model)[0]
             wanted = {u for _, u in _unit_choices(unet_config)} & recipe_plan(recipe, unet_config).units
         except ValueError:
             return gr.skip()
         return gr.skip() if wanted <= set(units or ()) else NO_RECIPE
 
-    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float) -> str:
+    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float, request: gr.Request) -> str:
         """Whether the chosen plan is config-expressible (a real smaller UNet) or runtime-only, and what it saves."""
         if not units and recipe in (None, "", NO_RECIPE):
             return "Nothing selected: tick units or choose a recipe."
         try:
+            self._check_model(model, request)
             unet_config, factor, native = self._facts(model)
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
                                              steps=1, guidance=0, resolution=resolution))
             plan = config_plan(config, unet_config)
             cost = plan_cost(unet_config, plan, resolution=config.resolution or native, vae_scale_factor=factor)
         except ValueError as err:
-            return f"Removing all ticked units together: **invalid plan**: {err}"
+            return f"Removing all ticked units together: **invalid plan**: {redact(str(err))}"
         kept = cost["student_params"] / cost["params"]
         head = ("**Config-expressible**: a real, smaller diffusers UNet; it can be exported as a student"
                 if cost["kind"] == "config" else
@@ -162,11 +213,13 @@ class LayersHandlers:
                 f"({cost['delta_macs'] / max(cost['macs'], 1):.1%}).{extra}")
 
     def on_compare(self, model: str, units: list[str], recipe: str, prompts: str, seeds: str, steps: float,
-                   guidance: float, resolution: float, progress=gr.Progress()):
+                   guidance: float, resolution: float, request: gr.Request, progress=gr.Progress()):
         """Full model vs plan applied, same prompts and seeds; numbers beneath."""
         try:
-            config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
-                                             steps=steps, guidance=guidance, resolution=resolution))
+            config = self._config(dict(model=model, units=units, recipe=recipe, prompts=prompts, seeds=seeds,
+                                       steps=steps, guidance=guidance, resolution=resolution), request)
+            self.hosting.caps.check_sweep(units=2, prompts=len(config.prompts), seeds=len(config.seeds),
+                                          steps=config.steps, what="comparison (full + ablated model)")
             pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
             cmp = compare_ablation(pipe, plan, config, on_step=lambda s, n, info: progress(
@@ -174,7 +227,7 @@ class LayersHandlers:
         except GenerationCancelled:
             raise gr.Error("comparison cancelled") from None
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
         one_prompt = len(config.prompts) == 1
         labels = [f"seed {s}" if one_prompt else f"{p[:32]} · seed {s}" for p, s in cmp.pairs]
         c, r = cmp.cost, cmp.summary()
@@ -202,36 +255,47 @@ class LayersHandlers:
 
     def on_sweep(self, model: str, units: list[str], prompts: str, seeds: str, steps: float, guidance: float,
                  resolution: float, groups: bool, request: gr.Request, progress=gr.Progress()):
-        """Leave-one-out over the ticked units (none ticked: every removable unit), ranked; heatmap and CSV."""
-        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
+        """Leave-one-out over the ticked units (none ticked: every removable unit), ranked; heatmap and CSV. Runs on
+        a copy of the model of its own; refused above the sweep-cost cap before anything is loaded."""
+        key = request.session_hash or "anon"
+        stop = _STOP.setdefault(key, threading.Event())
         stop.clear()
         try:
-            config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
-                                             steps=steps, guidance=guidance, resolution=resolution))
-            pipe = self._pipe(config.model)
+            config = self._config(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds, steps=steps,
+                                       guidance=guidance, resolution=resolution), request)
+            if not isinstance(units or [], (list, tuple)) or len(units or []) > 1000:
+                raise ValueError("units: give a list of at most 1000 unit names")
+            tried = list(units or []) or removable_units(self._facts(config.model)[0], groups=bool(groups))
+            self.hosting.caps.check_sweep(units=len(tried), prompts=len(config.prompts), seeds=len(config.seeds),
+                                          steps=config.steps)
+            pipe = self._private_pipe(config.model)
             result = sweep(pipe, config, units=list(units) or None, groups=bool(groups), should_stop=stop.is_set,
                            on_step=lambda s, n, info: progress((s, n), desc=info.get("unit", "full model")))
         except ValueError as err:
-            raise gr.Error(str(err)) from err
-        csv = result.to_csv(sweep_dir() / "exports" / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            raise gr.Error(redact(str(err))) from None
+        finally:
+            _STOP.pop(key, None)
+        with tempfile.TemporaryDirectory() as tmp:  # handed over as a staged copy, never a data-folder path
+            csv = deliverable(result.to_csv(Path(tmp) / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
         fig = plot_sweep(result, dict(pipe.unet.config)) if result.rows else None
         status = (f"{'Cancelled: ' if result.cancelled else ''}{len(result.rows)} units "
                   f"({result.cached} from the cache, {result.computed} generated) in {format_duration(result.wall_s)}. "
                   f"Damage = 1 − SSIM to the full model's image (mean over prompts × seeds); ranked by damage per "
                   f"million parameters saved, least harmful first. The CSV also has latency_ratio: one timing per "
                   f"unit, too noisy to rank by.")
-        return sweep_table(result.rows), fig, str(csv), status
+        return sweep_table(result.rows), fig, csv, status
 
     def on_sweep_estimate(self, model: str, units: list[str], prompts: str, seeds: str, steps: float,
-                          guidance: float, resolution: float, groups: bool):
-        """How long the sweep would take here (measured cost per step); (message, confirm button, start now?)."""
+                          guidance: float, resolution: float, groups: bool, request: gr.Request):
+        """How long the sweep would take here (measured cost per step); (message, confirm button, start now?).
+        Within the caps: measuring runs one short generation."""
         try:
-            config = config_from_values(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds,
-                                             steps=steps, guidance=guidance, resolution=resolution))
+            config = self._config(dict(model=model, units=(), recipe="", prompts=prompts, seeds=seeds, steps=steps,
+                                       guidance=guidance, resolution=resolution), request)
             estimate = estimate_sweep(self._pipe(config.model), config, units=list(units) or None,
                                       groups=bool(groups))
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(redact(str(err))) from None
         long = estimate.seconds > LONG_RUN_S
         text = f"Sweep: {estimate.describe()}" + (" Start it with the button below, or tick fewer units / fewer "
                                                   "steps." if long else " Starting…")
@@ -244,33 +308,29 @@ class LayersHandlers:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return self.on_sweep(model, units, prompts, seeds, steps, guidance, resolution, groups, request, progress)
 
-    def on_export(self, model: str, units: list[str], recipe: str, out_name: str) -> str:
-        """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists."""
+
+    def on_export(self, model: str, units: list[str], recipe: str, out_name: str, request: gr.Request) -> str:
+        """Export the pruned, teacher-initialised student into the models dir; it appears in the model lists.
+        Admins only in public mode."""
+        access.require_admin(request, "Exporting a model", self.hosting)
         try:
             config = config_from_values(dict(model=model, units=units, recipe=recipe, prompts="x", seeds="0",
                                              steps=1, guidance=0, resolution=0))
+            if not isinstance(out_name, (str, type(None))):
+                raise ValueError("the new model name must be text")
             pipe = self._pipe(config.model)
             plan = config_plan(config, pipe.unet.config)
-            out = export_plan(pipe, plan, (out_name or "").strip(), teacher_name=config.model)
+            out = export_plan(pipe, plan, (out_name or "").strip()[:200], teacher_name=config.model)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
-        return (f"Exported **{out.name}** (base `{config.model}`) to `{out}`. It is in the model list of the "
-                f"Generate tab now (press ↻ models) and can be chosen as a distillation student.")
-
-
-def sweep_table(rows: list[dict]) -> list[list]:
-    """The ranked rows as the tab shows them: units by their short name, numbers formatted, no latency column."""
-    def cell(column, value):
-        if column == "unit":
-            return short_label(value)
-        if column in ("params_saved", "macs_saved"):
-            return format_si(value)
-        return f"{value:.4g}" if isinstance(value, float) else "—" if value is None else value
-    return [[cell(c, row[c]) for c in SHOWN_SWEEP_COLUMNS] + [row["unit"]] for row in rows]
+            raise gr.Error(redact(str(err))) from None
+        return (f"Exported **{out.name}** (base `{config.model}`) to `{display_path(out)}`. It is in the model list "
+                f"of the Generate tab now (press ↻ models) and can be chosen as a distillation student.")
 
 
 def on_cancel(request: gr.Request) -> str:
-    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
+    stop = _STOP.get(request.session_hash or "anon")  # only a sweep of this session, and no entry per stranger
+    if stop is not None:
+        stop.set()
     return "cancelling after the current image…"
 
 
@@ -297,8 +357,9 @@ HOVER_JS = """() => {
 }"""  # each unit's whole label shows its module path on hover (gradio names each checkbox after its value)
 
 
-def build_layers_tab(cache: ModelCache) -> None:
-    handlers = LayersHandlers(cache)
+def build_layers_tab(cache: ModelCache, hosting: Hosting | None = None) -> None:
+    hosting = hosting or hosting_mod.current()
+    handlers = LayersHandlers(cache, hosting)
     w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
     gr.Markdown(FIRST_STEP, elem_id="layers-first-step")
     with gr.Row():
@@ -367,16 +428,17 @@ def build_layers_tab(cache: ModelCache) -> None:
                      api_visibility="private")
     gr.on([w["units"].change, w["recipe"].change], handlers.on_plan,
           [w[n] for n in handler_fields(handlers.on_plan, AblationConfig)], plan_info, api_name="layers_plan")
-    gpu = dict(concurrency_id="gpu", concurrency_limit=1)
-    compare.click(handlers.on_compare, [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
+    gpu = access.lane("gpu", hosting)
+    compare.click(gpu_task(handlers.on_compare), [w[n] for n in handler_fields(handlers.on_compare, AblationConfig)],
                   [full, ablated, numbers, compare_info], api_name="layers_compare", **gpu)
     sweep_inputs = [*(w[n] for n in handler_fields(handlers.on_sweep, AblationConfig)), groups]
     sweep_outputs = [ranked, heatmap, csv, sweep_info]
-    run_sweep.click(handlers.on_sweep_estimate, sweep_inputs, [sweep_info, confirm, go],
-                    api_name="layers_sweep_estimate", **gpu).then(
-        handlers.on_sweep_if, [go, *sweep_inputs], sweep_outputs, api_visibility="private", **gpu)
+    lane = access.lane("sweep", hosting)  # its own queue lane: a sweep never holds up generation
+    run_sweep.click(gpu_task(handlers.on_sweep_estimate), sweep_inputs, [sweep_info, confirm, go],
+                    api_name="layers_sweep_estimate", **lane).then(
+        gpu_task(handlers.on_sweep_if), [go, *sweep_inputs], sweep_outputs, api_visibility="private", **lane)
     confirm.click(lambda: gr.Button(visible=False), None, confirm, api_visibility="private").then(
-        handlers.on_sweep, sweep_inputs, sweep_outputs, api_name="layers_sweep", **gpu)
+        gpu_task(handlers.on_sweep), sweep_inputs, sweep_outputs, api_name="layers_sweep", **lane)
     cancel.click(on_cancel, None, sweep_info, api_name="layers_cancel")
     export.click(handlers.on_export, [*(w[n] for n in handler_fields(handlers.on_export, AblationConfig)), out_name],
                  export_info, api_name="layers_export", **gpu)

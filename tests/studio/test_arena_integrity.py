@@ -123,6 +123,7 @@ class TestVoterLimits:
         assert len(load_votes(arena.db_path)) == 1
 
     # hostile battle ids and votes sent through the API
+    @pytest.mark.hostile
     @pytest.mark.parametrize("battle_id", [None, "", "' OR 1=1 --", "x" * 10_000, 12345, "../../votes.db"])
     def test_hostile_battle_ids(self, tmp_path, battle_id):
         arena = Arena(tmp_path / "h.db", POOL, DrawingGenerator(), config=ArenaConfig(**NO_LIMITS))

@@ -15,7 +15,7 @@ import pytest
 from studio import hosting as h
 from studio.hosting import (ADMIN_USER, CAP_ENV, AdminGate, AdminOnlyError, CapError, Caps, Hosting, client_ip,
                             display_path, redact)
-from studio.paths import ASSETS_DIR, data_dir, models_dir
+from studio.paths import ASSETS_DIR, REPO_ROOT, data_dir, models_dir
 
 
 class TestMode:
@@ -138,6 +138,7 @@ class TestIdentity:
               ("2001:db8:0:1::1", "2001:db8:0:1::/64"), ("2001:db8:0:1:ffff::2", "2001:db8:0:1::/64"),
               ("::ffff:1.2.3.4", "1.2.3.4"), ("[2001:db8::1]", "2001:db8::/64"), ("a" * 5000, "unknown")]
 
+    @pytest.mark.hostile
     @pytest.mark.parametrize("forwarded,expected", SPOOFS)
     def test_spoofed_forwarded_for(self, forwarded, expected):
         assert client_ip("10.0.0.9", {"x-forwarded-for": forwarded}, trust_proxy=True) == expected
@@ -207,9 +208,8 @@ class TestStorage:
 
     def test_blocked_paths_cover_private_folders(self, tmp_path, monkeypatch):
         blocked = h.blocked_paths()
-        for name in ("arena", "generations", "models", "exports"):
+        for name in ("arena", "generations", "models", "exports", "jobs", "sweeps", "cache"):
             assert str(data_dir() / name) in blocked
-        assert not any(Path(b).name in h.RAW_PATH_FOLDERS for b in blocked)
         monkeypatch.setenv("STUDIO_PERSISTENT_DIR", str(tmp_path / "store"))
         assert str(tmp_path / "store") in h.blocked_paths()
 
@@ -243,6 +243,7 @@ class TestPaths:
         text = redact(message)
         assert "<data>/jobs/x/config.json" in text and "assets/demo/y" in text
         assert str(data_dir()) not in text and str(ASSETS_DIR) not in text
+        assert redact(f"cd {REPO_ROOT} && python -m x --config {data_dir()}") == "cd . && python -m x --config <data>"
 
 
 class TestGpuTask:

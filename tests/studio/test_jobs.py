@@ -2,14 +2,16 @@
 ``python -m training.distill`` subprocesses on the tiny pipeline (queue, restart + re-attach, kill -9, resume,
 cancel, output registration, refusal of bad configs before any process starts)."""
 import os
+import shutil
 import signal
 import time
 
 import psutil
 import pytest
 
-from studio.jobs import (JobRunner, MetricsLog, check_transition, estimate_progress, read_metrics, summarize_end,
-                         tail_lines, validate_config)
+from studio.paths import DEMO_DIR
+from studio.jobs import (JobRunner, MetricsLog, PathPolicy, check_transition, confine_config, estimate_progress,
+                         prepare_config, read_metrics, summarize_end, tail_lines, validate_config)
 
 
 def tiny_job(teacher, **overrides) -> dict:
@@ -287,17 +289,123 @@ def test_metrics_log_reads_appended_lines_and_rereads_a_rewritten_header(tmp_pat
     assert len(log.rows()) == 3
 
 
-def test_remote_configs_may_only_name_paths_inside_the_roots(tmp_path):
-    from studio.jobs import check_config_paths
+def policy_for(tmp_path, hf_datasets=None) -> PathPolicy:
+    """Read from ``allowed/`` (holding a copy of the tiny teacher), write to ``cache/``."""
+    (tmp_path / "allowed").mkdir(exist_ok=True)
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    return PathPolicy((tmp_path / "allowed",), (tmp_path / "cache",), hf_datasets)
 
-    roots = [tmp_path / "allowed"]
-    (tmp_path / "allowed").mkdir()
-    check_config_paths({"teachers": [{"path": str(tmp_path / "allowed" / "teacher")}], "student": "vega",
-                        "base_model": "stabilityai/stable-diffusion-xl-base-1.0"}, roots)
-    for bad in ({"dataset": "/etc"}, {"teachers": [{"path": "../../outside"}]}, {"cache_dir": "~/.ssh"}):
-        with pytest.raises(ValueError, match="outside the allowed folders"):
-            check_config_paths(bad, roots)
+
+def outside_message(kind, config, policy) -> str:
+    with pytest.raises(ValueError, match="outside the folders a job may") as err:
+        confine_config(kind, config, policy)
+    return str(err.value)
+
+
+def test_every_path_field_is_confined_before_anything_looks_at_it(tiny_folder, tmp_path, monkeypatch):
+    """Issue 13 (5): only strings starting with '/', '.' or '~' were checked; a teacher in a comma string, a
+    cache_dir walking out with '..' and hf: data sets went through, and validation told whether an outside path
+    existed. Now every path field is resolved and refused outside the folders, whatever exists there."""
+    policy = policy_for(tmp_path)
+    inside = tmp_path / "allowed" / "teacher"
+    shutil.copytree(tiny_folder, inside)
+    outside = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(tiny_folder, outside)
+    # a comma string with one outside teacher, both as the issue gave it and as a list
+    for teachers in (f"{inside}@1,{outside}@1", [{"path": str(inside)}, {"path": str(outside)}], [str(outside)],
+                     f"{inside}@1,{inside}/../../elsewhere/teacher@1", [{"path": "assets/../../x"}],
+                     "assets/demo/teacher@1,/tmp/x/teacher@1"):
+        assert "teachers" in outside_message("distill", {"teachers": teachers}, policy)
+    ok = {"teachers": [{"path": str(inside)}]}
+    # a symlink inside the roots pointing outside
+    (tmp_path / "allowed" / "link").symlink_to(outside)
+    outside_message("distill", {"teachers": [{"path": str(tmp_path / "allowed" / "link")}]}, policy)
+    # cache_dir walking out: refused, and no folder appears anywhere
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for cache in ("nonexist/../../somewhere", f"{tmp_path}/cache/../../x", "~/.cache/studio", "/tmp", str(inside),
+                  "<data>/../x", "<hf cache>/x"):
+        assert "cache_dir" in outside_message("distill", ok | {"cache_dir": cache}, policy)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    for field, value in (("dataset", "/etc"), ("dataset", "hf:/etc"), ("dataset", "hf:../elsewhere"),
+                         ("student", str(outside.parent)), ("base_model", str(outside)), ("init_lora", "/etc/passwd"),
+                         ("kd_teacher", "../elsewhere/teacher"), ("kd_teacher_lora", "~/lora.safetensors"),
+                         ("init_lora", "<outside the studio's folders>/x")):
+        kind = "distill" if field in ("student",) else "lora"
+        if field == "dataset":
+            assert field in outside_message("distill", ok | {field: value}, policy)
+        assert field in outside_message(kind, (ok if kind == "distill" else {}) | {field: value}, policy)
+    # the answer never depends on whether the outside path exists
+    there, missing = (outside_message("distill", {"teachers": [{"path": p}]}, policy)
+                      for p in (str(outside), str(tmp_path / "elsewhere" / "nothing")))
+    assert there.replace(str(outside), "P") == missing.replace(str(tmp_path / "elsewhere" / "nothing"), "P")
+    # inside: resolved to absolute paths, names and recipes untouched
+    confined = confine_config("distill", {"teachers": f"{inside}/.@2", "cache_dir": str(tmp_path / "cache" / "c"),
+                                          "student": "vega", "dataset": "demo"}, policy)
+    assert confined["teachers"] == [{"path": str(inside), "weight": 2.0}] and confined["student"] == "vega"
+    assert confined["cache_dir"] == str(tmp_path / "cache" / "c") and confined["dataset"] == "demo"
+    assert confine_config("lora", {"base_model": "demo-teacher", "dataset": "demo:orange"}, policy)["base_model"] \
+        == "demo-teacher"
+    # relative paths are under the repository (as the studio shows them), whatever the working folder; the default
+    # teacher (not given) is confined too
+    monkeypatch.chdir(tmp_path)
+    assert "teachers" in outside_message("distill", {}, policy)
+    assert confine_config("distill", {}, PathPolicy.default())["teachers"][0]["path"] == str(DEMO_DIR / "teacher")
+
+
+def test_hub_data_sets_only_from_the_allow_list_in_public_mode(tmp_path):
+    public = policy_for(tmp_path, hf_datasets=frozenset({"lambdalabs/pokemon"}))
+    with pytest.raises(ValueError, match=r"hub data set 'someone/secret' is not one this studio allows "
+                                         r"\(STUDIO_HF_DATASETS: lambdalabs/pokemon\)"):
+        confine_config("lora", {"dataset": "hf:someone/secret"}, public)
+    ok = confine_config("lora", {"dataset": "hf:lambdalabs/pokemon"}, public)
+    assert ok["dataset"] == "hf:lambdalabs/pokemon"
+    local = policy_for(tmp_path)
+    assert confine_config("lora", {"dataset": "hf:someone/any"}, local)["dataset"] == "hf:someone/any"
+    for bad in ("hf:/etc", "hf:~", "hf:a/../../b"):
+        with pytest.raises(ValueError, match="outside the folders a job may read from"):
+            confine_config("lora", {"dataset": bad}, local)
+
+
+def test_a_config_that_checks_also_submits(family, tmp_path):
+    """Issue 13 (7): a string over 255 characters made /jobs_submit fail with OSError: File name too long while
+    /jobs_validate said valid. Both now run `prepare_config`: the same answer, a ValueError naming the field."""
     runner = JobRunner(tmp_path / "jobs", slots=1)
-    with pytest.raises(ValueError, match="outside the allowed folders"):
-        runner.submit("distill", {"teachers": [{"path": "/etc"}]}, roots=roots)
+    policy = PathPolicy.default()
+    for field, value in (("dataset", "d" * 300), ("cache_dir", "c" * 256), ("student", "s/" * 600),
+                         ("teachers", [{"path": "t" * 300}]), ("validation_prompts", ["p" * 3000])):
+        config = tiny_job(family["base"]) | {field: value}
+        with pytest.raises(ValueError, match=field) as checked:
+            prepare_config("distill", config, output_dir=tmp_path / "x", policy=policy)
+        with pytest.raises(ValueError) as submitted:
+            runner.submit("distill", config, policy=policy)
+        assert str(submitted.value) == str(checked.value)
     assert runner.list() == []
+
+
+def test_submit_records_the_owner_caps_the_queue_and_freezes_resolved_paths(tiny_folder, tmp_path):
+    import json
+
+    policy = policy_for(tmp_path)
+    shutil.copytree(tiny_folder, tmp_path / "allowed" / "teacher")
+    runner = JobRunner(tmp_path / "jobs", slots=1)
+    runner.slots = 0  # no slot: nothing starts, the jobs stay queued
+    config = tiny_job(tmp_path / "allowed" / "teacher" / ".." / "teacher") | {"cache_dir": str(tmp_path / "cache" / "x")}
+    first = runner.submit("distill", config, policy=policy, owner="ip:203.0.113.1", max_queued=2)
+    runner.submit("distill", config, policy=policy, owner="ip:203.0.113.2", max_queued=2)
+    with pytest.raises(ValueError, match="the job queue is full: 2 jobs are queued or running and this studio takes "
+                                         "at most 2"):
+        runner.submit("distill", config, policy=policy, owner="ip:203.0.113.3", max_queued=2)
+    assert runner.status(first).owner == "ip:203.0.113.1" and len(runner.list()) == 2
+    frozen = json.loads((runner.job_dir(first) / "config.json").read_text())
+    assert frozen["teachers"][0]["path"] == str(tmp_path / "allowed" / "teacher")
+    runner.cancel(first)
+    with pytest.raises(ValueError, match="queue is full"):
+        runner.submit("distill", config, policy=policy, max_queued=1)
+    with pytest.raises(ValueError, match="queue is full"):
+        runner.resume(first, max_queued=1)
+    assert runner.status(first).status == "cancelled"
+    for bad in ("../x", ".hidden", "a/b", "x" * 200, "", None, 5):
+        with pytest.raises(ValueError, match="bad job id"):
+            runner.status(bad)
+    with pytest.raises(ValueError, match="^no job 'nope'$"):  # the message names no server folder
+        runner.status("nope")

@@ -10,6 +10,7 @@ from peft.utils import get_peft_model_state_dict
 from studio.build import SDXLArch, build_sdxl_pipeline
 from studio.cli import parse_lora_args
 from studio.generation import GenerateRequest, generate
+from studio.hosting import Hosting
 from studio.lora import LoraRef
 from studio.paths import model_roots
 from studio.pngmeta import read_png
@@ -100,10 +101,11 @@ def test_lora_generation_leaves_the_cached_pipeline_as_it_was_for_the_layers_tab
     assert not pipe.get_list_adapters() or not any(pipe.get_list_adapters().values())
     units = ["mid_block.attentions.0", "mid_block.resnets.1"]
     noop = lambda *a, **k: None  # noqa: E731 (gr.Progress stand-in: no UI here)
-    full, ablated, numbers, head = LayersHandlers(cache).on_compare("tiny-base", units, "(none)", "a red circle", "4",
-                                                                    2, 5.0, 0, progress=noop)
+    full, ablated, numbers, head = LayersHandlers(cache, Hosting()).on_compare(
+        "tiny-base", units, "(none)", "a red circle", "4", 2, 5.0, 0, request=None, progress=noop)
     assert len(full) == len(ablated) == 1 and "(config)" in head
-    assert "tiny-lora-slim" in LayersHandlers(cache).on_export("tiny-base", units, "(none)", "tiny-lora-slim")
+    assert "tiny-lora-slim" in LayersHandlers(cache, Hosting()).on_export("tiny-base", units, "(none)", "tiny-lora-slim",
+                                                                         request=None)
 
 
 def test_plain_diffusers_loads_the_same_file(setup):

@@ -21,7 +21,7 @@ def test_help_comes_from_the_field_comments_and_ranges_from_the_validation_bound
     assert (by_name["lr"].minimum, by_name["lr"].maximum) == (0, 1) and "in (0, 1]" in by_name["lr"].help
     assert by_name["steps"].kind == "int" and by_name["steps"].minimum == 1 and "optimizer steps" in by_name["steps"].help
     rank = {f.name: f for f in form_fields(LoraTrainConfig)}["rank"]
-    assert rank.minimum == 1 and "an integer > 0" in rank.help
+    assert rank.minimum == 1 and "an integer >= 1 and <= 1024" in rank.help
     assert field_comments(LoraTrainConfig)["steps"] == "optimizer steps"  # inherited fields keep their comment
     for cls in CONFIG_CLASSES.values():  # every form field is a field; every field the form names is commented
         names = {f.name for f in dataclasses.fields(cls)}
@@ -30,12 +30,12 @@ def test_help_comes_from_the_field_comments_and_ranges_from_the_validation_bound
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("steps", 0, "DistillConfig.steps must be an integer >= 1; got 0"),
-    ("lr", 2.0, "DistillConfig.lr must be in (0, 1]; got 2.0"),
-    ("lambda_feat", -1.0, "DistillConfig.lambda_feat must be >= 0; got -1.0"),
-    ("caption_dropout", 1.0, "DistillConfig.caption_dropout must be in [0, 1); got 1.0"),
+    ("steps", 0, "DistillConfig.steps must be an integer >= 1 and <= 10000000; got 0"),
+    ("lr", 2.0, "DistillConfig.lr must be a finite number in (0, 1]; got 2.0"),
+    ("lambda_feat", -1.0, "DistillConfig.lambda_feat must be a finite number >= 0 and <= 1000; got -1.0"),
+    ("caption_dropout", 1.0, "DistillConfig.caption_dropout must be a finite number in [0, 1); got 1.0"),
     ("feature_level", "blocks", "DistillConfig.feature_level must be one of ('layer', 'block'); got 'blocks'"),
-    ("batch_size", 2.5, "DistillConfig.batch_size must be an integer >= 1; got 2.5"),
+    ("batch_size", 2.5, "DistillConfig.batch_size must be an integer >= 1 and <= 4096; got 2.5"),
 ])
 def test_the_bounds_the_form_shows_are_the_ones_validation_enforces(field, value, message):
     with pytest.raises(ValueError) as err:

@@ -147,8 +147,8 @@ def test_bad_inputs_get_clear_errors(tiny_folder, data, tmp_path, trained):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="exclude_modules: bad regex"):
         tiny_config(tiny_folder, data, out, exclude_modules="(")
-    for rank in (0, -2, 1.5):
-        with pytest.raises(ValueError, match="rank must be an integer > 0"):
+    for rank in (0, -2, 1.5, 10**9, True):
+        with pytest.raises(ValueError, match="rank must be an integer >= 1 and <= 1024"):
             tiny_config(tiny_folder, data, out, rank=rank)
     with pytest.raises(ValueError, match="has no metadata.jsonl. Put your images there with a metadata.jsonl"):
         tiny_config(tiny_folder, tmp_path, out)

@@ -88,6 +88,7 @@ def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, famil
     """What opening the Generate tab (and "↻ models" / "↻ LoRAs") sends: the registry and LoRAs as they are now."""
     import shutil
 
+    from studio.hosting import display_path
     from studio.paths import models_dir
     from studio.ui.generate_tab import on_refresh_lists
 
@@ -102,7 +103,8 @@ def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, famil
     try:
         models, loras = on_refresh_lists()
         assert "added-later" in {c[0] for c in models.choices}
-        assert any(path == str(lora) for _, path in loras.choices)
+        assert any(path == display_path(lora) for _, path in loras.choices)  # "<data>/models/loras/added-lora"
+        assert not [path for _, path in loras.choices if path.startswith("/")]  # no absolute server path
         assert client.predict(api_name="/list_models") is not None  # the endpoint stays served
     finally:
         shutil.rmtree(added)
@@ -115,6 +117,7 @@ def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
     import inspect
 
     from studio.lora import LoraRef
+    from studio.paths import REPO_ROOT, models_dir
     from studio.ui.generate_tab import (LORA_FIELDS, MEMORY_FIELDS, SPEED_FIELDS, GenerateHandlers, api_parameters,
                                         lora_map)
 
@@ -127,8 +130,10 @@ def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
     assert all(signature[p].default is not inspect.Parameter.empty
                for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS, *SPEED_FIELDS))
     assert lora_map(["a", "b"], "", 1.0, ["a"]) == {}
-    assert lora_map(["a", "b"], "x.safetensors", 0.5, []) == {m: [LoraRef("x.safetensors", 0.5)] for m in "ab"}
-    assert lora_map(["a", "b"], "x.safetensors", 1.0, ["b"]) == {"b": [LoraRef("x.safetensors", 1.0)]}
+    x = str(REPO_ROOT / "x.safetensors")  # the list shows paths relative to the studio's roots (display_path)
+    assert lora_map(["a", "b"], "x.safetensors", 0.5, []) == {m: [LoraRef(x, 0.5)] for m in "ab"}
+    assert lora_map(["a", "b"], "x.safetensors", 1.0, ["b"]) == {"b": [LoraRef(x, 1.0)]}
+    assert lora_map(["a"], "<data>/models/loras/y", 1.0, []) == {"a": [LoraRef(str(models_dir() / "loras/y"), 1.0)]}
     with pytest.raises(ValueError, match="not among the selected models"):
         lora_map(["a"], "x.safetensors", 1.0, ["c"])
 
@@ -143,7 +148,7 @@ def test_generate_with_a_lora_on_one_of_two_models_through_the_api(client):
     choices = client.predict(api_name="/list_loras")
     paths = [c[1] if isinstance(c, (list, tuple)) else c for c in choices["choices"]] if isinstance(choices, dict) \
         else choices
-    assert str(folder) in str(paths)
+    assert "<data>/models/loras/tiny-style" in str(paths) and str(folder) not in str(paths)
     *galleries, stats, files, seed = call_generate(client, ["tiny-base", "tiny-student"], lora=str(file),
                                                    lora_scale=0.8, lora_models=["tiny-base"])
     assert len(files) == 2

@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
+from studio.hosting import Hosting, redact
 from studio.jobs import JobRunner, list_presets
 from studio.train_config.base import TrainConfig
 from studio.ui.jobs_tab import COMMON_FIELDS, build_jobs_tab, check_text, on_form_field
@@ -46,7 +47,7 @@ def app(family, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-jobs")
     runner = JobRunner(root, slots=1, grace_s=30, env={"OMP_NUM_THREADS": "1"})
     with gr.Blocks() as demo:
-        build_jobs_tab(runner=runner, watch=False)
+        build_jobs_tab(runner=runner, watch=False, hosting=Hosting())  # local: the caller is an admin
     _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
                                     allowed_paths=[str(root)])
     yield Client(url, verbose=False), runner, family["base"]
@@ -84,6 +85,16 @@ def test_preset_and_validation_before_launch(app):
     assert message.startswith("✗") and "steps must be an integer >= 1" in message
     with pytest.raises(Exception, match="steps must be an integer >= 1"):
         client.predict("distill", json.dumps(bad), "", api_name="/jobs_submit")
+    # paths outside the studio's folders: one answer whether they exist or not, and no server path in it
+    answers = {client.predict("distill", json.dumps({"teachers": [{"path": path}]}), api_name="/jobs_validate")[0]
+               .replace(path, "P").replace(redact(path), "P") for path in ("/root", "/nonexistent", "/etc/passwd")}
+    assert len(answers) == 1 and "outside the folders a job may read from" in answers.pop()
+    message, _ = client.predict("distill", json.dumps({"teachers": "assets/demo/teacher@1,/tmp/x/teacher@1"}),
+                                api_name="/jobs_validate")
+    assert "'/tmp/x/teacher' is outside" in message and str(runner.root) not in message
+    for text in ("[" * 100_000, "x" * 200_001, json.dumps({"steps": float("nan")})):
+        message, _ = client.predict("distill", text, api_name="/jobs_validate")
+        assert message.startswith("✗")
     assert runner.list() == []
 
 
@@ -98,6 +109,7 @@ def test_submit_stop_resume_status_and_delete_through_the_api(app):
     message, selected, table = client.predict("distill", json.dumps(config), "ui student", api_name="/jobs_submit")
     job_id = selected if isinstance(selected, str) else selected["value"]
     assert job_id in message and table["data"][0][0] == job_id and "queued" not in message  # no status to go stale
+    assert runner.status(job_id).owner == "ip:127.0.0.1"  # who submitted it (local mode: the machine's user)
     runner.cancel(job_id, at_step=2)  # what /jobs_cancel does, at a known step
     summary, *_ = client.predict(job_id, api_name="/jobs_status")
     assert "**cancelling**" in summary or "**cancelled**" in summary  # never "running" once a stop is asked for

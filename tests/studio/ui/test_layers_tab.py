@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import gradio as gr
 import pytest
 import torch
 from gradio_client import Client
@@ -10,9 +11,11 @@ from gradio_client import Client
 from studio.ablation import AblationConfig, model_facts, plot_sweep, removable_units
 from studio.ablation.sweep import SweepResult
 from studio.blocks import format_si
+from studio.hosting import Hosting
 from studio.loading import ModelCache
 from studio.recipes import recipe_plan
 from studio.ui import build_app, launch
+from studio.paths import data_dir
 from studio.ui.fields import handler_fields
 from studio.ui.layers_tab import SHOWN_SWEEP_COLUMNS, SWEEP_HEADERS, LayersHandlers, config_from_values, sweep_table
 from tests.studio.ui import free_port
@@ -38,7 +41,7 @@ def test_handlers_take_config_fields_by_name():
 def client(family):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    demo = build_app(ModelCache())
+    demo = build_app(ModelCache(), hosting=Hosting())
     _, url, _ = launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
     yield Client(url, verbose=False)
     demo.close()
@@ -90,12 +93,56 @@ def test_sweep(client):
     assert len(table["data"]) == 2 and table["headers"] == SWEEP_HEADERS
     assert {r[-1] for r in table["data"]} == {"mid_block.attentions.0", LAYER} and "latency_ratio" not in SHOWN_SWEEP_COLUMNS  # one timing per unit is noise: only in the CSV
     assert "2 generated" in status and open(csv).readline().startswith("rank,unit")
+    assert str(data_dir()) not in csv  # a staged copy, not a file of the data folder
     text = client.predict("tiny-base", ["mid_block.attentions.0", LAYER], "a red circle on a blue background",
                                 "4242", 2, 5.0, 0, False, api_name="/layers_sweep_estimate")
     assert "all in the cache: no generation needed" in text
 
-    with pytest.raises(Exception, match="AblationConfig.resolution"):
+    with pytest.raises(Exception, match="resolution must be a multiple of 8"):
         client.predict("tiny-base", [], "a", "0", 2, 5.0, 36, False, api_name="/layers_sweep")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("resolution", [2**31, -8, 1e300, 33.5])
+def test_bad_resolutions_get_a_clear_message(client, resolution):
+    """Issue 13 (7): resolution 2**31 gave a raw overflow error."""
+    with pytest.raises(Exception, match="resolution must be"):
+        client.predict("tiny-base", resolution, api_name="/layers_map")
+    with pytest.raises(Exception, match="resolution must be"):
+        client.predict("tiny-base", [], "a", "0", 2, 5.0, resolution, False, api_name="/layers_sweep")
+
+
+def test_paths_outside_the_model_roots_are_refused(client, tiny_folder):
+    """The Layers tab loaded models with cache.get(name) without roots: any local path. The model dropdown refuses
+    values it does not list; behind it, the handlers keep paths inside the model roots (and, in public mode, paths
+    are for admins)."""
+    for path in (str(tiny_folder), "/etc", "../../x/y.safetensors"):
+        with pytest.raises(Exception, match="not in the list of choices"):
+            client.predict(path, 0, api_name="/layers_map")
+    handlers = LayersHandlers(ModelCache(), Hosting())
+    for path in (str(tiny_folder), "/etc", "assets/../../x"):
+        with pytest.raises(ValueError, match="outside the allowed folders"):
+            handlers._pipe(path)
+    public = LayersHandlers(ModelCache(), Hosting(mode="public"))
+    with pytest.raises(gr.Error, match="Naming a model by path is for admins only"):
+        public._check_model(str(tiny_folder), _anonymous())
+
+
+def _anonymous():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(client=SimpleNamespace(host="203.0.113.9"), headers={}, username=None, request=None)
+
+
+def test_the_sweep_works_on_a_copy_of_its_own(family):
+    """The sweep ablates its UNet in place: on its own copy, never on the cached pipeline generation uses."""
+    cache = ModelCache()
+    shared = cache.get("tiny-base")
+    handlers = LayersHandlers(cache, Hosting())
+    private = handlers._private_pipe("tiny-base")
+    assert private is not shared and private.unet is not shared.unet
+    assert private.text_encoder is not shared.text_encoder and private.vae is not shared.vae
+    assert all(torch.equal(a, b) for a, b in zip(private.unet.state_dict().values(), shared.unet.state_dict().values()))
 
 
 def test_released_configs_without_weights(client):

@@ -4,16 +4,11 @@ name and no seed, limits follow the visitor's address whatever session it claims
 sign-in, and which endpoints are advertised (API docs, MCP tools) versus merely callable."""
 from __future__ import annotations
 
-import base64
-import importlib.util
 import json
 import re
-import shutil
 import sqlite3
 import time
-from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import httpx
@@ -23,70 +18,13 @@ from gradio_client import Client
 from PIL import Image
 
 from studio.arena import load_votes
-from studio.hosting import Caps, Hosting, persistent_dir
-from studio.loading import ModelCache
+from studio.hosting import persistent_dir, redact
 from studio.paths import data_dir
-from studio.ui import PUBLIC_TOOLS, build_app, launch
-from studio.ui.arena_tab import POOL_ENV, arena_dir, persistence_note
-from tests.studio.ui import free_port
+from studio.ui import PUBLIC_TOOLS
+from studio.ui.arena_tab import arena_dir, persistence_note
 from tests.studio.ui.probe import RawVisitor
 
-POOL = ["pub-teacher", "pub-student"]  # the tests' tiny family at 3 steps (a battle in about a second)
-PASSWORD = "correct horse battery"
-BASIC = {"authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
-CAPS = replace(Caps.defaults("public"), min_view_s=0.5, votes_per_minute=2, battles_per_minute=3)
-HAS_MCP = importlib.util.find_spec("mcp") is not None
-
-
-def as_ip(ip: str, *spoofed: str) -> dict:
-    """Headers of a visitor at ``ip`` behind the Spaces proxy (which appends the address it saw), having sent its
-    own x-forwarded-for entries ``spoofed`` first."""
-    return {"x-forwarded-for": ", ".join([*spoofed, ip])}
-
-
-def decoys() -> list[Path]:
-    """What a real server's data folder holds besides votes: job configs, logs, checkpoints, exported weights,
-    sweep CSVs, other visitors' PNGs (with prompts in their metadata), exports."""
-    files = {"jobs/20260101-000000-distill/config.json": '{"teachers": "assets/demo/teacher"}',
-             "jobs/20260101-000000-distill/job.log": "step 1 loss 0.1",
-             "jobs/20260101-000000-distill/train/checkpoint-10/unet/diffusion_pytorch_model.safetensors": "w",
-             "sweeps/exports/demo-teacher-20260101.csv": "unit,damage", "generations/2026-01-01/00001-tiny.png": "p",
-             "exports/arena-votes.csv": "id,voter"}
-    out = []
-    for rel, text in files.items():
-        path = data_dir() / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        out.append(path)
-    return out
-
-
-def fast_pool(family) -> None:
-    """``family``'s models again under `POOL` names, generating at 3 steps (their studio_model.json)."""
-    from studio.paths import models_dir
-
-    for name, source in zip(POOL, (family["base"], family["student"])):
-        target = models_dir() / name
-        if not target.exists():
-            shutil.copytree(source, target)
-        meta = {"default_steps": 3, "description": "test"}
-        if name == POOL[1]:
-            meta["base"] = POOL[0]
-        (target / "studio_model.json").write_text(json.dumps(meta))
-
-
-@pytest.fixture(scope="module")
-def public(family):
-    fast_pool(family)
-    mp = pytest.MonkeyPatch()
-    mp.setenv(POOL_ENV, ",".join(POOL))
-    hosting = Hosting(mode="public", caps=CAPS, on_spaces=True, admin_password=PASSWORD, mcp=HAS_MCP)
-    demo = build_app(ModelCache(), hosting=hosting)
-    mp.undo()
-    decoys()
-    _, url, _ = launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    yield SimpleNamespace(url=url, demo=demo, hosting=hosting)
-    demo.close()
+from tests.studio.ui.public_app import BASIC, CAPS, HAS_MCP, PASSWORD, POOL, as_ip
 
 
 def urls_in(value) -> list[str]:
@@ -127,6 +65,67 @@ def test_no_file_of_the_data_folder_is_served_during_an_open_battle(public):
         response = visitor.get_file(variant)
         assert response.status_code in (403, 404), (variant, response.status_code)
     print(f"\nprobed {len(files)} files of the data folder x 7 forms + {len(hostile)} hostile paths: none served")
+
+
+JOBS_ENDPOINTS = {"jobs_preset", "jobs_validate", "jobs_submit", "jobs_list", "jobs_status", "jobs_cancel",
+                  "jobs_resume", "jobs_delete"}
+
+
+def job_ids(client: Client) -> set[str]:
+    table, _ = client.predict(api_name="/jobs_list")
+    return {row[0] for row in table["data"]}
+
+
+def test_every_jobs_endpoint_refuses_anonymous_callers_and_starts_no_job(public, family):
+    """Issue 13 (4): /jobs_submit started a subprocess for any anonymous caller (25 in 3 s) and any session could
+    cancel, resume or delete another's job. Probed as an anonymous visitor against an admin's job: every /jobs_*
+    endpoint (and the Train tab's private timer event) either refuses or shows nothing of the job but its summary;
+    no job folder or runner entry appears; the admin's job is untouched."""
+    from studio.paths import models_dir
+
+    named = {fn.api_name for fn in public.demo.fns.values() if str(fn.api_name or "").startswith("jobs_")}
+    assert named == JOBS_ENDPOINTS  # a new /jobs_* endpoint must join this probe
+    admin = Client(public.url, verbose=False, headers={**as_ip("203.0.113.30"), **BASIC})
+    config = dict(teachers=[{"path": str(models_dir() / POOL[0])}], student="vega", buckets=[[32, 32]],
+                  dataset_count=8, steps=400, batch_size=1, checkpoint_every=0, validate_every=0)
+    _, selected, _ = admin.predict("distill", json.dumps(config), "admin-job", api_name="/jobs_submit")
+    job = selected if isinstance(selected, str) else selected["value"]
+    admin.predict(job, api_name="/jobs_cancel")  # stopped at once (no CPU for the probe); resumable by its owner
+    anon = Client(public.url, verbose=False, headers=as_ip("203.0.113.31"))
+    folders = sorted(p.name for p in (data_dir() / "jobs").iterdir())
+    before = job_ids(anon)
+    assert job in before
+
+    flood = RawVisitor(public.url, as_ip("203.0.113.31"))
+    for i in range(25):  # the issue's flood (25 submissions in 3 s), each from a fresh session
+        flood.session_hash = f"flood{i}"
+        result = flood.call("jobs_submit", "distill", json.dumps(config | {"seed": i}), f"mine-{i}")
+        assert not result["success"] and "Starting a training job is for admins only" in result["output"]["error"]
+    for target in (job, "20260101-000000-distill", "../../arena", "x" * 5000):
+        for action in ("cancel", "resume", "delete"):
+            refusal = "is for the visitor who started it or an admin" if target == job else \
+                "is for the visitor who started it or an admin|not in the list of choices"  # ids it does not list
+            with pytest.raises(Exception, match=refusal):
+                anon.predict(target, api_name=f"/jobs_{action}")
+    summary, _, image, log, files, command = anon.predict(job, api_name="/jobs_status")
+    assert job in summary and str(data_dir()) not in summary
+    assert log == "(shown to the job's owner and admins)" and not files and not command and image is None
+    tick = next(fn for fn in public.demo.fns.values() if getattr(fn.fn, "__name__", "") == "on_tick")
+    ticked = RawVisitor(public.url, as_ip("203.0.113.31")).call(tick._id, job, {})
+    assert str(data_dir()) not in ticked["raw"] and "job.log" not in ticked["raw"], ticked["raw"][:300]
+    assert "shown to the job's owner" in ticked["raw"] or "not in the list of choices" in ticked["raw"]
+    answers = {anon.predict("distill", json.dumps({"teachers": [{"path": p}]}), api_name="/jobs_validate")[0]
+               .replace(p, "P").replace(redact(p), "P") for p in ("/root", "/nonexistent")}
+    assert len(answers) == 1  # no existence answers for paths outside the roots
+    _, preset_config, *_ = anon.predict("distill-demo-vega", api_name="/jobs_preset")
+    assert str(data_dir()) not in preset_config and "/work/" not in preset_config
+
+    assert job_ids(anon) == before and sorted(p.name for p in (data_dir() / "jobs").iterdir()) == folders
+    deadline = time.monotonic() + 120
+    while "**running**" in admin.predict(job, api_name="/jobs_status")[0] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    admin.predict(job, api_name="/jobs_delete")  # an admin can
+    assert job not in job_ids(anon)
 
 
 def test_battle_payload_and_images_carry_no_name_and_no_seed(public):
