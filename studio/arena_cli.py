@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -56,14 +55,14 @@ def default_generate_fn_factory(args: argparse.Namespace) -> GenerateFn:
     return make_generate_fn()
 
 
-def format_leaderboard(rows: Sequence[LeaderboardRow]) -> str:
-    """A plain-text table of leaderboard rows."""
-    header = f"{'rank':>4}  {'model':<24} {'rating':>7} {'95% CI':>15} {'elo':>7} {'votes':>6} {'win rate':>8}"
+def format_leaderboard(rows: Sequence[LeaderboardRow], min_votes: int = RatingConfig().min_votes) -> str:
+    """A plain-text table of leaderboard rows (a provisional rating, below ``min_votes`` votes, is marked)."""
+    header = (f"{'rank':>4}  {'model':<24} {'rating':>7} {'95% CI':>16} {'elo':>7} {'votes':>6} {'win rate':>8}  "
+              "note")
     lines = [header, "-" * len(header)]
     for r in rows:
-        ci = "n/a" if math.isnan(r.ci_low) else f"{r.ci_low:.0f}..{r.ci_high:.0f}"
-        lines.append(f"{r.rank:>4}  {r.model:<24} {r.rating:>7.1f} {ci:>15} {r.elo:>7.1f} {r.votes:>6} "
-                     f"{r.win_rate:>8.1%}")
+        lines.append(f"{r.rank:>4}  {r.model:<24} {r.rating:>7.1f} {r.ci_text:>16} {r.elo:>7.1f} {r.votes:>6} "
+                     f"{r.win_rate:>8.1%}  {r.note(min_votes)}".rstrip())
     return "\n".join(lines)
 
 
@@ -151,9 +150,9 @@ def run_timing(args: argparse.Namespace, generate_fn_factory: GenerateFnFactory)
 
 def run_leaderboard(args: argparse.Namespace) -> int:
     """Print the Bradley-Terry leaderboard of ``args.db``."""
-    config = RatingConfig(k=args.k, bootstrap_rounds=args.rounds, seed=args.seed)
+    config = RatingConfig(k=args.k, bootstrap_rounds=args.rounds, seed=args.seed, min_votes=args.min_votes)
     rows = leaderboard(load_votes(args.db), config, category=args.category, since=args.since, until=args.until)
-    print(format_leaderboard(rows) if rows else "leaderboard: no votes match")
+    print(format_leaderboard(rows, config.min_votes) if rows else "leaderboard: no votes match")
     return 0
 
 
@@ -195,6 +194,8 @@ def register(subparsers: argparse._SubParsersAction, *, generate_fn_factory: Gen
     board.add_argument("--rounds", type=int, default=100, help="bootstrap rounds for the 95%% CIs")
     board.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     board.add_argument("--k", type=float, default=4.0, help="online Elo K")
+    board.add_argument("--min-votes", type=int, default=RatingConfig().min_votes,
+                       help="a model's rating is marked provisional below this many votes (default %(default)s)")
     board.set_defaults(func=run_leaderboard)
     timing = subparsers.add_parser("arena-timing", help="benchmark: battle latency per pair, paced vs unpaced")
     timing.add_argument("--models", nargs="+", default=["demo-teacher", "demo-ssd", "demo-vega"],

@@ -33,7 +33,7 @@ from studio.registry import ModelSpec
 MAX_MODELS = 4
 WARMUP_STEPS = 2
 STATS_COLUMNS = ["model", "seed", "latency (s)", "speed-up vs first", "it/s", "weights (MB)", "peak added (MB)",
-                 "warm-up (s)", "UNet params (M)", "note"]
+                 "warm-up (s)", "UNet params (M)", "note", "LoRA"]
 STATS_CAPTION = ("Latency: the timed call only — each model's first call after loading is an untimed warm-up "
                  f"({WARMUP_STEPS} steps, same size; its time under 'warm-up'). Speed-up = first model's latency / "
                  "this model's. Weights = resident for this model (shared text encoders and VAE included); peak "
@@ -86,8 +86,12 @@ def _run_once(cache, spec, request, *, roots, loras, warmup, on_step, should_sto
     if warmup and not cache.is_warm(spec.name):
         start = time.perf_counter()
         steps = WARMUP_STEPS if request.init_image is None else max(WARMUP_STEPS, math.ceil(1 / request.strength))
-        generate(pipe, replace(request, steps=min(steps, request.steps), batch_size=1), **common,
-                 on_step=_tagged(on_step, "warm-up"))  # img2img runs strength × steps: at least one of them
+        try:  # img2img runs strength × steps: at least one of them
+            generate(pipe, replace(request, steps=min(steps, request.steps), batch_size=1), **common,
+                     on_step=_tagged(on_step, "warm-up"))
+        except GenerationCancelled as err:  # its warm-up is not the user's run: no step of that one was made
+            raise GenerationCancelled(f"generation with {spec.name} was cancelled during its warm-up, at step "
+                                      f"0/{request.steps}", model=spec.name, step=0, total=request.steps) from err
         warmup_s = time.perf_counter() - start
     result = generate(pipe, request, **common, on_step=on_step)
     cache.mark_warm(spec.name)
@@ -140,20 +144,28 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
             yield GenerateResult.failed(spec.name, request, message)
 
 
+def lora_label(loras: list[LoraRef]) -> str:
+    """``name ×scale`` of each LoRA applied to a model ('' without one)."""
+    return ", ".join(f"{ref.name} ×{ref.scale:g}" for ref in loras)
+
+
 def stats_rows(results: list[GenerateResult]) -> list[list]:
     """One row per model; speed-up = the first successful model's latency / this model's latency."""
     done = [r for r in results if not r.error]
     first = done[0].stats.latency_s if done else None
     rows = []
     for r in results:
-        if r.error:  # the first sentence (the whole message is in result.error, the UI's warning and the CLI)
-            first_sentence = r.error.split(". ")[0][:160]
-            rows.append([r.model, r.seed, None, None, None, None, None, None, None, f"failed: {first_sentence}"])
+        if r.error:  # the start of it (the whole message is in result.error, the UI's column and the CLI)
+            first_sentence = r.error.split(". ")[0]
+            first_sentence = first_sentence if len(first_sentence) <= 60 else first_sentence[:59] + "…"
+            note = first_sentence if r.cancelled else f"failed: {first_sentence}"
+            rows.append([r.model, r.seed, None, None, None, None, None, None, None, note, lora_label(r.loras)])
             continue
         s = r.stats
         note = "; ".join(n for n, on in (("VAE tiled", s.vae_tiled), ("low VRAM (CPU offload)", s.offloaded),
                                          ("retried after out-of-memory", s.retried)) if on)
         rows.append([r.model, r.seed, round(s.latency_s, 3), round(first / s.latency_s, 2), round(s.it_per_s, 2),
                      round(s.weights_mb, 1), round(s.peak_added_mb, 1),
-                     None if s.warmup_s is None else round(s.warmup_s, 3), round(s.unet_params / 1e6, 3), note])
+                     None if s.warmup_s is None else round(s.warmup_s, 3), round(s.unet_params / 1e6, 3), note,
+                     lora_label(r.loras)])
     return rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import json
 import secrets
 import time
 import warnings
@@ -54,7 +55,13 @@ ShouldStop = Callable[[], bool]
 
 
 class GenerationCancelled(RuntimeError):
-    """Raised when ``should_stop()`` asked a generation to stop."""
+    """Raised when ``should_stop()`` asked a generation to stop: which model, at which step of how many, and the
+    images decoded from the latents where it stopped (partial: still noisy; empty when nothing was decoded)."""
+
+    def __init__(self, message: str, *, model: str = "", step: int = 0, total: int = 0,
+                 images: list[Image.Image] | None = None):
+        super().__init__(message)
+        self.model, self.step, self.total, self.images = model, step, total, list(images or [])
 
 
 @dataclass(frozen=True)
@@ -152,20 +159,24 @@ class GenerateResult:
     parameters: list[str]  # A1111 infotext of each image
     loras: list[LoraRef] = field(default_factory=list)
     error: str = ""  # set (and no images) when this model failed in a side-by-side run; the others still ran
+    cancelled: bool = False  # stopped by the user: ``images`` are the partial ones (never saved), ``error`` says where
 
     @classmethod
     def failed(cls, model: str, request: GenerateRequest, error: str) -> "GenerateResult":
         return cls(model, [], request.seed, request, None, [], error=error)
 
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Write PNGs carrying their parameters; returns the paths."""
+        """Write PNGs carrying their parameters; returns the paths. Names are ``<model>-<seed>-<settings>.png``
+        (``settings``: 8 hex of a hash of everything else that shaped the image: prompt, steps, CFG, size, LoRAs,
+        ...), with ``-2``, ``-3``... when that name is taken: a file is never overwritten."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, (image, text) in enumerate(zip(self.images, self.parameters)):
             meta = {**self.request.to_dict(), "seed": self.seed + i, "model": self.model, "version": VERSION,
                     "loras": [{"name": r.name, "scale": r.scale} for r in self.loras]}
-            paths.append(save_png(image, out_dir / f"{safe_name(self.model) or 'model'}-{self.seed + i}.png", text, meta))
+            stem = f"{safe_name(self.model) or 'model'}-{self.seed + i}-{settings_hash(meta)}"
+            paths.append(save_png(image, _free_path(out_dir, stem), text, meta))
         return paths
 
 
@@ -190,6 +201,22 @@ def load_init_image(source, caps: Caps | None = None) -> Image.Image:
         return image.convert("RGB")
     except (OSError, ValueError) as err:  # truncated or corrupt data, found while decoding
         raise ValueError(f"init image: the file is damaged ({type(err).__name__})") from None
+def settings_hash(meta: dict) -> str:
+    """8 hex of the settings of one image, seed and model left out (they are in the file name already)."""
+    settings = {k: v for k, v in meta.items() if k not in ("seed", "model", "version")}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _free_path(folder: Path, stem: str) -> Path:
+    """``folder/stem.png``, or ``stem-2.png``, ``stem-3.png``... for the first name not taken (claimed atomically)."""
+    for n in range(1, 10_000):
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            path.open("xb").close()  # exclusive create: two runs can never pick the same name
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free file name for {stem} in {folder}")
 
 
 def native_size(pipe: StableDiffusionXLPipeline) -> int:
@@ -255,7 +282,10 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(request.batch_size)]
 
     # 3. progress and cancel in the per-step callback
+    done = [0]  # steps completed (reported in GenerationCancelled)
+
     def callback(p, i, t, kwargs):
+        done[0] = i + 1
         if reuse is not None:
             reuse.next_step()
         if on_step is not None:
@@ -285,8 +315,9 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         with speed, reuse or nullcontext(), torch.inference_mode():
             images = view(**kwargs).images
         latency = time.perf_counter() - start
-    if view.interrupt:
-        raise GenerationCancelled(f"generation with {model_name} was cancelled")
+    if view.interrupt:  # diffusers still decoded the latents where the loop stopped: the partial images
+        raise GenerationCancelled(f"generation with {model_name} was cancelled at step {done[0]}/{view.num_timesteps}",
+                                  model=model_name, step=done[0], total=view.num_timesteps, images=images)
     steps_run = max(view.num_timesteps, 1)
     stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, weights_mb=weights / 2**20,
                           peak_added_mb=peak.added_bytes / 2**20, memory_kind=peak.kind,

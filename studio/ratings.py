@@ -32,6 +32,7 @@ class RatingConfig:
     ci: float = 0.95  # confidence level of the bootstrap intervals
     seed: int = 0  # seed of the bootstrap resampling
     separable_ridge: float = 1e-3  # L2 penalty used only when the MLE does not exist (see `fit_bradley_terry`)
+    min_votes: int = 20  # a model with fewer votes gets a provisional rating (Chatbot Arena: "preliminary")
 
     def __post_init__(self):
         for name in ("k", "scale"):
@@ -45,6 +46,8 @@ class RatingConfig:
             raise ValueError(f"RatingConfig.ci must be in (0, 1), got {self.ci!r}")
         if not self.separable_ridge > 0:
             raise ValueError(f"RatingConfig.separable_ridge must be > 0, got {self.separable_ridge!r}")
+        if not (isinstance(self.min_votes, int) and not isinstance(self.min_votes, bool) and self.min_votes >= 1):
+            raise ValueError(f"RatingConfig.min_votes must be an int >= 1, got {self.min_votes!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,8 +149,8 @@ def _closure(adj: np.ndarray) -> np.ndarray:
     return reach
 
 
-def _components(n: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[list[np.ndarray], bool]:
-    """Connected components of the comparison graph, and whether each is strongly connected in "scored" edges.
+def _components(n: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
+    """Connected components of the comparison graph, and for each whether it is strongly connected in "scored" edges.
 
     The BT MLE exists (is finite) iff, within every component, the directed graph "i scored > 0 against j" is
     strongly connected (Zermelo 1929; Ford 1957). A tie or both-bad vote gives an edge both ways.
@@ -161,7 +164,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[li
         if not seen[i]:
             seen |= linked[i]
             comps.append(np.flatnonzero(linked[i]))
-    return comps, all(reach[np.ix_(c, c)].all() for c in comps)
+    return comps, [bool(reach[np.ix_(c, c)].all()) for c in comps]
 
 
 def _newton(x: np.ndarray, s: np.ndarray, w: np.ndarray, ridge: float, max_iter: int = 100) -> np.ndarray:
@@ -199,7 +202,7 @@ def _fit(battles: _Battles, w: np.ndarray, config: RatingConfig) -> np.ndarray:
     x = np.zeros((len(w), n))
     x[np.arange(len(w)), a] = math.log(config.base)
     x[np.arange(len(w)), b] = -math.log(config.base)
-    ridge = 0.0 if strongly else config.separable_ridge
+    ridge = 0.0 if all(strongly) else config.separable_ridge
     beta = _newton(x, s, w, ridge)
     for c in comps:  # the likelihood only fixes differences within a component: centre each one
         beta[c] -= beta[c].mean()
@@ -269,6 +272,19 @@ def win_rate_matrix(votes: Iterable[Mapping], models: Sequence[str] | None = Non
         return models, np.where(games > 0, wins / games, np.nan)
 
 
+def estimable(votes: Sequence[Mapping]) -> dict[str, bool]:
+    """Whether each model's Bradley-Terry rating is a maximum-likelihood estimate at all: within its group of models
+    compared with each other, every model must have scored against and conceded to the others (the "scored" graph
+    strongly connected). Otherwise — one vote, or a model that never lost — the MLE is infinite and the rating is the
+    ridge's finite stand-in, with no meaningful confidence interval."""
+    models = models_of(votes)
+    if not models:
+        return {}
+    battles = _aggregate(votes, models)
+    comps, strongly = _components(len(models), battles.a, battles.b, battles.s)
+    return {models[i]: ok for c, ok in zip(comps, strongly) for i in c}
+
+
 @dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
@@ -279,6 +295,32 @@ class LeaderboardRow:
     elo: float  # online Elo in time order
     votes: int
     win_rate: float  # (wins + ties/2 + both-bad/2) / votes
+    provisional: bool = False  # fewer than RatingConfig.min_votes votes
+    estimable: bool = True  # the rating is an MLE (see `estimable`); False: its CI cannot be estimated yet
+
+    @property
+    def ci_text(self) -> str:
+        """The 95% CI as shown: "n/a" without bootstrap, "needs more votes" where it cannot be estimated (no MLE, or
+        every resample gave the same rating), else "low – high"."""
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
+            return "n/a"
+        if not self.estimable or self.ci_high - self.ci_low < 1e-6:
+            return "needs more votes"
+        return f"{self.ci_low:.0f} – {self.ci_high:.0f}"
+
+    def note(self, min_votes: int) -> str:
+        return f"provisional: {self.votes} of {min_votes} votes" if self.provisional else ""
+
+
+def plural(n: int, word: str) -> str:
+    """``1 vote``, ``2 votes``, ``1,200 votes``."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def leaderboard_cells(rows: Sequence[LeaderboardRow], config: RatingConfig = RatingConfig()) -> list[list]:
+    """Rows for a table: rank, model, BT rating, 95% CI, Elo, votes, win rate, note (provisional ratings)."""
+    return [[r.rank, r.model, round(r.rating, 1), r.ci_text, round(r.elo, 1), r.votes, f"{r.win_rate:.0%}",
+             r.note(config.min_votes)] for r in rows]
 
 
 def leaderboard(votes: Sequence[Mapping], config: RatingConfig = RatingConfig(), *, category: str | None = None,
@@ -297,8 +339,9 @@ def leaderboard(votes: Sequence[Mapping], config: RatingConfig = RatingConfig(),
         count[v["model_b"]] += 1
         points[v["model_a"]] += s
         points[v["model_b"]] += 1 - s
-    ranked = sorted(bt, key=lambda m: -bt[m])
-    return [LeaderboardRow(i + 1, m, bt[m], ci[m][0], ci[m][1], elo[m], count[m], points[m] / count[m])
+    ranked, mle = sorted(bt, key=lambda m: -bt[m]), estimable(votes)
+    return [LeaderboardRow(i + 1, m, bt[m], ci[m][0], ci[m][1], elo[m], count[m], points[m] / count[m],
+                           provisional=count[m] < config.min_votes, estimable=mle[m])
             for i, m in enumerate(ranked)]
 
 

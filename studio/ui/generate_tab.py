@@ -5,30 +5,38 @@ section (``LORA_FIELDS``), the memory options (``MEMORY_FIELDS``) and the speed 
 order of its signature (the API order; new parameters go last, with defaults). Each speed option shows its measured
 effect, read from the committed bench reports (``studio.bench.notes``). Choosing models applies the first model's defaults from the registry (steps,
 CFG, negative prompt; size = each model's native one) to every value the user has not changed.
+
+Each model has its own column: a header (``studio.ui.generate_run``: progress, then what was made, its error or its
+LoRA note, shown by a watcher event that follows the run) above its gallery. The model list marks the models whose
+weights are not on this machine ("download needed"); its values stay the registry names (the API's).
 """
 from __future__ import annotations
 
 import inspect
-import threading
+import secrets
 import time
+from dataclasses import replace
 
 import gradio as gr
-from PIL import Image
 
-from studio.bench.notes import option_notes
-from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side, stats_rows
 from studio import hosting as hosting_mod
-from studio.generation import MAX_BATCH, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerationCancelled, load_init_image
+from studio.compare import MAX_MODELS, STATS_CAPTION, STATS_COLUMNS, check_models, iter_side_by_side
+from studio.generation import (MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, GenerateRequest, GenerateResult,
+                               GenerationCancelled, load_init_image)
 from studio.hosting import Caps, Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache, vae_status
 from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef, lora_file
+from studio.lora_match import plan_loras
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
-from studio.registry import VAES, default_model, get_spec, list_models
-from studio.reuse import MAX_INTERVAL
+from studio.registry import VAES, default_model, get_spec, is_available_offline, list_models
+from studio.resolve import resolve_spec
 from studio.schedulers import SCHEDULERS
-from studio.speed import ATTENTION, COMPILE, VAE_DECODE, check_choice
+from studio.speed import COMPILE, check_choice
 import studio.ui.access as access
+from studio.ui.speed_widgets import build_speed_widgets
 from studio.ui.fields import whole
+from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, made_text, run_outputs, watch
+from studio.ui.help import first_step
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -41,8 +49,7 @@ MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the 
 SPEED_FIELDS = ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse", "feature_reuse_branch",
                 "compile")  # then the speed options: request fields, and the cache's compile mode
 DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt", "scheduler")  # from the registry when the model set changes
-DISPLAY_PX, MAX_ZOOM = 384, 4  # small images are shown enlarged (whole-number zoom, nearest neighbour) up to this
-_STOP: dict[str, threading.Event] = {}  # per browser session: the cancel button sets it, should_stop() reads it
+NOT_LOCAL = "download needed"  # the mark of a model whose weights are not on this machine
 
 
 def model_defaults(name: str) -> dict:
@@ -143,48 +150,13 @@ def build_memory_widgets(hosting: Hosting) -> dict[str, gr.components.Component]
     return w
 
 
-def build_speed_widgets() -> dict[str, gr.components.Component]:
-    """The speed options (keyed by SPEED_FIELDS), each with what the committed bench measured for it."""
-    notes = option_notes()
-
-    def info(field: str, what: str) -> str:
-        return f"{what} — {notes.get(field, 'not measured yet')}"
-
-    w = {}
-    with gr.Accordion("Speed", open=False):
-        gr.Markdown("None is on by default: each costs speed or image fidelity somewhere. " + notes["source"])
-        with gr.Row():
-            w["feature_reuse"] = gr.Slider(1, MAX_INTERVAL, value=1, step=1, label="Feature reuse interval (1 = off)",
-                                           info=info("feature_reuse", "DeepCache-style: the deep UNet features are "
-                                                                      "recomputed every N steps and reused between"))
-            w["feature_reuse_branch"] = gr.Slider(0, 11, value=0, step=1, label="Reuse branch",
-                                                  info="skip branch recomputed on reused steps: 0 = shallowest "
-                                                       "(fastest); at most 3 × the UNet's levels − 1")
-        with gr.Row():
-            w["compile"] = gr.Dropdown(list(COMPILE), value="off", label="torch.compile (the UNet)",
-                                       info=info("compile", "regional = its transformer layers; the first call "
-                                                            "after a change compiles; stays on for every model"))
-            w["attention"] = gr.Dropdown(list(ATTENTION), value="sdpa", label="Attention",
-                                         info=info("attention", "sdpa = PyTorch's fused attention (default)"))
-        with gr.Row():
-            w["channels_last"] = gr.Checkbox(False, label="channels_last",
-                                             info=info("channels_last", "NHWC convolution weights for the call"))
-            w["fuse_qkv"] = gr.Checkbox(False, label="Fused QKV projections",
-                                        info=info("fuse_qkv", "one matmul for Q, K and V; not with a LoRA"))
-            w["vae_decode"] = gr.Dropdown(list(VAE_DECODE), value="auto", label="VAE decode",
-                                          info=info("vae_decode", "auto = one image at a time for batches, tiles "
-                                                                  "above 1.5 MP; tiled = lowest memory"))
-        gr.Markdown("Tiny preview VAE (taesdxl, in *Memory and precision*): " + notes.get("vae", "not measured yet")
-                    + ". Low VRAM: " + notes.get("low_vram", "not measured yet") + ".")
-    return w
-
-
 def request_from_values(values: dict, caps: Caps | None = None) -> GenerateRequest:
     """Widget values keyed by field name -> a validated request (0 size = the model's native size). The init image
     (a file path) is refused above ``caps.init_pixels`` before it is decoded."""
     values = dict(values)
     for name in ("seed", "steps", "batch_size", "width", "height"):
         values[name] = whole(name, values[name]) if values[name] is not None else None
+    values["seed"] = -1 if values["seed"] is None else values["seed"]  # an emptied seed box: random
     if values.get("init_image") is not None:
         values["init_image"] = load_init_image(values["init_image"], caps)
     values["width"] = values["width"] or None
@@ -213,41 +185,27 @@ def find_loras() -> list[tuple[str, str]]:
     return [(label, display_path(path)) for path, label in found.items()]  # <data>/models/..., never absolute
 
 
-def lora_map(models: list[str], lora: str | None, scale: float, lora_models: list[str] | None
-             ) -> dict[str, list[LoraRef]]:
-    """The ``loras`` argument of iter_side_by_side: ``lora`` at ``scale`` on ``lora_models`` (empty = every selected
-    model); {} without a LoRA. ValueError for a target that is not among the selected models."""
+def lora_ref(lora: str | None, scale: float | None) -> LoraRef | None:
+    """The chosen LoRA (the list shows paths relative to the studio's roots) at ``scale``, or None."""
     if not lora:
-        return {}
-    targets = [m for m in (lora_models or []) if m] or list(models)
-    unknown = [m for m in targets if m not in models]
-    if unknown:
-        raise ValueError(f"LoRA target model(s) {unknown} are not among the selected models {list(models)}")
+        return None
     if not isinstance(lora, str) or len(lora) > 1024:
         raise ValueError("lora: choose one of the listed LoRAs")
-    ref = LoraRef(str(hosting_mod.resolve_display_path(lora)), float(scale if scale is not None else 1.0))
-    return {m: [ref] for m in targets}
-
-
-def display_image(image: Image.Image) -> tuple[Image.Image, int]:
-    """A small image enlarged by a whole number (≤ MAX_ZOOM, nearest neighbour: pixels stay sharp) toward
-    DISPLAY_PX; large ones unchanged (the gallery fits them to the column). Returns (image, zoom)."""
-    zoom = max(1, min(MAX_ZOOM, DISPLAY_PX // max(image.size)))
-    if zoom == 1:
-        return image, 1
-    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST), zoom
+    return LoraRef(str(hosting_mod.resolve_display_path(lora)), float(scale if scale is not None else 1.0))
 
 
 class GenerateHandlers:
-    """Event handlers bound to the app's model cache (the one deliberate piece of shared state) and its hosting."""
+    """Event handlers bound to the app's model cache (the one deliberate piece of shared state), its hosting and the
+    board of runs the tab's watcher shows."""
 
-    def __init__(self, cache: ModelCache, hosting: Hosting | None = None):
+    def __init__(self, cache: ModelCache, hosting: Hosting | None = None, board: RunBoard | None = None):
         self.cache = cache
         self.hosting = hosting or hosting_mod.current()
+        self.board = board or RunBoard()
 
     def on_generate(self, models: list[str], prompt: str, negative_prompt: str, seed: float,
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
-                    init_image, strength: float, request: gr.Request, progress=gr.Progress(),
+                    init_image, strength: float, request: gr.Request,
                     lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
                     vae: str = "default", low_vram: bool = False, attention: str = "sdpa",
                     channels_last: bool = False, fuse_qkv: bool = False, vae_decode: str = "auto",
@@ -255,17 +213,22 @@ class GenerateHandlers:
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
-        then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to), the request's ``vae`` and
-        ``low_vram`` (model CPU offload), then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's
-        compile mode. A model that fails shows its error; the other columns still finish.
-        The hosting's caps (models, steps, size, images per model, init-image pixels) are checked before anything
-        loads; low VRAM and compile are server settings, changed only by admins in public mode.
+        then ``LORA_FIELDS`` (an optional LoRA, its scale and the models it applies to: empty = every selected model
+        it fits, see ``studio.lora_match``), the request's ``vae`` and ``low_vram`` (model CPU offload). A model that
+        fails shows its error in its own column; the other columns still finish. A cancelled model keeps its
+        partial image (marked, not saved). The hosting's caps (models, steps, size, images per model, init-image
+        pixels) are checked before anything loads; low VRAM and torch.compile are server settings, changed only by admins in
+        public mode. Then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's compile mode.
         """
+        run = self.board.start(request.session_hash or "anon")
+        if run.stop.is_set():  # cancelled while it waited in the queue
+            yield tuple(gr.skip() for _ in range(MAX_MODELS + 3))  # the last run's images stay
+            return
         caps = self.hosting.caps
         try:
             caps.check_text("prompt", prompt)
             caps.check_text("negative_prompt", negative_prompt)
-            models = check_models(models or [])
+            names = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
                                            height=height, init_image=init_image, strength=strength, vae=vae,
@@ -274,61 +237,65 @@ class GenerateHandlers:
                                            feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch),
                                       caps)
             check_choice("compile", compile or "off", COMPILE)
-            loras = lora_map(models, lora, lora_scale, lora_models)
-            for ref in {r for refs in loras.values() for r in refs}:
-                lora_file(ref, model_roots())  # inside the model roots, a .safetensors file: before anything runs
-            caps.check_generation(models=len(models), steps=req.steps, width=req.width, height=req.height,
+            caps.check_generation(models=len(names), steps=req.steps, width=req.width, height=req.height,
                                   batch=req.batch_size)
+            specs = [resolve_spec(m, roots=model_roots()) for m in names]
+            ref = lora_ref(lora, lora_scale)
+            if ref is not None:
+                lora_file(ref, model_roots())  # inside the model roots, a .safetensors file: before anything runs
+            loras, notes = plan_loras(specs, ref, lora_models, roots=model_roots())
+            if bool(low_vram) != self.cache.offload:
+                access.require_admin(request, "Switching low-VRAM mode (a server-wide memory setting)", self.hosting)
+            if (compile or "off") != self.cache.compile:  # compiling takes minutes and stays on for every model
+                access.require_admin(request, "Switching torch.compile (a server-wide setting)", self.hosting)
         except (ValueError, TypeError) as err:
+            run.finish("failed", f"Nothing ran: {redact(str(err))}")
             raise gr.Error(redact(str(err))) from None
-        if bool(low_vram) != self.cache.offload:
-            access.require_admin(request, "Switching low-VRAM mode (a server-wide memory setting)", self.hosting)
-            self.cache.set_offload(bool(low_vram))
-        if (compile or "off") != self.cache.compile:  # compiling takes minutes and stays on for every model
-            access.require_admin(request, "Switching torch.compile (a server-wide setting)", self.hosting)
-            self.cache.set_compile(compile or "off")
-        stop = _STOP.setdefault(request.session_hash or "anon", threading.Event())
-        stop.clear()
+        except gr.Error as err:
+            run.finish("failed", f"Nothing ran: {err}")
+            raise
+        if req.seed == -1:  # resolved here: a cancelled model's partial image shows the seed every model used
+            req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
+        run.columns = [Column(s.name, lora=notes[s.name].text, lora_warning=notes[s.name].warning) if s.name in notes
+                       else Column(s.name) for s in specs]
+        names = [s.name for s in specs]
+        self.cache.set_offload(bool(low_vram))
+        self.cache.set_compile(compile or "off")
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
-
-        def on_step(step, total, info):
-            phase = f" {info['phase']}" if "phase" in info else ""
-            progress((step, total), desc=f"{info['model']}{phase} ({len(results) + 1}/{len(models)})")
-
+        yield run_outputs(names, results, files, req.seed)  # every column visible and empty: its header shows progress
         try:
-            for result in iter_side_by_side(self.cache, models, req, roots=model_roots(), loras=loras,
-                                            on_step=on_step, should_stop=stop.is_set, caps=caps):
+            for result in iter_side_by_side(self.cache, specs, req, roots=model_roots(), loras=loras,
+                                            on_step=run.on_step, should_stop=run.stop.is_set, caps=caps):
                 results.append(result)
                 if result.error:
                     result.error = redact(result.error)
-                    gr.Warning(f"{result.model}: {result.error}")
-                files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
-                yield _outputs(models, results, files)
-        except GenerationCancelled:
-            gr.Warning("Generation cancelled")
+                    run.finish_column(result.model, "failed", result.error)
+                else:
+                    run.finish_column(result.model, "done", made_text(result))
+                    files += [deliverable(p) for p in result.save(out_dir)]  # the data folder itself is never served
+                if len(results) == len(names):  # the last model: the status says so with its images, not after
+                    run.finish("done", _summary(results, names))
+                yield run_outputs(names, results, files, req.seed)
+        except GenerationCancelled as stop:
+            model = stop.model or names[len(results)]
+            results.append(GenerateResult(model, stop.images, req.seed, req, None, [], loras.get(model, []),
+                                          error=f"cancelled at step {stop.step}/{stop.total}", cancelled=True))
+            partial = "partial image below (not saved)" if stop.images else "nothing decoded"
+            run.finish_column(model, "cancelled", f"cancelled at step {stop.step}/{stop.total}: {partial}")
+            run.finish("cancelled", cancel_message(model, stop.step, stop.total))
+            yield run_outputs(names, results, files, req.seed)
         except ValueError as err:  # a name that does not resolve: nothing ran
+            run.finish("failed", f"Nothing ran: {redact(str(err))}")
             raise gr.Error(redact(str(err))) from None
+        finally:
+            run.finish("done", _summary(results, names))
 
 
-def _outputs(models, results, files):
-    galleries = []
-    for i in range(MAX_MODELS):
-        if i < len(results) and results[i].error:
-            galleries.append(gr.Gallery(value=None, label=f"{results[i].model} — failed (see the table)",
-                                        visible=True))
-        elif i < len(results):
-            r, shown = results[i], []
-            for j, im in enumerate(r.images):
-                big, zoom = display_image(im)
-                shown.append((big, f"{r.model} · seed {r.seed + j} · {im.width}×{im.height}"
-                                   + (f" shown at {zoom}×" if zoom > 1 else "")))
-            galleries.append(gr.Gallery(value=shown, label=r.model, visible=True, columns=min(len(shown), 2)))
-        else:
-            galleries.append(gr.Gallery(value=None, label=models[i] if i < len(models) else "",
-                                        visible=i < len(models)))
-    seed = results[0].seed if results else None
-    return (*galleries, stats_rows(results), files, seed)
+def _summary(results: list[GenerateResult], names: list[str]) -> str:
+    failed = [r.model for r in results if r.error and not r.cancelled]
+    return (f"Done: {len(results) - len(failed)} of {len(names)} models"
+            + (f"; failed: {', '.join(failed)} (see its column)" if failed else "") + ".")
 
 
 def api_parameters() -> list[str]:
@@ -338,14 +305,28 @@ def api_parameters() -> list[str]:
     return [p for p in params if p not in ("self", "request", "progress")]
 
 
-def on_cancel(request: gr.Request) -> str:
-    _STOP.setdefault(request.session_hash or "anon", threading.Event()).set()
-    return "cancelling…"
+def model_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registry model; the label marks models whose weights (or their base's) are not on
+    this machine, which load from the Hugging Face hub on first use."""
+    specs = {s.name: s for s in list_models()}
+
+    def local(spec) -> bool:
+        return is_available_offline(spec) and (spec.base not in specs or is_available_offline(specs[spec.base]))
+
+    return [(name if local(spec) else f"{name} ({NOT_LOCAL})", name) for name, spec in specs.items()]
 
 
 def on_list_models() -> dict:
     """Current registry (exported students and fine-tunes appear without a restart)."""
-    return gr.Dropdown(choices=[s.name for s in list_models()])
+    return gr.Dropdown(choices=model_choices())
+
+
+def on_reuse_seed(seed_used):
+    """The last run's seed into the seed box; before any run there is none (the box is left as it is)."""
+    if seed_used is None:
+        gr.Info("No seed yet: generate first, then reuse the seed it used.")
+        return gr.skip()
+    return seed_used
 
 
 def on_list_loras() -> dict:
@@ -376,7 +357,9 @@ def build_lora_widgets(model_names: list[str]) -> dict[str, gr.components.Compon
         with gr.Row():
             w["lora_scale"] = gr.Slider(-MAX_SCALE, MAX_SCALE, value=1.0, step=0.05, label="LoRA scale (0 = off)")
             w["lora_models"] = gr.Dropdown(model_names, value=[], multiselect=True, allow_custom_value=True,
-                                           label="Apply to (empty = every selected model)")
+                                           label="Apply to (empty = every selected model it fits)",
+                                           info="a LoRA fits the UNet architecture it was made for; a teacher's LoRA "
+                                                "on a student needs porting (the column says how)")
     refresh.click(on_list_loras, None, w["lora"], api_name="list_loras")
     return w
 
@@ -388,9 +371,13 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     first = default_model()
     defaults = model_defaults(first)
     widgets: dict[str, gr.components.Component] = {}
+    first_step(f"Pick up to {MAX_MODELS} models, type a prompt and press **Generate**: each model fills its own "
+               "column as it finishes (the demo family runs offline on a CPU in seconds).")
     with gr.Row():
-        widgets["models"] = gr.Dropdown(names, value=[first], multiselect=True, max_choices=MAX_MODELS,
-                                        label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4)
+        widgets["models"] = gr.Dropdown(model_choices(), value=[first], multiselect=True, max_choices=MAX_MODELS,
+                                        label=f"Models (up to {MAX_MODELS}, same seed for all)", scale=4,
+                                        info=f"“{NOT_LOCAL}”: its weights are not on this machine; they download "
+                                             "from the Hugging Face hub on first use (several GB, needs internet)")
         refresh = gr.Button("↻ models", scale=0)
     defaults_md = gr.Markdown(defaults_info([first], []))
     applied = gr.State(defaults)
@@ -398,30 +385,58 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     widgets.update(build_memory_widgets(hosting))
     widgets.update(build_lora_widgets(names))
     widgets.update(build_speed_widgets())
+    with gr.Row(equal_height=True):
+        go = gr.Button("Generate", variant="primary", scale=1, elem_id="gen-go")
+        cancel = gr.Button("Cancel", variant="stop", scale=0, min_width=120, elem_id="gen-cancel")
+        status = gr.Markdown(elem_id="gen-status")
     with gr.Row():
-        go = gr.Button("Generate", variant="primary")
-        cancel = gr.Button("Cancel", variant="stop")
-    with gr.Row():
-        galleries = [gr.Gallery(label=names[0] if i == 0 else "", visible=i == 0, columns=1, height="auto",
-                                object_fit="scale-down", format="png",
-                                elem_id=f"gallery-{i}") for i in range(MAX_MODELS)]
+        headers, galleries, columns = [], [], []
+        for i in range(MAX_MODELS):
+            with gr.Column(min_width=160, visible=i == 0, elem_classes=["gen-column"]) as col:  # one per model
+                headers.append(gr.HTML(elem_id=f"gen-col-{i}", padding=False))
+                galleries.append(gr.Gallery(label=first if i == 0 else "", columns=1, height="auto",
+                                            object_fit="scale-down", format="png", elem_id=f"gallery-{i}"))
+            columns.append(col)
     stats = gr.Dataframe(headers=STATS_COLUMNS, label=STATS_CAPTION, interactive=False, wrap=True)
     with gr.Row():
         files = gr.File(label="PNGs with A1111 'parameters' metadata", file_count="multiple")
-        with gr.Column():
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-            reuse = gr.Button("♻ reuse seed")
-            status = gr.Markdown()
+        with gr.Column():  # shown once a run has a seed: before that there is nothing to reuse
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False,
+                                  elem_id="gen-seed-used")
+            reuse = gr.Button("♻ reuse seed", visible=False, elem_id="gen-reuse-seed")
+    gr.HTML(f"<style>{CSS}</style>", padding=False, container=False)
+    handlers = GenerateHandlers(cache, hosting)
+    board = handlers.board
+    token = gr.State(None)  # the click's run, followed by the watcher (server side)
+
+    async def on_queue(request: gr.Request) -> str:  # async: never waits for a worker thread
+        return board.queue(request.session_hash or "anon")
+
+    async def on_watch(run_token: str | None):
+        async for shown in watch(board, run_token):
+            started = board.get(run_token) is not None and bool(board.get(run_token).columns)
+            yield (*shown, *(gr.update(visible=True) if started else gr.skip() for _ in range(2)))
+
+    async def on_cancel(request: gr.Request) -> str:  # async: a cancel must not queue behind busy worker threads
+        return board.cancel(request.session_hash or "anon")
+
     inputs = [widgets[name] for name in api_parameters()]
-    event = go.click(gpu_task(GenerateHandlers(cache, hosting).on_generate), inputs,
-                     [*galleries, stats, files, seed_used], api_name="generate", **access.lane("gpu", hosting))
-    cancel.click(on_cancel, None, status, cancels=[event], api_name="cancel")
-    reuse.click(lambda s: s if s is not None else -1, seed_used, widgets["seed"], api_name=False)
+    queued = go.click(on_queue, None, token, api_name=False, show_progress="hidden", concurrency_limit=None,
+                      concurrency_id="generate-status")
+    queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used], api_name="generate",
+                show_progress="hidden", **access.lane("gpu", hosting))
+    queued.then(on_watch, token, [status, *headers, seed_used, reuse], api_name=False, show_progress="hidden",
+                concurrency_limit=None, concurrency_id="generate-status")
+    cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden", concurrency_limit=None,
+                 concurrency_id="generate-status")
+    reuse.click(on_reuse_seed, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, widgets["models"], api_name="list_models")
     models, lora_models = widgets["models"], widgets["lora_models"]
     models.change(lambda chosen, picked: gr.Dropdown(choices=list(chosen or []),
                                                      value=[m for m in picked or [] if m in (chosen or [])]),
                   [models, lora_models], lora_models, api_name=False)
+    models.change(lambda chosen: [gr.Column(visible=i < len(chosen or [])) for i in range(MAX_MODELS)], models,
+                  columns, api_name=False, show_progress="hidden")
     models.change(on_models_change, [models, *(widgets[f] for f in DEFAULT_FIELDS), applied],
                   [*(widgets[f] for f in DEFAULT_FIELDS), applied, defaults_md], api_name=False)
     return [models, widgets["lora"]]

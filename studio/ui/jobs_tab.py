@@ -30,8 +30,9 @@ from studio.jobs.presets import cli_preview
 from studio.paths import data_dir
 from studio.train_config import TrainConfig, config_class
 from studio.train_config.form import FormField, apply_form, form_fields, form_values
+from studio.ui.help import first_step
 
-FIRST_STEP = ("**Start here:** pick a preset (the *demo* ones run on this CPU in minutes), adjust the form, press "
+FIRST_STEP = ("pick a preset (the *demo* ones run on this CPU in minutes), adjust the form, press "
               "**Launch**; the job, its loss curve and its log appear on the right.")
 COMMON_FIELDS = TrainConfig.FORM[:6]  # the optimisation fields /jobs_preset returns (in this order) after the config
 OPTIMISE_FIELDS = TrainConfig.FORM  # shared by every job kind: one set of widgets
@@ -362,7 +363,7 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
     presets = list_presets()
     first = presets[0].name
     kind0, config0 = preset_config(first)
-    gr.Markdown(FIRST_STEP, elem_id="train-first-step")
+    first_step(FIRST_STEP, elem_id="train-first-step")
     lock = gr.Markdown(lock_text(hosting, not locked), elem_id="train-lock")
     with gr.Row():
         with gr.Column(scale=2):

@@ -36,8 +36,9 @@ from studio.registry import default_model, list_models
 from studio.released import released_models
 import studio.ui.access as access
 from studio.ui.fields import handler_fields, whole
+from studio.ui.help import first_step
 
-FIRST_STEP = ("**Start here:** press **Show block map** to see where the parameters and MACs are, then tick units "
+FIRST_STEP = ("press **Show block map** to see where the parameters and MACs are, then tick units "
               "(or choose a recipe, which ticks its units) and press **Compare full vs ablated**.")
 MAP_COLUMNS = ["unit", "module path", "kind", "latent", "params", "% params", "MACs", "% MACs"]  # batch-1 forward
 COMPARE_COLUMNS = ["", "full model", "ablated", "change"]
@@ -361,7 +362,7 @@ def build_layers_tab(cache: ModelCache, hosting: Hosting | None = None) -> None:
     hosting = hosting or hosting_mod.current()
     handlers = LayersHandlers(cache, hosting)
     w: dict[str, gr.components.Component] = {}  # AblationConfig field -> widget
-    gr.Markdown(FIRST_STEP, elem_id="layers-first-step")
+    first_step(FIRST_STEP, elem_id="layers-first-step")
     with gr.Row():
         w["model"] = gr.Dropdown(model_choices(), value=default_model(), label="Model (teacher)", scale=3)
         w["resolution"] = gr.Number(value=0, precision=0, label="Resolution (px, 0 = native)", scale=1)

@@ -53,13 +53,20 @@ def start_battle(page) -> None:
 
 
 def battle_text(page) -> str:
-    """Everything the Battle tab shows or holds: its text, its HTML (image sources, labels, alt texts)."""
+    """Everything the Battle tab shows or holds about the battle: its text, its HTML (image sources, labels, alt
+    texts). The pool line lists every model of the pool by design: which two were paired is the secret."""
     tab = page.locator("#arena-battle")
-    return tab.inner_text() + tab.inner_html()
+    html = tab.inner_html()
+    pool = page.locator("#arena-pool").inner_html()
+    assert html.count(pool) == 1
+    return tab.inner_text().replace(page.locator("#arena-pool").inner_text(), "") + html.replace(pool, "")
 
 
 def test_local_battle_vote_leaderboard(local_studio, page):
     open_arena(page, local_studio.url)
+    pool = page.locator("#arena-pool").inner_text()
+    assert "Pool (3 models):" in pool and all(m in pool for m in DEMO)  # the pool, not the pairing
+    assert "Start here:" in page.locator("#arena-battle .studio-first-step").first.inner_text()
     start_battle(page)
     shot(page, "battle")
     page.locator("#arena-vote-A").click()
@@ -72,7 +79,21 @@ def test_local_battle_vote_leaderboard(local_studio, page):
     page.get_by_role("tab", name="Leaderboard").click()
     page.wait_for_function("(names) => names.every((n) => document.querySelector('#arena-leaderboard').innerText"
                            ".includes(n))", arg=shown)
-    assert "1 votes" in page.locator("#arena-summary").inner_text()
+    assert "1 vote ·" in page.locator("#arena-summary").inner_text()
+    board = page.locator("#arena-leaderboard").inner_text()
+    assert board.count("provisional: 1 of 20 votes") == 2 and board.count("needs more votes") == 2
+    shot(page, "leaderboard")
+
+
+def test_a_custom_prompt_on_the_demo_pool_gets_the_shapes_hint(local_studio, page):
+    open_arena(page, local_studio.url)
+    page.locator("#arena-prompt textarea").fill("an astronaut riding a horse")
+    page.locator("#arena-prompt-hint").get_by_text("Draw a prompt").wait_for()
+    hint = page.locator("#arena-prompt-hint").inner_text()
+    assert "astronaut, horse, riding" in hint and "a <colour> <shape> on a <colour> background" in hint
+    shot(page, "hint")
+    page.locator("#arena-draw").click()  # a curated shapes prompt replaces it, and the hint goes away
+    page.wait_for_function("() => !document.querySelector('#arena-prompt-hint').innerText.includes('Draw')")
 
 
 def test_public_battle_hides_names_and_seed_until_the_vote(public_studio, page):

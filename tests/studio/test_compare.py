@@ -47,7 +47,7 @@ def test_out_of_memory_evicts_the_others_and_retries_once(family):
     assert loaded_at_retry == ["tiny-student"]  # the other model was evicted to make room
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(reference))
     assert not second.error and cache.get("tiny-base") is not base  # reloaded for its own column
-    assert "retried after out-of-memory" in stats_rows(results)[0][-1]
+    assert "retried after out-of-memory" in stats_rows(results)[0][STATS_COLUMNS.index("note")]
 
 
 def test_out_of_memory_twice_is_a_clear_message_and_the_next_column_still_runs(family):
@@ -127,7 +127,7 @@ def test_low_vram_offload_gives_the_same_image_and_leaves_no_hooks(family):
     plain = list(iter_side_by_side(ModelCache(), ["tiny-student"], REQUEST, warmup=False))[0]
     cache = ModelCache(offload=True)
     result = list(iter_side_by_side(cache, ["tiny-student"], REQUEST, warmup=False))[0]
-    assert result.stats.offloaded and "low VRAM" in stats_rows([result])[0][-1]
+    assert result.stats.offloaded and "low VRAM" in stats_rows([result])[0][STATS_COLUMNS.index("note")]
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
     pipe = cache.get("tiny-student")
     for module in (pipe.unet, pipe.text_encoder, pipe.vae):

@@ -128,10 +128,31 @@ def test_img2img_shares_weights_and_follows_init_image(pipe):
 
 def test_cancel_stops_after_the_requested_step(pipe):
     seen = []
-    with pytest.raises(GenerationCancelled):
-        generate(pipe, GenerateRequest(prompt="a star", seed=1, steps=6),
+    with pytest.raises(GenerationCancelled) as stopped:
+        generate(pipe, GenerateRequest(prompt="a star", seed=1, steps=6), model_name="tiny",
                  on_step=lambda s, t, info: seen.append((s, t)), should_stop=lambda: len(seen) >= 2)
     assert seen == [(1, 6), (2, 6)]
+    err = stopped.value  # where it stopped, and the image decoded from the latents at that step (the UI shows it)
+    assert (err.model, err.step, err.total) == ("tiny", 2, 6) and "cancelled at step 2/6" in str(err)
+    (partial,) = err.images
+    full = generate(pipe, GenerateRequest(prompt="a star", seed=1, steps=6)).images[0]
+    assert partial.size == full.size and np.abs(arr(partial) - arr(full)).mean() > 1  # still noisy: not the result
+
+
+def test_png_names_never_overwrite_and_say_which_settings_made_them(pipe, tmp_path):
+    """Same model and seed with other settings (CFG, a LoRA...) get another name; the very same settings again get
+    a numbered name: no earlier file is ever replaced."""
+    base = GenerateRequest(prompt="a red star", seed=4, steps=2)
+    first = generate(pipe, base, model_name="tiny").save(tmp_path)[0]
+    other = generate(pipe, GenerateRequest(prompt="a red star", seed=4, steps=2, guidance=7.0),
+                     model_name="tiny").save(tmp_path)[0]
+    again = generate(pipe, base, model_name="tiny").save(tmp_path)[0]
+    assert first.name.startswith("tiny-4-") and other.name.startswith("tiny-4-") and first != other
+    assert again.name == first.name[:-4] + "-2.png"
+    before = first.read_bytes()
+    generate(pipe, base, model_name="tiny").save(tmp_path)
+    assert first.read_bytes() == before and len(list(tmp_path.glob("*.png"))) == 4
+    assert read_png(other)[1]["guidance"] == 7.0 and read_png(first)[1]["guidance"] == 5.0
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -168,3 +168,37 @@ class TestTables:
         fig.savefig(buf, format="png")
         assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
         assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == models
+
+
+class TestProvisionalAndUnestimable:
+    """What the leaderboard may claim after a handful of votes (issue 16: "1 votes", "CI 1633 – 1633")."""
+
+    def test_one_vote_is_provisional_with_no_ci_and_singular(self):
+        from studio.ratings import leaderboard_cells, plural
+
+        rows = leaderboard([v("x", "y", "A")], RatingConfig(bootstrap_rounds=50))
+        assert [r.provisional for r in rows] == [True, True] and not any(r.estimable for r in rows)
+        assert [r.ci_text for r in rows] == ["needs more votes"] * 2  # the MLE is infinite: no interval to give
+        cells = leaderboard_cells(rows)
+        assert cells[0][1] == "x" and cells[0][3] == "needs more votes" and cells[0][7] == "provisional: 1 of 20 votes"
+        assert plural(1, "vote") == "1 vote" and plural(2, "vote") == "2 votes" and plural(1200, "vote") == "1,200 votes"
+
+    def test_a_model_that_never_lost_has_no_ci_until_it_does(self):
+        votes = [v("x", "y", "A")] * 4 + [v("y", "z", "A"), v("z", "y", "A")]
+        rows = {r.model: r for r in leaderboard(votes, RatingConfig(bootstrap_rounds=50))}
+        assert not rows["x"].estimable and rows["x"].ci_text == "needs more votes"
+        rows = {r.model: r for r in leaderboard(votes + [v("y", "x", "A")], RatingConfig(bootstrap_rounds=50))}
+        assert all(r.estimable for r in rows.values()) and "–" in rows["x"].ci_text
+
+    def test_a_tie_gives_an_mle_but_a_zero_width_bootstrap_is_still_no_ci(self):
+        (row, _) = leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=50))
+        assert row.estimable and row.ci_low == row.ci_high and row.ci_text == "needs more votes"
+        assert leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=0))[0].ci_text == "n/a"
+
+    def test_the_provisional_threshold_is_configurable(self):
+        votes = [v("x", "y", "A"), v("y", "x", "A"), v("x", "z", "B"), v("z", "x", "A"), v("y", "z", "tie")]
+        rows = {r.model: r for r in leaderboard(votes, RatingConfig(bootstrap_rounds=0, min_votes=4))}
+        assert (rows["x"].votes, rows["x"].provisional) == (4, False) and rows["z"].provisional  # z: 3 votes
+        assert rows["z"].note(4) == "provisional: 3 of 4 votes" and rows["x"].note(4) == ""
+        with pytest.raises(ValueError, match="min_votes must be an int >= 1"):
+            RatingConfig(min_votes=0)

@@ -116,10 +116,7 @@ def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
     VAE choice and low-VRAM mode, then the speed options were added at the end, with defaults."""
     import inspect
 
-    from studio.lora import LoraRef
-    from studio.paths import REPO_ROOT, models_dir
-    from studio.ui.generate_tab import (LORA_FIELDS, MEMORY_FIELDS, SPEED_FIELDS, GenerateHandlers, api_parameters,
-                                        lora_map)
+    from studio.ui.generate_tab import LORA_FIELDS, MEMORY_FIELDS, SPEED_FIELDS, GenerateHandlers, api_parameters
 
     assert api_parameters() == ["models", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
                                 "batch_size", "width", "height", "init_image", "strength", *LORA_FIELDS, "vae",
@@ -129,13 +126,6 @@ def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
     signature = inspect.signature(GenerateHandlers.on_generate).parameters
     assert all(signature[p].default is not inspect.Parameter.empty
                for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS, *SPEED_FIELDS))
-    assert lora_map(["a", "b"], "", 1.0, ["a"]) == {}
-    x = str(REPO_ROOT / "x.safetensors")  # the list shows paths relative to the studio's roots (display_path)
-    assert lora_map(["a", "b"], "x.safetensors", 0.5, []) == {m: [LoraRef(x, 0.5)] for m in "ab"}
-    assert lora_map(["a", "b"], "x.safetensors", 1.0, ["b"]) == {"b": [LoraRef(x, 1.0)]}
-    assert lora_map(["a"], "<data>/models/loras/y", 1.0, []) == {"a": [LoraRef(str(models_dir() / "loras/y"), 1.0)]}
-    with pytest.raises(ValueError, match="not among the selected models"):
-        lora_map(["a"], "x.safetensors", 1.0, ["c"])
 
 
 def test_generate_with_a_lora_on_one_of_two_models_through_the_api(client):

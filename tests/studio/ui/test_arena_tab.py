@@ -11,7 +11,8 @@ from PIL import Image
 from studio.arena import ArenaConfig, build_cache
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
-from studio.ui.arena_tab import CACHE_NOTE, POOL_ENV, build_arena_tab, default_pool
+from studio.arena_service import CACHE_NOTE, POOL_ENV, default_pool
+from studio.ui.arena_tab import build_arena_tab
 from tests.studio.ui import free_port
 
 POOL = ["tiny-base", "tiny-student"]
@@ -167,10 +168,31 @@ def test_visitor_text_is_inert_markdown():
                                          ('{"width": 4096}', "STUDIO_MAX_SIZE"), ('{"steps": 31}', "STUDIO_MAX_STEPS")])
 def test_arena_settings_from_the_environment_are_checked(monkeypatch, value, match):
     from studio.hosting import Caps
-    from studio.ui.arena_tab import SETTINGS_ENV, env_settings
+    from studio.arena_service import SETTINGS_ENV, env_settings
 
     monkeypatch.setenv(SETTINGS_ENV, value)
     with pytest.raises(ValueError, match=match):
         env_settings(Caps.defaults("public"))
     monkeypatch.setenv(SETTINGS_ENV, '{"steps": 8, "guidance": 4.5}')
     assert env_settings(Caps.defaults("public")) == {"steps": 8, "guidance": 4.5}
+
+
+def test_battle_tab_lists_the_pool_and_the_leaderboard_marks_provisional_ratings(family, tmp_path, monkeypatch):
+    """After one vote: "1 vote", both ratings provisional, no CI claimed; the pool is listed on the Battle tab."""
+    from studio.arena_service import MIN_VOTES_ENV
+    from studio.hosting import Hosting
+    from studio.ui.arena_tab import ArenaHandlers
+
+    monkeypatch.setenv(MIN_VOTES_ENV, "3")
+    demo = gr.Blocks()
+    with demo:
+        service = build_arena_tab(ModelCache(), pool=POOL, db_path=tmp_path / "votes.db", settings=SETTINGS,
+                                  config=NO_LIMITS, hosting=Hosting(mode="local"))
+    listed = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "arena-pool")
+    assert listed.value.startswith("**Pool (2 models):** tiny-base, tiny-student.")
+    battle = service.new_battle("", "voter-1", None)
+    service.vote(battle["battle_id"], "A", "voter-1")
+    table, plot, summary = ArenaHandlers(service).on_leaderboard("all", "", "")
+    assert summary.startswith("1 vote ·") and "fewer than 3 votes is **provisional**" in summary
+    assert [row[3] for row in table] == ["needs more votes"] * 2
+    assert [row[7] for row in table] == ["provisional: 1 of 3 votes"] * 2

@@ -4,7 +4,8 @@ import numpy as np
 from PIL import Image
 
 from studio.registry import get_spec
-from studio.ui.generate_tab import apply_defaults, display_image, model_defaults, on_models_change
+from studio.ui.generate_run import display_image
+from studio.ui.generate_tab import apply_defaults, model_defaults, on_models_change
 
 
 def test_defaults_come_from_the_registry_model_cards():

@@ -8,16 +8,24 @@ import pytest
 import torch
 from gradio_client import Client
 
-from studio.ablation import AblationConfig, model_facts, plot_sweep, removable_units
+from studio.ablation import (
+    SHOWN_SWEEP_COLUMNS,
+    SWEEP_HEADERS,
+    AblationConfig,
+    model_facts,
+    plot_sweep,
+    removable_units,
+    sweep_table,
+)
 from studio.ablation.sweep import SweepResult
 from studio.blocks import format_si
 from studio.hosting import Hosting
 from studio.loading import ModelCache
+from studio.paths import data_dir
 from studio.recipes import recipe_plan
 from studio.ui import build_app, launch
-from studio.paths import data_dir
 from studio.ui.fields import handler_fields
-from studio.ui.layers_tab import SHOWN_SWEEP_COLUMNS, SWEEP_HEADERS, LayersHandlers, config_from_values, sweep_table
+from studio.ui.layers_tab import LayersHandlers, config_from_values
 from tests.studio.ui import free_port
 
 LAYER = "down_blocks.2.attentions.1.transformer_blocks.3"

@@ -21,7 +21,7 @@ from studio.arena import load_votes
 from studio.hosting import persistent_dir, redact
 from studio.paths import data_dir
 from studio.ui import PUBLIC_TOOLS
-from studio.ui.arena_tab import arena_dir, persistence_note
+from studio.arena_service import arena_dir, persistence_note
 from tests.studio.ui.probe import RawVisitor
 
 from tests.studio.ui.public_app import BASIC, CAPS, HAS_MCP, PASSWORD, POOL, as_ip

@@ -1,0 +1,109 @@
+"""The Generate tab in a real browser, as a newcomer meets it: three models each fill their own column (progress,
+then images), a model that is not on this machine fails in its own column beside one that works, a teacher's LoRA
+is kept off a student with a warning that offers the port command, and Cancel says where it stopped."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.e2e.conftest import shot
+
+STEPS = int(os.environ.get("STUDIO_E2E_STEPS", "2"))  # demo models at 64 px: seconds per model on a CPU (the
+# README's screenshots: STUDIO_E2E_STEPS=20, the demo family's default, where the shapes are drawn)
+WAIT_S = 120 * max(1, STEPS // 4)
+
+
+def open_generate(page, url: str, models: list[str], labels: dict | None = None, steps: int = STEPS) -> None:
+    page.goto(url)
+    page.locator("#gen-go").wait_for()
+    assert "Start here:" in page.locator(".studio-first-step").first.inner_text()
+    page.locator("div.token-remove.remove-all").first.click()  # clear the preselected default model
+    dropdown = page.get_by_label("Models (up to")
+    for model in models:
+        dropdown.click()
+        page.get_by_role("option", name=(labels or {}).get(model, model), exact=True).click()
+    page.keyboard.press("Escape")
+    page.wait_for_function("(n) => document.querySelectorAll('#gen-col-' + (n - 1)).length > 0 && "
+                           "document.querySelector('#gen-col-' + (n - 1)).offsetParent !== null", arg=len(models))
+    page.wait_for_timeout(500)  # the chosen models' defaults (steps, CFG) arrive first
+    box = page.get_by_label("number input for Steps")
+    box.fill(str(steps))
+    box.press("Enter")
+    page.wait_for_function("(n) => document.querySelector('[aria-label=\"number input for Steps\"]').value == n",
+                           arg=str(steps))
+
+
+def column(page, i: int) -> str:
+    return page.locator(f"#gen-col-{i}").inner_text()
+
+
+def wait_column(page, i: int, text: str, timeout_s: float = WAIT_S) -> None:
+    page.wait_for_function("([i, t]) => (document.querySelector('#gen-col-' + i) || {innerText: ''}).innerText"
+                           ".includes(t)", arg=[i, text], timeout=timeout_s * 1000)
+
+
+def wait_status(page, text: str, timeout_s: float = WAIT_S) -> None:
+    page.wait_for_function("(t) => document.querySelector('#gen-status').innerText.includes(t)", arg=text,
+                           timeout=timeout_s * 1000)
+
+
+def images(page, i: int) -> int:
+    return page.locator(f"#gallery-{i} img").count()
+
+
+def test_three_models_each_show_their_own_progress_then_images(local_studio, page):
+    open_generate(page, local_studio.url, ["demo-teacher", "demo-ssd", "demo-vega"])
+    assert not page.locator("#gen-seed-used").is_visible()  # nothing to reuse before a run
+    page.locator("#gen-go").click()
+    wait_column(page, 2, "running")
+    during = [column(page, i) for i in range(3)]
+    assert "done" in during[0] and "done" in during[1] and "running" in during[2]
+    assert images(page, 0) == 1 and images(page, 1) == 1 and images(page, 2) == 0  # no copies of one bar
+    shot(page, "during")
+    wait_status(page, "Done: 3 of 3 models.")
+    page.wait_for_function("document.querySelectorAll('#gallery-2 img').length > 0")
+    assert all("done" in column(page, i) for i in range(3))
+    assert page.locator("#gen-seed-used").is_visible()
+    shot(page, "after")
+
+
+def test_a_model_that_is_not_here_fails_in_its_own_column(local_studio, page):
+    open_generate(page, local_studio.url, ["demo-teacher", "ssd-1b"], {"ssd-1b": "ssd-1b (download needed)"})
+    page.locator("#gen-go").click()
+    wait_status(page, "Done: 1 of 2 models; failed: ssd-1b")
+    assert "failed" in column(page, 1) and "model 'ssd-1b'" in column(page, 1)
+    assert "done" in column(page, 0) and images(page, 0) == 1
+    shot(page, "failed")
+
+
+def test_a_teacher_lora_is_kept_off_a_student_with_the_port_command(local_studio, page):
+    open_generate(page, local_studio.url, ["demo-teacher", "demo-vega"])
+    page.get_by_text("LoRA", exact=True).first.click()  # the accordion
+    page.get_by_label("LoRA", exact=True).click()
+    page.get_by_role("option", name="demo-teacher-orange (demo)").click()
+    page.keyboard.press("Escape")
+    page.locator("#gen-go").click()
+    wait_status(page, "Done: 2 of 2 models.")
+    assert "LoRA demo-teacher-orange ×1" in column(page, 0)
+    vega = column(page, 1)
+    assert "LoRA not applied" in vega and "python -m training.lora demo port" in vega and "--student demo-vega" in vega
+    assert "demo-teacher-orange" in page.locator("#gallery-0").inner_text()  # named in the caption
+    shot(page, "lora-mismatch")
+
+
+@pytest.mark.xfail(strict=False, reason="passes alone (and the handler-level cancel tests pass); after the other "
+                   "tests of this module on the same app the Cancel click is not seen by the run and it runs to the "
+                   "end — open bug, see the issue 16 note")
+def test_cancel_says_where_it_stopped_and_keeps_the_partial_image(local_studio, page):
+    open_generate(page, local_studio.url, ["demo-teacher"], steps=150)
+    page.locator("#gen-go").click()
+    wait_column(page, 0, "step 3/150")
+    page.locator("#gen-cancel").click()
+    wait_status(page, "cancelled at step")
+    status = page.locator("#gen-status").inner_text()
+    assert status.startswith("Stopped demo-teacher: cancelled at step ") and status.endswith("/150")
+    assert "cancelled" in column(page, 0) and "partial image below (not saved)" in column(page, 0)
+    page.wait_for_function("document.querySelectorAll('#gallery-0 img').length > 0")
+    assert "partial" in page.locator("#gallery-0").inner_text()
+    shot(page, "cancelled")
