@@ -4,6 +4,8 @@
     python -m studio generate --model demo-teacher --prompt "a red circle on a blue background" --out outputs/cli
     python -m studio generate --model /data/my-unet --base sdxl --prompt "a lighthouse"
     python -m studio smoke --model vega --dtype bf16 --size 256
+    python -m studio generate --prompt "a red star on a green background" --feature-reuse 3 --compile regional
+    python -m studio bench unet --resolution 256 --threads 2        # and bench memory|side-by-side|options
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import fields
 
 from studio.generation import GenerateRequest
 from studio.schedulers import SCHEDULERS
+from studio.speed import COMPILE
 
 REQUEST_HELP = {
     "prompt": "what to draw", "negative_prompt": "what to avoid", "seed": "-1 = random (reported)",
@@ -21,7 +24,13 @@ REQUEST_HELP = {
     "width": "pixels, multiple of 8 (default: the model's native size)", "height": "pixels, multiple of 8",
     "scheduler": "one of: " + ", ".join(SCHEDULERS), "batch_size": "images per model (1-8)",
     "strength": "image-to-image strength (0, 1]",
-    "vae": "default (the model's own) or fp16-fix (madebyollin/sdxl-vae-fp16-fix: decodes in fp16 on a GPU)",
+    "vae": "default (the model's own), fp16-fix (madebyollin/sdxl-vae-fp16-fix: decodes in fp16 on a GPU) or "
+           "taesdxl (madebyollin/taesdxl: tiny preview decoder, SDXL-class models)",
+    "attention": "sdpa (default: PyTorch's fused attention) or classic", "channels_last": "NHWC convolution weights",
+    "fuse_qkv": "one projection for Q, K and V (not with --lora)",
+    "vae_decode": "auto (sliced for batches, tiled when large), full, sliced or tiled",
+    "feature_reuse": "DeepCache-style: recompute the deep UNet features every N steps, reuse them between (1 = off)",
+    "feature_reuse_branch": "skip branch recomputed on reused steps (0 = shallowest, fastest)",
 }
 MODEL_HELP = ("registry name, local folder/.safetensors, or hub id owner/name (tried in that order); repeat for "
               "side by side")
@@ -37,10 +46,13 @@ def _add_request_args(parser: argparse.ArgumentParser, *, prompt: str | None = N
             parser.add_argument("--init-image", help="image-to-image: path of the starting image")
             continue
         default = getattr(defaults, f.name)
-        kind = {"seed": int, "steps": int, "batch_size": int, "width": int, "height": int,
-                "guidance": float, "strength": float}.get(f.name, str)
+        kind = {"seed": int, "steps": int, "batch_size": int, "width": int, "height": int, "feature_reuse": int,
+                "feature_reuse_branch": int, "guidance": float, "strength": float}.get(f.name, str)
         if f.name == "prompt":
             parser.add_argument("--prompt", default=prompt, required=prompt is None, help=REQUEST_HELP["prompt"])
+            continue
+        if isinstance(default, bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=REQUEST_HELP.get(f.name))
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=REQUEST_HELP.get(f.name))
 
@@ -71,7 +83,7 @@ def _specs(args) -> list:
 def _cache(args):
     from studio.loading import ModelCache
 
-    return ModelCache(offload=args.low_vram)
+    return ModelCache(offload=args.low_vram, compile=args.compile)
 
 
 def cmd_generate(args) -> int:
@@ -145,6 +157,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--low-vram", action="store_true",
                         help="keep weights in CPU memory and move one component at a time to the GPU "
                              "(diffusers model CPU offload): slower, fits smaller GPUs")
+    parser.add_argument("--compile", choices=COMPILE, default="off",
+                        help="torch.compile the UNet: regional (its transformer layers, short compile) or full; "
+                             "the first call compiles (see python -m studio bench options)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
+    from studio.bench.cli import register as register_bench
+
+    register_bench(bench.add_subparsers(dest="bench_command", metavar="{unet,memory,side-by-side,options}"))
     models = sub.add_parser("models", help="list the model registry")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
@@ -188,6 +206,7 @@ def _extension_modules():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # reports record the command that made them
     try:
         return args.func(args)
     except ValueError as err:  # bad input: one clear line, no traceback

@@ -9,6 +9,12 @@ running the loop); ``should_stop()`` is polled after every step and interrupts t
 
 Memory: the VAE decodes one image at a time for batches and in tiles above ``TILE_ABOVE_PIXELS`` (or when asked to,
 after an out-of-memory); a call can stream components to the GPU one at a time (``offload_device``, low-VRAM mode).
+
+Speed options (request fields, applied to the shared modules for this call only, see ``studio.speed``): ``attention``,
+``channels_last``, ``fuse_qkv``, ``vae_decode``, the tiny preview VAE (``vae="taesdxl"``) and feature reuse across
+steps (``feature_reuse`` = the interval, ``feature_reuse_branch``; ``studio.reuse``). ``torch.compile`` is a mode of
+the model cache (``ModelCache.set_compile``). None is on by default: each costs speed or image fidelity somewhere
+(``python -m studio bench options`` measures both).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import json
 import secrets
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -33,7 +39,9 @@ from studio.memory import PeakMemory, module_bytes
 from studio.names import safe_name
 from studio.pngmeta import format_parameters, save_png
 from studio.registry import VAES
+from studio.reuse import FeatureReuse, check_reuse
 from studio.schedulers import SCHEDULERS, make_scheduler
+from studio.speed import ATTENTION, VAE_DECODE, check_choice, check_flag, options_applied
 
 MIN_SIZE, MAX_SIZE = 32, 2048
 MAX_STEPS, MAX_BATCH, MAX_PROMPT_CHARS = 150, 8, 2000
@@ -69,7 +77,14 @@ class GenerateRequest:
     batch_size: int = 1  # images per model, 1-8
     init_image: Image.Image | None = field(default=None, compare=False, repr=False)  # set for image-to-image
     strength: float = 0.75  # image-to-image: how much of the init image is replaced, (0, 1]
-    vae: str = "default"  # "default" (the model's own) or "fp16-fix" (SDXL's VAE that decodes in fp16)
+    vae: str = "default"  # "default" (the model's own), "fp16-fix" (SDXL's VAE that decodes in fp16), "taesdxl" (tiny)
+    # speed options (studio.speed, studio.reuse); the defaults are the plain diffusers path
+    attention: str = "sdpa"  # "sdpa" (PyTorch's fused attention) or "classic"
+    channels_last: bool = False  # convolution weights in NHWC for this call
+    fuse_qkv: bool = False  # one projection for Q, K, V (diffusers' fuse_qkv_projections); not with LoRAs
+    vae_decode: str = "auto"  # "auto" (sliced for batches, tiled when large), "full", "sliced" or "tiled"
+    feature_reuse: int = 1  # DeepCache-style: deep UNet features recomputed every N steps, reused between; 1 = off
+    feature_reuse_branch: int = 0  # the skip branch recomputed on reused steps: 0 = shallowest (fastest)
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT_CHARS:
@@ -97,6 +112,11 @@ class GenerateRequest:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
         if self.vae not in VAES:
             raise ValueError(f"unknown vae {self.vae!r}; choose one of: {', '.join(VAES)}")
+        check_choice("attention", self.attention, ATTENTION)
+        check_flag("channels_last", self.channels_last)
+        check_flag("fuse_qkv", self.fuse_qkv)
+        check_choice("vae_decode", self.vae_decode, VAE_DECODE)
+        check_reuse(self.feature_reuse, self.feature_reuse_branch)
 
     def to_dict(self) -> dict:
         out = asdict(replace(self, init_image=None))
@@ -126,6 +146,7 @@ class GenerateStats:
     offloaded: bool = False  # low-VRAM mode: components streamed to the device one at a time
     warmup_s: float | None = None  # untimed first call after loading, when one was made (set by compare)
     retried: bool = False  # succeeded on the second try after an out-of-memory (set by compare)
+    reused_steps: int = 0  # feature reuse: denoising steps that reused the deep UNet features
 
 
 @dataclass
@@ -206,7 +227,9 @@ def infotext(request: GenerateRequest, seed: int, model: str, lora_hashes: str =
     fields = {"Steps": request.steps, "Sampler": request.scheduler, "CFG scale": request.guidance, "Seed": seed,
               "Size": f"{request.width}x{request.height}", "Model": model,
               "Denoising strength": request.strength if request.init_image is not None else None,
-              "VAE": VAES[request.vae] and request.vae, "Lora hashes": lora_hashes, "Version": VERSION}
+              "VAE": VAES[request.vae] and request.vae, "Lora hashes": lora_hashes,
+              "Feature reuse": (f"{request.feature_reuse} (branch {request.feature_reuse_branch})"
+                                if request.feature_reuse > 1 else None), "Version": VERSION}
     return format_parameters(request.prompt, request.negative_prompt, fields)
 
 
@@ -228,7 +251,8 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     ``loras`` are applied with their scales for this call only; ``roots`` restricts LoRA paths to those folders
     (UI/API callers). ``vae`` replaces the model's VAE for this call (``request.vae`` names it). With
     ``offload_device`` the call moves one whole component at a time to that device (weights stay in CPU memory);
-    ``tile_vae`` forces tiled decoding (the retry after an out-of-memory).
+    ``tile_vae`` forces tiled decoding (the retry after an out-of-memory). The request's speed options are applied to
+    the UNet and VAE for this call and undone afterwards.
     """
     # 1. resolve the random seed and the model's native size
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed == -1 else request.seed
@@ -238,6 +262,15 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         raise ValueError(f"width and height must be multiples of {pipe.vae_scale_factor} for model {model_name}")
     if request.vae != "default" and vae is None:
         raise ValueError(f"request.vae={request.vae!r} needs the loaded VAE (ModelCache.vae) passed as vae=")
+    if request.fuse_qkv and loras:
+        raise ValueError("fuse_qkv cannot be combined with LoRAs: the fused projection would drop their Q/K/V "
+                         "changes; turn one of them off")
+    if request.feature_reuse > 1 and "_compiled_call_impl" in pipe.unet.__dict__:
+        raise ValueError("feature_reuse cannot run on a UNet compiled whole (compile=full): every reused step would "
+                         "be a recompiled variant of the whole graph (measured: minutes of compiling, no speed-up); "
+                         "use compile=regional or off")
+    reuse = (FeatureReuse(pipe.unet, request.feature_reuse, request.feature_reuse_branch)
+             if request.feature_reuse > 1 else None)  # checks the branch against this UNet before anything runs
     # 2. a pipeline view with the requested scheduler (and VAE) over the same modules
     cls = StableDiffusionXLImg2ImgPipeline if request.init_image is not None else StableDiffusionXLPipeline
     components = {**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)}
@@ -253,6 +286,8 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
 
     def callback(p, i, t, kwargs):
         done[0] = i + 1
+        if reuse is not None:
+            reuse.next_step()
         if on_step is not None:
             on_step(i + 1, p.num_timesteps, {"model": model_name, "timestep": int(t), "scheduler": p.scheduler})
         if should_stop is not None and should_stop():
@@ -268,12 +303,17 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         kwargs.update(image=request.init_image.convert("RGB").resize((request.width, request.height)),
                       strength=request.strength)
     # 4. run and measure
-    tiled = tile_vae or request.width * request.height > TILE_ABOVE_PIXELS
+    auto = request.vae_decode == "auto"
+    tiled = tile_vae or request.vae_decode == "tiled" or (auto and request.width * request.height > TILE_ABOVE_PIXELS)
+    sliced = request.vae_decode == "sliced" or (auto and request.batch_size > 1)
     weights = module_bytes(m for m in components.values() if isinstance(m, torch.nn.Module))
-    with _decode_mode(view.vae, tiled=tiled, sliced=request.batch_size > 1), _offloaded(view, offload_device), \
-            loras_applied(pipe, list(loras), roots=roots), torch.inference_mode(), PeakMemory(device) as peak:
-        start = time.perf_counter()
-        images = view(**kwargs).images
+    speed = options_applied([view.unet, view.vae], attention=request.attention, channels_last=request.channels_last,
+                            fuse_qkv=request.fuse_qkv)
+    with _decode_mode(view.vae, tiled=tiled, sliced=sliced), _offloaded(view, offload_device), \
+            loras_applied(pipe, list(loras), roots=roots), PeakMemory(device) as peak:
+        start = time.perf_counter()  # applying and undoing the speed options is part of the call's cost
+        with speed, reuse or nullcontext(), torch.inference_mode():
+            images = view(**kwargs).images
         latency = time.perf_counter() - start
     if view.interrupt:  # diffusers still decoded the latents where the loop stopped: the partial images
         raise GenerationCancelled(f"generation with {model_name} was cancelled at step {done[0]}/{view.num_timesteps}",
@@ -282,7 +322,8 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, weights_mb=weights / 2**20,
                           peak_added_mb=peak.added_bytes / 2**20, memory_kind=peak.kind,
                           unet_params=sum(p.numel() for p in pipe.unet.parameters()), device=str(device),
-                          vae_tiled=tiled, offloaded=offload_device is not None)
+                          vae_tiled=tiled, offloaded=offload_device is not None,
+                          reused_steps=reuse.reused_steps if reuse is not None else 0)
     hashes = _lora_hashes(list(loras), roots)
     texts = [infotext(request, seed + i, model_name, hashes) for i in range(len(images))]
     return GenerateResult(model_name, images, seed, request, stats, texts, list(loras))

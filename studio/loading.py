@@ -13,6 +13,10 @@ Memory: before loading, the bytes a model would add are read from its safetensor
 models are evicted until the weights plus the working memory of the request fit the budget. ``memory_bytes()`` is
 what is resident, each shared tensor counted once. Low-VRAM mode keeps weights in CPU memory and moves one whole
 component at a time to the GPU during a call (diffusers' model CPU offload).
+
+Compile mode (``set_compile``: "off", "regional", "full"; ``studio.speed.compile_unet``): the UNets of the cached
+pipelines are compiled with ``torch.compile`` lazily, on their first call in that mode (the untimed warm-up), and the
+compiled code is kept per model, so switching modes back and forth recompiles nothing.
 """
 from __future__ import annotations
 
@@ -21,18 +25,19 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import psutil
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from studio.memory import free_memory, module_bytes, safetensors_bytes
 from studio.paths import allow_pickle
-from studio.registry import CONFIGS_DIR, VAES, ModelSpec, get_spec
+from studio.registry import CONFIGS_DIR, TINY_VAES, VAES, ModelSpec, get_spec
 from studio.resolve import ModelLoadError, read_safetensors_header, resolve_spec
+from studio.speed import COMPILE, check_choice, compile_unet
 
 SHARED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
 WEIGHT_COMPONENTS = ("text_encoder", "text_encoder_2", "vae")
@@ -161,16 +166,21 @@ class _Loaded:
     spec: ModelSpec
     pipe: StableDiffusionXLPipeline
     warm: bool = False  # a call has run since loading (first-call costs paid)
+    compiled: str = "off"  # the UNet's compile mode
+    compile_memo: dict = field(default_factory=dict)  # compile mode -> compiled callables (studio.speed)
 
 
 class ModelCache:
     """Loaded pipelines by name; least recently used evicted first so that weights plus a request's working memory
     stay within ``budget_bytes``. One instance per app; safe to share between threads (loads are serialised)."""
 
-    def __init__(self, budget_bytes: int | None = None, runtime: Runtime | None = None, *, offload: bool = False):
+    def __init__(self, budget_bytes: int | None = None, runtime: Runtime | None = None, *, offload: bool = False,
+                 compile: str = "off"):
         self.runtime = runtime or choose_runtime()
         self.budget_bytes = budget_bytes if budget_bytes is not None else default_budget(self.runtime)
         self.offload = offload or os.environ.get("STUDIO_LOW_VRAM") == "1"
+        check_choice("compile", compile, COMPILE)
+        self.compile = compile
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._parts: dict[str, object] = {}  # component key -> loaded text encoder / tokenizer / VAE / scheduler
         self._vaes: dict[str, AutoencoderKL] = {}  # VAE choice -> loaded replacement VAE
@@ -186,7 +196,7 @@ class ModelCache:
             if spec.name in self._models:
                 self._models.move_to_end(spec.name)
                 self._make_room(0, workspace_bytes, keep=spec.name)
-                return self._models[spec.name].pipe
+                return self._compiled(self._models[spec.name])
             self._check_source(spec)
             self._make_room(lambda: self.estimate_bytes(spec), workspace_bytes, keep=None)
             try:
@@ -198,7 +208,7 @@ class ModelCache:
             finally:
                 self._prune_parts()  # parts loaded for a model that failed are not kept
             self._make_room(0, 0, keep=spec.name)  # estimates can miss (a download): enforce after loading too
-            return self._models[spec.name].pipe
+            return self._compiled(self._models[spec.name])
 
     def loaded(self) -> list[str]:
         return list(self._models)
@@ -245,8 +255,9 @@ class ModelCache:
         with self._lock:
             if choice not in self._vaes:
                 repo = VAES[choice]
+                cls = AutoencoderTiny if choice in TINY_VAES else AutoencoderKL
                 try:
-                    vae = AutoencoderKL.from_pretrained(repo, dtype=self.runtime.dtype)
+                    vae = cls.from_pretrained(repo, dtype=self.runtime.dtype)
                 except Exception as err:
                     raise ModelLoadError(
                         f"VAE {choice!r} ({repo}) is not available: it is not in the local Hugging Face cache and "
@@ -271,6 +282,24 @@ class ModelCache:
             for module in self._resident_modules():
                 module.to(self._home)
             free_memory(self.runtime.device)
+
+    def set_compile(self, mode: str) -> None:
+        """Compile mode for every cached UNet: "off", "regional" (the transformer layers) or "full". A model's next
+        call after a change is treated as its first (untimed warm-up, which pays the compile)."""
+        check_choice("compile", mode, COMPILE)
+        with self._lock:
+            if mode == self.compile:
+                return
+            self.compile = mode
+            for entry in self._models.values():
+                entry.warm = False
+
+    def _compiled(self, entry: _Loaded) -> StableDiffusionXLPipeline:
+        """The entry's pipeline with its UNet in the cache's compile mode."""
+        if entry.compiled != self.compile:
+            compile_unet(entry.pipe.unet, self.compile, entry.compile_memo)
+            entry.compiled = self.compile
+        return entry.pipe
 
     @property
     def offload_device(self) -> torch.device | None:

@@ -22,8 +22,10 @@ SOURCE_KINDS = ("hub", "folder", "file")
 SPEC_FILE = "studio_model.json"  # optional, inside an exported folder: {"base": ..., "description": ...}
 CONFIGS_DIR = ASSETS_DIR / "configs"  # released configs laid out like the hub repos: configs/<model>/unet/config.json
 # VAE choices for SDXL-class models: "default" is the model's own; fp16-fix is SDXL's VAE rescaled so that it decodes
-# in fp16 without overflowing (its config says force_upcast: false, so the pipeline does not upcast to fp32).
-VAES = {"default": None, "fp16-fix": "madebyollin/sdxl-vae-fp16-fix"}
+# in fp16 without overflowing (its config says force_upcast: false, so the pipeline does not upcast to fp32); taesdxl
+# is the tiny preview decoder for SDXL latents (AutoencoderTiny: 1.2 M decoder params instead of 49.5 M, loses detail).
+VAES = {"default": None, "fp16-fix": "madebyollin/sdxl-vae-fp16-fix", "taesdxl": "madebyollin/taesdxl"}
+TINY_VAES = ("taesdxl",)  # loaded as diffusers.AutoencoderTiny
 
 
 @dataclass(frozen=True)

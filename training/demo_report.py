@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from studio.demo.concepts import concept_prompts, evaluate_concept
 from studio.demo.shapes import HELDOUT, eval_prompts
+from studio.bench.readme import replace_marked
 from studio.paths import DEMO_DIR, REPO_ROOT
 from training.demo_card import REPORT_END, REPORT_START
 from training.demo_eval import evaluate_pipeline, render, time_interleaved
@@ -275,11 +275,7 @@ def blocks(result: dict) -> dict[Path, dict[str, list[str]]]:
 
 def replace_block(text: str, name: str, lines: list[str]) -> str:
     """``text`` with the marker block ``name`` holding ``lines``; ValueError when the markers are missing."""
-    start = REPORT_START.format(name)
-    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(REPORT_END), re.DOTALL)
-    if not pattern.search(text):
-        raise ValueError(f"no '{start}' ... '{REPORT_END}' block")
-    return pattern.sub(lambda _: "\n".join([start, *lines, REPORT_END]), text, count=1)
+    return replace_marked(text, REPORT_START.format(name), REPORT_END, lines)
 
 
 def write_tables(result: dict) -> list[Path]:

@@ -1,8 +1,9 @@
 """Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
 
 UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest fields (``studio.ui.fields.handler_fields``), then the LoRA
-section (``LORA_FIELDS``) and the memory options (``MEMORY_FIELDS``), in the order of its signature (the API order;
-new parameters go last, with defaults). Choosing models applies the first model's defaults from the registry (steps,
+section (``LORA_FIELDS``), the memory options (``MEMORY_FIELDS``) and the speed options (``SPEED_FIELDS``), in the
+order of its signature (the API order; new parameters go last, with defaults). Each speed option shows its measured
+effect, read from the committed bench reports (``studio.bench.notes``). Choosing models applies the first model's defaults from the registry (steps,
 CFG, negative prompt; size = each model's native one) to every value the user has not changed.
 
 Each model has its own column: a header (``studio.ui.generate_run``: progress, then what was made, its error or its
@@ -30,7 +31,9 @@ from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import VAES, default_model, get_spec, is_available_offline, list_models
 from studio.resolve import resolve_spec
 from studio.schedulers import SCHEDULERS
+from studio.speed import COMPILE, check_choice
 import studio.ui.access as access
+from studio.ui.speed_widgets import build_speed_widgets
 from studio.ui.fields import whole
 from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, made_text, run_outputs, watch
 from studio.ui.help import first_step
@@ -43,6 +46,8 @@ SIZE_PRESETS = {
 }
 LORA_FIELDS = ("lora", "lora_scale", "lora_models")  # on_generate's LoRA parameters (after the request fields)
 MEMORY_FIELDS = ("low_vram",)  # then the memory options (the VAE choice is the request's ``vae`` field)
+SPEED_FIELDS = ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse", "feature_reuse_branch",
+                "compile")  # then the speed options: request fields, and the cache's compile mode
 DEFAULT_FIELDS = ("steps", "guidance", "negative_prompt", "scheduler")  # from the registry when the model set changes
 NOT_LOCAL = "download needed"  # the mark of a model whose weights are not on this machine
 
@@ -136,7 +141,8 @@ def build_memory_widgets(hosting: Hosting) -> dict[str, gr.components.Component]
         with gr.Row():
             w["vae"] = gr.Dropdown([(f"{name} ({vae_status(name)})", name) for name in VAES], value="default",
                                    label="VAE", info="fp16-fix: SDXL's VAE that decodes in fp16 without the fp32 "
-                                                     "upcast (SDXL-class models)")
+                                                     "upcast; taesdxl: tiny preview decoder, fast, less detail "
+                                                     "(SDXL-class models)")
             w["low_vram"] = gr.Checkbox(False, label="Low VRAM (model CPU offload)",
                                         info="weights stay in CPU memory, one component at a time on the GPU: "
                                              "slower, fits smaller cards; no effect without a GPU"
@@ -156,6 +162,9 @@ def request_from_values(values: dict, caps: Caps | None = None) -> GenerateReque
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
+    for name in ("feature_reuse", "feature_reuse_branch"):
+        if values.get(name) is not None:
+            values[name] = whole(name, values[name])
     return GenerateRequest(**values)
 
 
@@ -198,7 +207,9 @@ class GenerateHandlers:
                     steps: float, guidance: float, scheduler: str, batch_size: float, width: float, height: float,
                     init_image, strength: float, request: gr.Request,
                     lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
-                    vae: str = "default", low_vram: bool = False):
+                    vae: str = "default", low_vram: bool = False, attention: str = "sdpa",
+                    channels_last: bool = False, fuse_qkv: bool = False, vae_decode: str = "auto",
+                    feature_reuse: float = 1, feature_reuse_branch: float = 0, compile: str = "off"):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
@@ -206,8 +217,8 @@ class GenerateHandlers:
         it fits, see ``studio.lora_match``), the request's ``vae`` and ``low_vram`` (model CPU offload). A model that
         fails shows its error in its own column; the other columns still finish. A cancelled model keeps its
         partial image (marked, not saved). The hosting's caps (models, steps, size, images per model, init-image
-        pixels) are checked before anything loads; low VRAM is a server setting, changed only by admins in public
-        mode.
+        pixels) are checked before anything loads; low VRAM and torch.compile are server settings, changed only by admins in
+        public mode. Then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's compile mode.
         """
         run = self.board.start(request.session_hash or "anon")
         if run.stop.is_set():  # cancelled while it waited in the queue
@@ -220,7 +231,12 @@ class GenerateHandlers:
             names = check_models(models or [])
             req = request_from_values(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                            guidance=guidance, scheduler=scheduler, batch_size=batch_size, width=width,
-                                           height=height, init_image=init_image, strength=strength, vae=vae), caps)
+                                           height=height, init_image=init_image, strength=strength, vae=vae,
+                                           attention=attention, channels_last=bool(channels_last),
+                                           fuse_qkv=bool(fuse_qkv), vae_decode=vae_decode,
+                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch),
+                                      caps)
+            check_choice("compile", compile or "off", COMPILE)
             caps.check_generation(models=len(names), steps=req.steps, width=req.width, height=req.height,
                                   batch=req.batch_size)
             specs = [resolve_spec(m, roots=model_roots()) for m in names]
@@ -230,6 +246,8 @@ class GenerateHandlers:
             loras, notes = plan_loras(specs, ref, lora_models, roots=model_roots())
             if bool(low_vram) != self.cache.offload:
                 access.require_admin(request, "Switching low-VRAM mode (a server-wide memory setting)", self.hosting)
+            if (compile or "off") != self.cache.compile:  # compiling takes minutes and stays on for every model
+                access.require_admin(request, "Switching torch.compile (a server-wide setting)", self.hosting)
         except (ValueError, TypeError) as err:
             run.finish("failed", f"Nothing ran: {redact(str(err))}")
             raise gr.Error(redact(str(err))) from None
@@ -242,6 +260,7 @@ class GenerateHandlers:
                        else Column(s.name) for s in specs]
         names = [s.name for s in specs]
         self.cache.set_offload(bool(low_vram))
+        self.cache.set_compile(compile or "off")
         out_dir = data_dir() / "generations" / time.strftime("%Y-%m-%d")
         results, files = [], []
         yield run_outputs(names, results, files, req.seed)  # every column visible and empty: its header shows progress
@@ -280,7 +299,8 @@ def _summary(results: list[GenerateResult], names: list[str]) -> str:
 
 
 def api_parameters() -> list[str]:
-    """on_generate's API parameters in order (what gradio_client passes): models, the request fields, LoRA, memory."""
+    """on_generate's API parameters in order (what gradio_client passes): models, the request fields, LoRA, memory,
+    speed."""
     params = list(inspect.signature(GenerateHandlers.on_generate).parameters)
     return [p for p in params if p not in ("self", "request", "progress")]
 
@@ -364,6 +384,7 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     widgets.update(build_request_widgets(defaults))
     widgets.update(build_memory_widgets(hosting))
     widgets.update(build_lora_widgets(names))
+    widgets.update(build_speed_widgets())
     with gr.Row(equal_height=True):
         go = gr.Button("Generate", variant="primary", scale=1, elem_id="gen-go")
         cancel = gr.Button("Cancel", variant="stop", scale=0, min_width=120, elem_id="gen-cancel")

@@ -109,3 +109,22 @@ def test_a_failing_model_exits_1_and_the_others_are_written(family, tmp_path, ca
                  "--seed", "2", "--out", str(tmp_path)])
     assert code == 1 and [p.name[:-13] for p in tmp_path.glob("*.png")] == ["tiny-base-2"]
     assert "error: vega:" in capsys.readouterr().err
+
+
+def test_generate_with_speed_options_and_bad_values_exit_2(family, tmp_path, capsys):
+    code = main(["generate", "--model", "tiny-base", "--prompt", "a red star", "--steps", "4", "--seed", "2",
+                 "--feature-reuse", "2", "--channels-last", "--fuse-qkv", "--vae-decode", "full",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    params, meta = read_png(tmp_path / "tiny-base-2.png")
+    assert params["Feature reuse"] == "2 (branch 0)" and meta["channels_last"] is True and meta["fuse_qkv"] is True
+    capsys.readouterr()
+    assert main(["generate", "--model", "tiny-base", "--prompt", "x", "--feature-reuse", "0",
+                 "--out", str(tmp_path)]) == 2
+    assert "feature_reuse (the reuse interval) must be an integer from 1 (off) to 10" in capsys.readouterr().err
+    assert main(["generate", "--model", "tiny-base", "--prompt", "x", "--attention", "flash",
+                 "--out", str(tmp_path)]) == 2
+    assert "attention must be one of: sdpa, classic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "tiny-base", "--prompt", "x", "--compile", "max"])
+    assert "invalid choice: 'max'" in capsys.readouterr().err

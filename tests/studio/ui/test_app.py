@@ -69,6 +69,21 @@ def test_bad_input_is_reported_and_the_app_keeps_serving(client):
     assert seed == 9 and len(files) == 1
 
 
+def test_speed_options_through_the_api_and_bad_ones_refused(client):
+    *galleries, stats, files, seed = call_generate(client, ["tiny-base"], steps=4, feature_reuse=2,
+                                                   fuse_qkv=True, channels_last=True, vae_decode="full")
+    params, meta = read_png(files[0])
+    assert params["Feature reuse"] == "2 (branch 0)" and meta["feature_reuse"] == 2 and meta["fuse_qkv"] is True
+    with pytest.raises(Exception, match="less than minimum value 1"):  # the slider's own bound
+        call_generate(client, ["tiny-base"], feature_reuse=0)
+    *galleries, stats, files, seed = call_generate(client, ["tiny-base"], feature_reuse=2, feature_reuse_branch=11)
+    assert not files and "feature_reuse_branch must be an integer from 0 (shallowest) to 8" in stats["data"][0][-1]
+    with pytest.raises(Exception, match="max is not in the list of choices"):  # the dropdown's own check
+        call_generate(client, ["tiny-base"], compile="max")
+    *galleries, stats, files, seed = call_generate(client, ["tiny-base"], seed=4)
+    assert seed == 4 and "Feature reuse" not in read_png(files[0])[0]
+
+
 def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, family, tmp_path):
     """What opening the Generate tab (and "↻ models" / "↻ LoRAs") sends: the registry and LoRAs as they are now."""
     import shutil
@@ -97,17 +112,20 @@ def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, famil
 
 
 def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
-    """The /generate API is an interface: the original parameters keep their names and positions; LoRA and then
-    the VAE choice and low-VRAM mode were added at the end, with defaults."""
+    """The /generate API is an interface: the original parameters keep their names and positions; LoRA, then the
+    VAE choice and low-VRAM mode, then the speed options were added at the end, with defaults."""
     import inspect
 
-    from studio.ui.generate_tab import LORA_FIELDS, MEMORY_FIELDS, GenerateHandlers, api_parameters
+    from studio.ui.generate_tab import LORA_FIELDS, MEMORY_FIELDS, SPEED_FIELDS, GenerateHandlers, api_parameters
 
     assert api_parameters() == ["models", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
                                 "batch_size", "width", "height", "init_image", "strength", *LORA_FIELDS, "vae",
-                                *MEMORY_FIELDS]
+                                *MEMORY_FIELDS, *SPEED_FIELDS]
+    assert SPEED_FIELDS == ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse",
+                            "feature_reuse_branch", "compile")
     signature = inspect.signature(GenerateHandlers.on_generate).parameters
-    assert all(signature[p].default is not inspect.Parameter.empty for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS))
+    assert all(signature[p].default is not inspect.Parameter.empty
+               for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS, *SPEED_FIELDS))
 
 
 def test_generate_with_a_lora_on_one_of_two_models_through_the_api(client):

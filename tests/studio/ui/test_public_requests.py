@@ -19,7 +19,8 @@ from tests.studio.ui.public_app import CAPS, POOL, as_ip
 
 BASE = dict(models=POOL[:1], prompt="a red circle", negative_prompt="", seed=3, steps=3, guidance=5.0,
             scheduler="Euler", batch_size=1, width=0, height=0, init_image=None, strength=0.75, lora="",
-            lora_scale=1.0, lora_models=[], vae="default", low_vram=False)
+            lora_scale=1.0, lora_models=[], vae="default", low_vram=False, attention="sdpa", channels_last=False,
+            fuse_qkv=False, vae_decode="auto", feature_reuse=1, feature_reuse_branch=0, compile="off")
 
 
 def generate(client: Client, **changes):
@@ -60,6 +61,9 @@ HOSTILE_GENERATE = {  # id -> (changes, what the message says)
     "lora-scale": ({"lora": "assets/demo/loras/demo-ssd-orange.safetensors", "lora_scale": 99},
                    "greater than maximum value 4|LoRA scale must be between"),
     "low-vram": ({"low_vram": True}, r"Switching low-VRAM mode .* is for admins only"),
+    "compile": ({"compile": "full"}, r"Switching torch.compile .* is for admins only"),
+    "compile-bogus": ({"compile": "max-autotune"}, "not in the list of choices|compile must be one of"),
+    "reuse-99": ({"feature_reuse": 99}, "greater than maximum value 10|feature_reuse"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Side-by-side generation benchmark: median latency of each model in one run, and ratios to the first model.
+"""Whole-generation benchmark: median latency of each model in one run, and ratios to the first model.
 
     python -m studio bench --model demo-teacher --model demo-vega --steps 20 --repeats 5
 
