@@ -21,12 +21,9 @@ thread, a busy timeout and ``BEGIN IMMEDIATE`` transactions; `VoteMirror` append
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import hmac
 import json
 import logging
-import os
 import random
 import secrets
 import sqlite3
@@ -34,44 +31,33 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-GenerateFn = Callable[[str, str, int, dict], Image.Image]  # (model_name, prompt, seed, settings) -> image
+from studio.arena_cache import (
+    CACHE_INDEX,
+    AlreadyVotedError,
+    ArenaError,
+    GenerateFn,
+    PromptItem,
+    RateLimitError,
+    TooSoonError,
+    UnknownBattleError,
+    draw_prompt,
+    load_prompt_set,
+    save_anonymous,
+    strip_image,
+)
+from studio.arena_votes import VoteMirror, connect, create_schema, load_votes
+
 VOTES = ("A", "B", "tie", "bad")  # A is better / B is better / tie / both are bad
 LABELS = ("Model A", "Model B")
 MAX_SEED = 2**32 - 1
-DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "arena.json"
-CACHE_INDEX = "index.json"
 LOG = logging.getLogger(__name__)
-VOTE_COLUMNS = ("id", "battle_id", "created_at", "vote", "model_a", "model_b", "winner", "prompt", "category",
-                "settings", "seed", "source", "voter")
-VOTER_POLICIES = ("keep", "rotate", "drop")  # exports: stored pseudonyms, fresh per-export ones, or none
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a CSV cell starting so is a formula to spreadsheets (OWASP)
-
-
-class ArenaError(ValueError):
-    """A request the arena refuses; the message is safe to show to voters (it never names a hidden model)."""
-
-
-class UnknownBattleError(ArenaError):
-    pass
-
-
-class AlreadyVotedError(ArenaError):
-    pass
-
-
-class RateLimitError(ArenaError):
-    pass
-
-
-class TooSoonError(ArenaError):
-    """A vote cast before the voter had `ArenaConfig.min_view_seconds` to look at the battle."""
 
 
 @dataclass(frozen=True)
@@ -101,275 +87,6 @@ class ArenaConfig:
             raise ValueError(f"ArenaConfig.min_view_seconds must be between 0 and 600, got {self.min_view_seconds!r}")
         if not (isinstance(self.busy_timeout_ms, int) and self.busy_timeout_ms >= 0):
             raise ValueError(f"ArenaConfig.busy_timeout_ms must be an int >= 0, got {self.busy_timeout_ms!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# prompt sets
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    category: str
-    text: str
-
-
-def load_prompt_set(path: str | Path = DEFAULT_PROMPT_SET) -> list[PromptItem]:
-    """Prompts of a JSON file ``{"categories": {"<category>": ["prompt", ...], ...}}``."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    items = [PromptItem(c, p) for c, prompts in data["categories"].items() for p in prompts]
-    if not items:
-        raise ValueError(f"prompt set {path} has no prompts")
-    return items
-
-
-def draw_prompt(items: Sequence[PromptItem], *, category: str | None = None,
-                rng: random.Random | None = None) -> PromptItem:
-    """A uniformly drawn prompt, optionally from one category."""
-    pool = [i for i in items if category is None or i.category == category]
-    if not pool:
-        raise ArenaError(f"category must be one of {', '.join(sorted({i.category for i in items}))}; "
-                         f"got {category!r}")
-    return (rng or random).choice(pool)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# images
-
-
-def strip_image(image: Image.Image) -> Image.Image:
-    """A copy rebuilt from raw pixels: no ``info`` (PNG text, EXIF, ICC) can carry a model name through."""
-    image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
-    return Image.frombytes(image.mode, image.size, image.tobytes())
-
-
-def _save_anonymous(image: Image.Image, folder: Path) -> tuple[Image.Image, Path]:
-    clean = strip_image(image)
-    path = folder / f"{secrets.token_urlsafe(12)}.png"  # random name: no model, side or order in it
-    clean.save(path, format="PNG")
-    return clean, path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# battle cache
-
-
-def build_cache(pool: Sequence[str], prompts: Sequence[str | PromptItem], seeds: Sequence[int],
-                generate_fn: GenerateFn, cache_dir: str | Path, *, settings: dict | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Path:
-    """Pre-generate one image per (prompt, seed, model) and write ``cache_dir/index.json``; returns the index path.
-
-    Resumable: images already in an existing index are kept. All entries share `settings` (a mismatch with an
-    existing index raises). `on_progress(done, total)` is called after each image.
-    """
-    cache_dir, settings = Path(cache_dir), dict(settings or {})
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    index_path = cache_dir / CACHE_INDEX
-    index = (json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists()
-             else {"version": 1, "settings": settings, "entries": []})
-    if index["settings"] != settings:
-        raise ValueError(f"build_cache: settings {settings} differ from the cache's {index['settings']}; "
-                         "use another cache_dir")
-    entries = {(e["prompt"], e["seed"]): e for e in index["entries"]}
-    items = [p if isinstance(p, PromptItem) else PromptItem("custom", p) for p in prompts]
-    total, done = len(items) * len(seeds) * len(pool), 0
-    for item in items:
-        for seed in seeds:
-            entry = entries.setdefault((item.text, int(seed)), {"prompt": item.text, "category": item.category,
-                                                                 "seed": int(seed), "images": {}})
-            for model in pool:
-                if model not in entry["images"]:
-                    _, path = _save_anonymous(generate_fn(model, item.text, int(seed), dict(settings)), cache_dir)
-                    entry["images"][model] = path.name
-                done += 1
-                if on_progress:
-                    on_progress(done, total)
-            index["entries"] = list(entries.values())
-            tmp = index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
-            os.replace(tmp, index_path)  # atomic: a crash never leaves a half-written index
-    return index_path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# storage
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS battles (
-    id TEXT PRIMARY KEY, created_at REAL NOT NULL, prompt TEXT NOT NULL, category TEXT NOT NULL,
-    settings TEXT NOT NULL, model_a TEXT NOT NULL, model_b TEXT NOT NULL, seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('open', 'voted')), source TEXT NOT NULL CHECK (source IN ('live', 'cache')),
-    image_a TEXT NOT NULL, image_b TEXT NOT NULL, session TEXT NOT NULL, served_at REAL);
-CREATE TABLE IF NOT EXISTS votes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, battle_id TEXT NOT NULL UNIQUE REFERENCES battles (id),
-    created_at REAL NOT NULL, vote TEXT NOT NULL CHECK (vote IN ('A', 'B', 'tie', 'bad')),
-    model_a TEXT NOT NULL, model_b TEXT NOT NULL, winner TEXT, prompt TEXT NOT NULL, category TEXT NOT NULL,
-    settings TEXT NOT NULL, seed INTEGER NOT NULL, source TEXT NOT NULL, session TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS votes_pair ON votes (model_a, model_b);
-CREATE INDEX IF NOT EXISTS votes_voter ON votes (session, created_at);
-CREATE INDEX IF NOT EXISTS battles_voter ON battles (session, source);
-"""
-# the voter pseudonym is stored in the column "session" (its name in databases written before voters were
-# server-side identities); it is read back as "voter"
-_SELECT_VOTES = f"SELECT {', '.join(VOTE_COLUMNS[:-1])}, session AS voter FROM votes ORDER BY id"
-
-
-def _connect(db_path: str | Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
-    """A new connection in autocommit mode (transactions are explicit) that waits for the write lock."""
-    con = sqlite3.connect(db_path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    con.row_factory = sqlite3.Row
-    con.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    con.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on application crash, fast commits
-    return con
-
-
-def _create_schema(con: sqlite3.Connection) -> None:
-    con.executescript(_SCHEMA)
-    columns = {r[1] for r in con.execute("PRAGMA table_info(battles)")}
-    if "served_at" not in columns:  # a database from before the minimum viewing time
-        con.execute("ALTER TABLE battles ADD COLUMN served_at REAL")
-
-
-def _vote_row(row: sqlite3.Row) -> dict:
-    vote = dict(row)
-    vote["settings"] = json.loads(vote["settings"])
-    return vote
-
-
-def load_votes(db_path: str | Path) -> list[dict]:
-    """Every vote (columns `VOTE_COLUMNS`, settings parsed) in time order: the input of `studio.ratings`."""
-    if not Path(db_path).is_file():
-        raise ValueError(f"arena database not found: {Path(db_path).name}")
-    con = _connect(db_path)
-    try:
-        return [_vote_row(r) for r in con.execute(_SELECT_VOTES)]
-    finally:
-        con.close()
-
-
-def read_setting(db_path: str | Path, key: str) -> object | None:
-    """A JSON value stored with `write_setting` (e.g. the admin-chosen arena pool), or None."""
-    if not Path(db_path).is_file():
-        return None
-    con = _connect(db_path)
-    try:
-        con.executescript(_SCHEMA)
-        row = con.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{key}",)).fetchone()
-        return json.loads(row[0]) if row else None
-    finally:
-        con.close()
-
-
-def write_setting(db_path: str | Path, key: str, value: object) -> None:
-    con = _connect(db_path)
-    try:
-        _create_schema(con)
-        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting:{key}", json.dumps(value)))
-    finally:
-        con.close()
-
-
-def csv_cell(value: object) -> object:
-    """A text cell made inert for spreadsheets: a leading ``= + - @``, tab or CR (or the escape ``'`` itself) gets a
-    ``'`` in front. `read_export` removes exactly that one character again."""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES + ("'",)):
-        return "'" + value
-    return value
-
-
-def _uncsv(text: str) -> str:
-    return text[1:] if text.startswith("'") else text
-
-
-def public_votes(votes: list[dict], voters: str = "rotate") -> list[dict]:
-    """Votes for publication: voter pseudonyms kept, replaced by fresh ones unlinkable to any other export
-    (``rotate``), or removed (``drop``)."""
-    if voters not in VOTER_POLICIES:
-        raise ValueError(f"voters must be one of {', '.join(VOTER_POLICIES)}; got {voters!r}")
-    if voters == "keep":
-        return [dict(v) for v in votes]
-    if voters == "drop":
-        return [{k: x for k, x in v.items() if k != "voter"} for v in votes]
-    key = secrets.token_bytes(16)
-    return [{**v, "voter": hmac.new(key, v["voter"].encode(), hashlib.sha256).hexdigest()[:12]} for v in votes]
-
-
-def export_votes(db_path: str | Path, out_path: str | Path, fmt: str | None = None, *,
-                 voters: str = "rotate") -> int:
-    """Write the votes as CSV or JSON (`fmt` or the file extension); returns the number of rows.
-
-    ``voters``: `VOTER_POLICIES` (see `public_votes`). CSV text cells are escaped with `csv_cell`.
-    """
-    out_path = Path(out_path)
-    fmt = fmt or out_path.suffix.lstrip(".").lower()
-    if fmt not in ("csv", "json"):
-        raise ValueError(f"export format must be one of csv, json; got {fmt!r}")
-    votes = public_votes(load_votes(db_path), voters)
-    if fmt == "json":
-        out_path.write_text(json.dumps(votes, indent=1), encoding="utf-8")
-    else:
-        columns = [c for c in VOTE_COLUMNS if voters != "drop" or c != "voter"]
-        with out_path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({k: csv_cell(json.dumps(v["settings"], sort_keys=True) if k == "settings" else v[k])
-                              for k in columns} for v in votes)
-    return len(votes)
-
-
-def read_export(path: str | Path) -> list[dict]:
-    """Votes back from an `export_votes` file, with the same types as `load_votes`."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [{k: _uncsv(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    for r in rows:
-        r.update(id=int(r["id"]), created_at=float(r["created_at"]), seed=int(r["seed"]),
-                 settings=json.loads(r["settings"]), winner=r["winner"] or None)
-    return rows
-
-
-class VoteMirror:
-    """Appends every vote, without its voter, as one JSON line to a shard ``votes-<start>-<random>.jsonl`` in
-    ``folder`` — the folder a ``huggingface_hub.CommitScheduler`` pushes to a dataset (pass its ``lock``)."""
-
-    def __init__(self, folder: str | Path, lock=None):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.lock = lock or threading.Lock()
-        self.shard = self.folder / f"votes-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}.jsonl"
-
-    def write(self, vote: dict) -> None:
-        line = json.dumps(public_votes([vote], "drop")[0], sort_keys=True)
-        with self.lock, self.shard.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
-def restore_votes(db_path: str | Path, folder: str | Path) -> int:
-    """Import the votes of every ``*.jsonl`` shard in ``folder`` that the database lacks (matched by battle id);
-    returns how many were added. Restored votes have no voter (the mirror never stores one)."""
-    rows = []
-    for shard in sorted(Path(folder).glob("*.jsonl")):
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-    rows.sort(key=lambda r: r["created_at"])
-    con = _connect(db_path)
-    try:
-        _create_schema(con)
-        con.execute("BEGIN IMMEDIATE")
-        before = con.total_changes
-        con.executemany(
-            "INSERT OR IGNORE INTO votes (battle_id, created_at, vote, model_a, model_b, winner, prompt, category,"
-            " settings, seed, source, session) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
-            [(r["battle_id"], r["created_at"], r["vote"], r["model_a"], r["model_b"], r["winner"], r["prompt"],
-              r["category"], json.dumps(r["settings"], sort_keys=True), r["seed"], r["source"]) for r in rows])
-        added = con.total_changes - before
-        con.execute("COMMIT")
-        return added
-    finally:
-        con.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -471,7 +188,7 @@ class Arena:
         self._local = threading.local()  # one SQLite connection per thread, closed when the thread ends
         con = self._connection()
         con.execute("PRAGMA journal_mode = WAL")
-        _create_schema(con)
+        create_schema(con)
         con.execute("INSERT OR IGNORE INTO meta VALUES ('session_salt', ?)", (secrets.token_hex(16),))
         self._salt = con.execute("SELECT value FROM meta WHERE key = 'session_salt'").fetchone()[0]
 
@@ -479,7 +196,7 @@ class Arena:
         """This thread's connection, reused across calls (closing the last connection checkpoints the WAL: slow)."""
         con = getattr(self._local, "con", None)
         if con is None:
-            con = self._local.con = _connect(self.db_path, self.config.busy_timeout_ms)
+            con = self._local.con = connect(self.db_path, self.config.busy_timeout_ms)
         return con
 
     @contextmanager
@@ -614,7 +331,7 @@ class Arena:
             seed = self._rng.randrange(MAX_SEED + 1) if seed in (None, -1) else int(seed)
             a, b, images = self._live(prompt, seed, settings)
         clean = [strip_image(im) for im in images]
-        paths = [_save_anonymous(im, self.image_dir)[1] if self.config.save_images else None for im in clean]
+        paths = [save_anonymous(im, self.image_dir)[1] if self.config.save_images else None for im in clean]
         battle_id = secrets.token_urlsafe(16)
         self._connection().execute(
             "INSERT INTO battles (id, created_at, prompt, category, settings, model_a, model_b, seed, status, source,"

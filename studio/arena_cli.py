@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from studio.arena import (DEFAULT_PROMPT_SET, MAX_SEED, VOTER_POLICIES, Arena, ArenaConfig, GenerateFn, build_cache,
-                          export_votes, load_prompt_set, load_votes)
+from studio.arena import MAX_SEED, Arena, ArenaConfig
+from studio.arena_cache import DEFAULT_PROMPT_SET, GenerateFn, build_cache, load_prompt_set
+from studio.arena_votes import VOTER_POLICIES, export_votes, load_votes
 from studio.ratings import LeaderboardRow, RatingConfig, leaderboard, parse_date
 
 GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
@@ -44,7 +45,12 @@ def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> Generat
         if unknown:
             raise ValueError(f"arena settings: unknown keys {unknown}; allowed: {', '.join(SETTING_KEYS)}")
         request = GenerateRequest(prompt=prompt, seed=seed, batch_size=1, **settings)
-        request = card_request(resolve_spec(model), request)  # a few-step model runs as its card says
+        try:
+            spec = resolve_spec(model)
+        except ValueError:  # a model ``get_pipe`` knows that the registry does not: no card to follow
+            spec = None
+        if spec is not None:
+            request = card_request(spec, request)  # a few-step model runs as its card says
         return generate(get_pipe(model), request, model_name=model).images[0]
 
     return generate_fn

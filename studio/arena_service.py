@@ -19,9 +19,10 @@ import threading
 from pathlib import Path
 
 from studio import hosting as hosting_mod
-from studio.arena import (CACHE_INDEX, Arena, ArenaConfig, ArenaError, PromptItem, VoteMirror, draw_prompt,
-                          load_prompt_set, load_votes, read_setting, restore_votes, write_setting)
+from studio.arena import Arena, ArenaConfig
+from studio.arena_cache import CACHE_INDEX, ArenaError, PromptItem, draw_prompt, load_prompt_set
 from studio.arena_cli import SETTING_KEYS, make_generate_fn
+from studio.arena_votes import VoteMirror, load_votes, read_setting, restore_votes, write_setting
 from studio.demo.shapes import COLOURS, DEMO_WORDS, SHAPES
 from studio.hosting import Hosting, display_path, gpu_task
 from studio.loading import ModelCache

@@ -20,14 +20,32 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.arena import LABELS, VOTES, ArenaConfig, ArenaError, export_votes
-from studio.arena_service import (ALL, CACHE_NOTE, DEMO_CATEGORY, ArenaService, how_to_add_models, persistence_note,
-                                  pool_line, prompt_hint)
+import studio.ui.access as access
+from studio.arena import LABELS, VOTES, ArenaConfig
+from studio.arena_cache import ArenaError
+from studio.arena_service import (
+    ALL,
+    CACHE_NOTE,
+    DEMO_CATEGORY,
+    ArenaService,
+    how_to_add_models,
+    persistence_note,
+    pool_line,
+    prompt_hint,
+)
+from studio.arena_votes import export_votes
 from studio.hosting import Hosting, deliverable
 from studio.loading import ModelCache
-from studio.ratings import (RatingConfig, filter_votes, leaderboard, leaderboard_cells, parse_date,
-                            plot_win_rate_heatmap, plural, win_rate_matrix)
-import studio.ui.access as access
+from studio.ratings import (
+    RatingConfig,
+    filter_votes,
+    leaderboard,
+    leaderboard_cells,
+    parse_date,
+    plot_win_rate_heatmap,
+    plural,
+    win_rate_matrix,
+)
 from studio.ui.help import first_step
 
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "bad": "Both are bad"}  # no emoji: not every

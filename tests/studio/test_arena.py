@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from studio.arena import (LABELS, AlreadyVotedError, Arena, ArenaConfig, ArenaError, PromptItem, RateLimitError,
-                          UnknownBattleError, build_cache, draw_prompt, export_votes, load_prompt_set, load_votes,
-                          read_export)
+from studio.arena import LABELS, Arena, ArenaConfig
+from studio.arena_cache import (
+    AlreadyVotedError,
+    ArenaError,
+    PromptItem,
+    RateLimitError,
+    UnknownBattleError,
+    build_cache,
+    draw_prompt,
+    load_prompt_set,
+)
 from studio.arena_cli import make_generate_fn, register
+from studio.arena_votes import export_votes, load_votes, read_export
 
 POOL = ["ssd-1b", "vega", "sdxl-base"]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.arena import LABELS, Arena, ArenaConfig, load_prompt_set
+from studio.arena import LABELS, Arena, ArenaConfig
+from studio.arena_cache import load_prompt_set
 from studio.arena_cli import make_generate_fn
 from studio.generation import GenerateRequest, generate
 from studio.loading import ModelCache

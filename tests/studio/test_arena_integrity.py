@@ -11,9 +11,18 @@ import time
 import pytest
 from PIL import Image
 
-from studio.arena import (LABELS, Arena, ArenaConfig, ArenaError, LivePacer, PromptItem, RateLimitError,
-                          TooSoonError, VoteMirror, build_cache, csv_cell, export_votes, load_votes, read_export,
-                          read_setting, restore_votes, write_setting)
+from studio.arena import LABELS, Arena, ArenaConfig, LivePacer
+from studio.arena_cache import ArenaError, PromptItem, RateLimitError, TooSoonError, build_cache
+from studio.arena_votes import (
+    VoteMirror,
+    csv_cell,
+    export_votes,
+    load_votes,
+    read_export,
+    read_setting,
+    restore_votes,
+    write_setting,
+)
 from tests.studio.test_arena import POOL, DrawingGenerator, model_in_image
 
 NO_LIMITS = dict(votes_per_minute=None, battles_per_minute=None)

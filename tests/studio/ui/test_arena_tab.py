@@ -8,10 +8,11 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-from studio.arena import ArenaConfig, build_cache
+from studio.arena import ArenaConfig
+from studio.arena_cache import build_cache
+from studio.arena_service import CACHE_NOTE, POOL_ENV, default_pool
 from studio.loading import ModelCache
 from studio.ui import build_app, launch
-from studio.arena_service import CACHE_NOTE, POOL_ENV, default_pool
 from studio.ui.arena_tab import build_arena_tab
 from tests.studio.ui import free_port
 
@@ -167,8 +168,8 @@ def test_visitor_text_is_inert_markdown():
                                          ('{"steps": 1e9}', "positive"), ('{"steps": 0}', "positive"),
                                          ('{"width": 4096}', "STUDIO_MAX_SIZE"), ('{"steps": 31}', "STUDIO_MAX_STEPS")])
 def test_arena_settings_from_the_environment_are_checked(monkeypatch, value, match):
-    from studio.hosting import Caps
     from studio.arena_service import SETTINGS_ENV, env_settings
+    from studio.hosting import Caps
 
     monkeypatch.setenv(SETTINGS_ENV, value)
     with pytest.raises(ValueError, match=match):

@@ -17,13 +17,12 @@ from gradio.utils import get_cache_folder
 from gradio_client import Client
 from PIL import Image
 
-from studio.arena import load_votes
+from studio.arena_service import arena_dir, persistence_note
+from studio.arena_votes import load_votes
 from studio.hosting import persistent_dir, redact
 from studio.paths import data_dir
 from studio.ui import PUBLIC_TOOLS
-from studio.arena_service import arena_dir, persistence_note
 from tests.studio.ui.probe import RawVisitor
-
 from tests.studio.ui.public_app import BASIC, CAPS, HAS_MCP, PASSWORD, POOL, as_ip
 
 
