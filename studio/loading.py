@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import psutil
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 
@@ -37,51 +36,12 @@ from studio.memory import free_memory, module_bytes, safetensors_bytes
 from studio.paths import allow_pickle
 from studio.registry import CONFIGS_DIR, TINY_VAES, VAES, ModelSpec, get_spec
 from studio.resolve import ModelLoadError, read_safetensors_header, resolve_spec
+from studio.runtime import Runtime, choose_runtime, default_budget
 from studio.speed import COMPILE, check_choice, compile_unet
 
 SHARED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
 WEIGHT_COMPONENTS = ("text_encoder", "text_encoder_2", "vae")
 PIPELINE_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def variant(self) -> str | None:
-        """Hub repos publish half-precision weights as the "fp16" variant; bf16 loads those and casts (half the
-        download of the fp32 files, same values up to bf16 rounding)."""
-        return "fp16" if self.dtype in (torch.float16, torch.bfloat16) else None
-
-
-def choose_runtime() -> Runtime:
-    """CUDA with fp16 (bf16 with STUDIO_DTYPE=bf16) when a GPU is present, else CPU with fp32.
-
-    STUDIO_GPU_MEMORY_GB caps what this process may allocate on the GPU (room for a training job, or to behave like
-    a smaller card); allocations beyond it raise CUDA out-of-memory like a full card would.
-    """
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if os.environ.get("STUDIO_DTYPE") == "bf16" else torch.float16
-        if os.environ.get("STUDIO_GPU_MEMORY_GB"):
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(
-                min(1.0, float(os.environ["STUDIO_GPU_MEMORY_GB"]) * 2**30 / total))
-        return Runtime(torch.device("cuda"), dtype)
-    return Runtime(torch.device("cpu"), torch.float32)
-
-
-def default_budget(runtime: Runtime) -> int:
-    """Bytes the cache may fill with weights and a request's working memory: STUDIO_CACHE_GB, else 92 % of the GPU
-    memory this process may use (the rest: CUDA context, fragmentation), or half the RAM on a CPU."""
-    if "STUDIO_CACHE_GB" in os.environ:
-        return int(float(os.environ["STUDIO_CACHE_GB"]) * 2**30)
-    if runtime.device.type == "cuda":
-        gb = os.environ.get("STUDIO_GPU_MEMORY_GB")
-        total = int(float(gb) * 2**30) if gb else torch.cuda.get_device_properties(0).total_memory
-        return int(total * 0.92)
-    return int(psutil.virtual_memory().total * 0.5)
 
 
 def check_unet_file(spec: ModelSpec, path: Path, config: dict) -> None:

@@ -6,14 +6,12 @@
     runner.status(job_id).status, runner.progress(job_id), runner.log_tail(job_id)
 
 Every job is the command a user could run by hand (``python -m training.<kind> --config <job>/config.json``, plus
-``--resume latest`` when resumed) in its own folder: ``config.json`` (the frozen, validated config), ``status.json``
-(this registry), ``stdout.log`` and ``train/`` (the trainer's output_dir: ``log.csv``, ``checkpoint-*``,
-``validation/``, the exported ``final/`` student or LoRA file). The runner never imports ``training``: it validates
-with ``studio.train_config`` and reads the files the trainers write. Cancel asks the trainer to stop through
-``train/STOP`` (checkpoint, then exit) and escalates to signals if it does not. A new runner on the same root, in
-this process or another one, re-attaches to running jobs (pid + process start time, via psutil) or marks them failed
-with the reason; jobs keep running while the studio restarts. Finished outputs are copied (hard links) into the
-models dir so the Generate tab lists them. No gradio here (the Train tab wraps it).
+``--resume latest``) in its own folder: ``config.json`` (frozen, validated), ``status.json``, ``stdout.log`` and
+``train/`` (the trainer's output_dir). The runner never imports ``training``: it validates with
+``studio.train_config`` and reads the files the trainers write. Cancel asks the trainer to stop through
+``train/STOP`` and escalates to signals if it does not. A new runner on the same root (any process) re-attaches to
+running jobs (pid + start time) or marks them failed; jobs outlive a restart. Outputs are hard-linked into the
+models dir (the Generate tab lists them). No gradio here.
 """
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Layers tab (``build_layers_tab(cache)``): the block map of a model, pick units to remove, compare full vs ablated,
-leave-one-out sweep, export.
+"""Layers tab (``build_layers_tab(cache)``): block map, units to remove, full vs ablated, leave-one-out sweep, export.
 
 The model list also offers the released configs under ``assets/configs/`` that no registry model covers (SD 1.4,
 BK-SDM): block maps and removal plans need no weights; compare, sweep and export do.
