@@ -2,8 +2,7 @@
 
     runner = JobRunner()                                   # root: <data dir>/jobs, slots: one per GPU (1 on CPU)
     job_id = runner.submit("distill", {"teachers": [{"path": "assets/demo/teacher"}], "steps": 300})
-    runner.poll()                                          # reap finished processes, start queued ones
-    runner.status(job_id).status, runner.progress(job_id), runner.log_tail(job_id)
+    runner.poll(); runner.status(job_id).status, runner.progress(job_id)   # reap finished, start queued
 
 Every job is the command a user could run by hand (``python -m training.<kind> --config <job>/config.json``, plus
 ``--resume latest``) in its own folder: ``config.json`` (frozen, validated), ``status.json``, ``stdout.log`` and
