@@ -247,7 +247,7 @@ def bootstrap_bradley_terry(votes: Sequence[Mapping], config: RatingConfig = Rat
                         for _ in range(config.bootstrap_rounds)])
     tail = 100 * (1 - config.ci) / 2
     lo, hi = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
-    return {m: (float(l), float(h)) for m, l, h in zip(models, lo, hi)}
+    return {m: (float(low), float(high)) for m, low, high in zip(models, lo, hi)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
