@@ -28,7 +28,7 @@ from studio.removal import RemovalPlan, build_student
 from studio.train_config.distill import FEATURE_LEVELS, DistillConfig
 from training.cli import cli_parser, run_with_progress, trainer_from_cli
 from training.models import DTYPES, default_guidance, frozen_dtype
-from training.trainer import Trainer, make_accelerator
+from training.trainer import Trainer, build_trainer
 
 _LAYER_RE = re.compile(r"\.(resnets|transformer_blocks)\.\d+$")
 
@@ -309,9 +309,7 @@ class DistillTask:
 
 def make_trainer(cfg: DistillConfig, *, items: list | None = None) -> Trainer:
     """A Trainer wired to a DistillTask on the accelerator's device."""
-    acc = make_accelerator(cfg)
-    task = DistillTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
-    return Trainer(cfg, task, accelerator=acc)
+    return build_trainer(cfg, DistillTask, items=items)
 
 
 def run_distill(cfg: DistillConfig, *, resume_from: str | None = None, on_step=None, should_stop=None,

@@ -39,7 +39,7 @@ from training.fewstep_models import (FewStepModules, bcast, build_adapter, consi
                                      x0_and_eps)
 from training.lora_files import load_lora_into, save_lora
 from training.models import DTYPES, default_guidance, frozen_dtype, load_base
-from training.trainer import Trainer, make_accelerator
+from training.trainer import Trainer, build_trainer
 
 __all__ = ["FewStepConfig", "FewStepModules", "FewStepTask", "build_adapter", "consistency_distance",
            "load_fewstep_pipeline", "low_res", "recommended_settings", "make_trainer", "run_fewstep"]
@@ -399,16 +399,11 @@ class FewStepTask:
         return out_dir
 
 
-# ---------------------------------------------------------------- loading outputs (evaluation, tests, integration)
-
 # ---------------------------------------------------------------- entry points
 
 def make_trainer(cfg: FewStepConfig, *, items: list | None = None) -> Trainer:
     """A Trainer wired to a FewStepTask on the accelerator's device (checkpoints: trainable weights + target)."""
-    acc = make_accelerator(cfg)
-    task = FewStepTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
-    task.register_hooks(acc)
-    return Trainer(cfg, task, accelerator=acc)
+    return build_trainer(cfg, FewStepTask, items=items)
 
 
 def run_fewstep(cfg: FewStepConfig, *, resume_from: str | None = None, on_step=None, should_stop=None,

@@ -27,7 +27,7 @@ from studio.train_config.lora import CONFIG_NAME, LORA_WEIGHT_NAME, LoraTrainCon
 from training.cli import cli_parser, run_with_progress, trainer_from_cli
 from training.lora_files import load_lora_into, load_teacher, save_lora
 from training.models import DTYPES, default_guidance, frozen_dtype, load_base
-from training.trainer import Trainer, make_accelerator
+from training.trainer import Trainer, build_trainer
 
 
 # ---------------------------------------------------------------- the LoRA task
@@ -223,10 +223,7 @@ def _check_text_encoder_lora_support() -> None:
 
 def make_trainer(cfg: LoraTrainConfig, *, items: list | None = None) -> Trainer:
     """A Trainer wired to a LoraTask on the accelerator's device (checkpoints keep only the adapters)."""
-    acc = make_accelerator(cfg)
-    task = LoraTask(cfg, device=acc.device, process_index=acc.process_index, items=items)
-    task.register_hooks(acc)
-    return Trainer(cfg, task, accelerator=acc)
+    return build_trainer(cfg, LoraTask, items=items)
 
 
 def run_lora(cfg: LoraTrainConfig, *, resume_from: str | None = None, on_step=None, should_stop=None,

@@ -101,6 +101,16 @@ def make_accelerator(config: TrainConfig):
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
 
 
+def build_trainer(config: TrainConfig, task_class, *, items: list | None = None) -> "Trainer":
+    """A Trainer wired to ``task_class(config, ...)`` on the accelerator's device; a task with ``register_hooks``
+    (LoRA, few-step) decides what its checkpoints hold."""
+    acc = make_accelerator(config)
+    task = task_class(config, device=acc.device, process_index=acc.process_index, items=items)
+    if hasattr(task, "register_hooks"):
+        task.register_hooks(acc)
+    return Trainer(config, task, accelerator=acc)
+
+
 # ---------------------------------------------------------------- trainer
 
 class Trainer:
