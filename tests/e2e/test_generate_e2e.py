@@ -56,11 +56,14 @@ def test_three_models_each_show_their_own_progress_then_images(local_studio, pag
     open_generate(page, local_studio.url, ["demo-teacher", "demo-ssd", "demo-vega"])
     assert not page.locator("#gen-seed-used").is_visible()  # nothing to reuse before a run
     page.locator("#gen-go").click()
-    wait_column(page, 2, "running")
+    wait_column(page, 2, "running")  # the models run in turn: the first two are done by now
     during = [column(page, i) for i in range(3)]
-    assert "done" in during[0] and "done" in during[1] and "running" in during[2]
-    assert images(page, 0) == 1 and images(page, 1) == 1 and images(page, 2) == 0  # no copies of one bar
-    shot(page, "during")
+    assert "done" in during[0] and "done" in during[1]
+    page.wait_for_function("document.querySelectorAll('#gallery-0 img').length == 1 && "
+                           "document.querySelectorAll('#gallery-1 img').length == 1")  # each column its own images
+    if "running" in column(page, 2):  # 2 steps may already be over on a quiet machine
+        assert images(page, 2) == 0 and "running" not in column(page, 0)  # no copies of one progress bar
+        shot(page, "during")
     wait_status(page, "Done: 3 of 3 models.")
     page.wait_for_function("document.querySelectorAll('#gallery-2 img').length > 0")
     assert all("done" in column(page, i) for i in range(3))
