@@ -33,8 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from studio.jobs.kinds import (PathPolicy, command_line, final_output, model_name, prepare_config,
-                               registry_name_of)
+from studio.jobs.kinds import PathPolicy, command_line, final_output, model_name, prepare_config
 from studio.jobs.status import MetricsLog, check_transition, estimate_progress, read_log_tail, summarize_end
 from studio.paths import REPO_ROOT, data_dir, models_dir
 from studio.train_config.base import STOP_FILE, checkpoint_dirs, request_stop
@@ -194,8 +193,6 @@ class JobRunner:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(2)}"
         job_dir = self.job_dir(job_id)
         frozen = prepare_config(kind, config, output_dir=job_dir / TRAIN_DIR, policy=policy)
-        if kind == "distill" and not frozen.get("base_name"):  # paths are confined by now: the student names its base
-            frozen["base_name"] = registry_name_of(frozen["teachers"])
         name = model_name(name or auto_name(job_id))
         with self._locked():
             self._check_queue(max_queued)

@@ -7,12 +7,10 @@ The form shows the common fields of the job kind's config class (``studio.train_
 names, help the fields' comments, ranges their validation bounds); the JSON editor ("advanced") holds every field.
 Form and JSON map to each other by field name.
 
-Who may do what (``studio.hosting``): in public mode starting a job is for admins; a job records its owner (the
-submitting visitor's server-side identity) and only the owner or an admin cancels, resumes or deletes it, or sees its
-log, files and command. Anybody may list jobs, read a preset and check a config; every path in a config is confined
-to the studio's folders before anything looks at it (``studio.jobs.PathPolicy``), and messages show paths relative
-to the studio's roots. The tab is locked (buttons disabled, a note saying how to become an admin) until an admin
-opens it; job files reach the page as staged copies (``studio.hosting.deliverable``), never as data-folder paths.
+Who may do what (``studio.hosting``): in public mode starting a job is for admins; a job records its owner and only
+the owner or an admin cancels, resumes, deletes it or sees its log, files and command. Anybody may list jobs, read a
+preset and check a config; config paths are confined to the studio's folders before anything looks at them
+(``studio.jobs.PathPolicy``). The tab is locked until an admin opens it; job files reach the page as staged copies.
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ import studio.ui.access as access
 from studio import hosting as hosting_mod
 from studio.hosting import Hosting, deliverable, redact
 from studio.jobs import KINDS, JobRunner, PathPolicy, format_seconds, list_presets, prepare_config, preset_config
-from studio.jobs.kinds import missing_for
+from studio.jobs.kinds import confine_config, missing_for
 from studio.jobs.plot import loss_figure
 from studio.jobs.presets import cli_preview
 from studio.paths import data_dir
@@ -94,17 +92,20 @@ def job_summary(runner: JobRunner, job_id: str) -> str:
 # ---------------------------------------------------------------- handlers
 
 def check_text(kind: str, config: dict, policy: PathPolicy | None = None) -> str:
-    """✓ with the essentials, or ✗ with what is wrong: what launching would say (``prepare_config``, confined to
-    ``policy``); on this machine's terms: everything a preset still needs (model downloads, the data set, a GPU) is
-    listed with how to get it."""
-    missing = missing_for(kind, config)
+    """✓ or ✗: what launching would say (``prepare_config``, confined to ``policy``), plus everything a preset still
+    needs on this machine (model downloads, the data set, a GPU) with how to get it."""
+    policy = policy or PathPolicy.default()
+    try:  # paths outside the studio's folders are refused before anything looks at them (no existence answers)
+        missing = missing_for(kind, confine_config(kind, config, policy))
+    except ValueError as e:
+        return f"✗ {redact(str(e))}"
     bullets = "\n".join(f"- {redact(m)}" for m in missing)
     try:
-        frozen = prepare_config(kind, config, output_dir=data_dir() / "jobs" / "job" / "train",
-                                policy=policy or PathPolicy.default())
+        frozen = prepare_config(kind, config, output_dir=data_dir() / "jobs" / "job" / "train", policy=policy)
     except ValueError as e:
-        return f"✗ **Not ready on this machine** — what is missing and how to get it:\n{bullets}" if missing \
-            else f"✗ {redact(str(e))}"
+        error = f"✗ {redact(str(e))}"
+        return f"✗ **Not ready on this machine** — what is missing and how to get it:\n{bullets}\n\n{error}" \
+            if missing else error
     ok = f"✓ valid {kind} config: {frozen['steps']} steps, batch {frozen['batch_size']}, lr {frozen['lr']:g}"
     return f"{ok}\n\n⚠ Before it can run here:\n{bullets}" if missing else ok
 
@@ -335,7 +336,7 @@ def widget(f: FormField, value):
     return gr.Textbox(value, **common)
 
 
-def on_form_field(name: str, policy: PathPolicy):
+def on_form_field(name: str, policy: PathPolicy | None = None):
     """A form widget edited -> the JSON config with that field set (by name), its check and CLI preview."""
     def handler(kind: str, config_text: str, value, preset: str):
         try:
@@ -426,7 +427,9 @@ def build_jobs_tab(*, runner: JobRunner | None = None, poll_s: float = 2.0, watc
         return form.updates(k, parsed) | {check_md: check_text(k, parsed, h.policy()), cli: cli_preview(k, parsed, preset_name)}
 
     config.input(on_config_edit, [kind, config, preset], [*form_widgets, check_md, cli], api_visibility="private")
-    check.click(h.on_check, [kind, config, preset], [check_md, cli], api_name="jobs_validate")
+    preset_name = gr.State(first)  # a State input is not an API parameter: /jobs_validate keeps (kind, config)
+    preset.change(lambda name: name, preset, preset_name, api_visibility="private")
+    check.click(h.on_check, [kind, config, preset_name], [check_md, cli], api_name="jobs_validate")
     launch.click(h.on_submit, [kind, config, name], [check_md, selected, table], api_name="jobs_submit")
     refresh.click(h.on_list, None, [table, selected], api_name="jobs_list")
     selected.change(h.on_status, selected, status_outputs, api_name="jobs_status")

@@ -139,7 +139,7 @@ class LayersHandlers:
         caps.check_generation(steps=config.steps, width=config.resolution, height=config.resolution)
         return config
 
-    def on_map(self, model: str, resolution: float, request: gr.Request):
+    def on_map(self, model: str, resolution: float, request: gr.Request | None = None):
         """Block map table (down to transformer layers) and bar chart; the removable units of this model."""
         try:
             self._check_model(model, request)
@@ -160,7 +160,7 @@ class LayersHandlers:
                 f"{format_si(macs, 'MACs')} per forward (batch 1). {len(units)} units can be removed one by one.")
         return table, fig, gr.CheckboxGroup(choices=units, value=[]), info
 
-    def on_recipe(self, model: str, recipe: str, resolution: float, request: gr.Request):
+    def on_recipe(self, model: str, recipe: str, resolution: float, request: gr.Request | None = None):
         """A recipe chosen -> its units ticked (the user can then untick or add; "(none)" unticks everything)."""
         if recipe in (None, "", NO_RECIPE):
             return gr.CheckboxGroup(value=[])
@@ -173,7 +173,7 @@ class LayersHandlers:
             return gr.skip()
         return gr.CheckboxGroup(value=[u for _, u in _unit_choices(unet_config) if u in units])
 
-    def on_units_edited(self, model: str, units: list[str], recipe: str, request: gr.Request):
+    def on_units_edited(self, model: str, units: list[str], recipe: str, request: gr.Request | None = None):
         """The user unticked one of the recipe's units: the plan is now the ticked units alone (recipe "(none)")."""
         if recipe in (None, "", NO_RECIPE):
             return gr.skip()
@@ -185,7 +185,7 @@ class LayersHandlers:
             return gr.skip()
         return gr.skip() if wanted <= set(units or ()) else NO_RECIPE
 
-    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float, request: gr.Request) -> str:
+    def on_plan(self, model: str, units: list[str], recipe: str, resolution: float, request: gr.Request | None = None) -> str:
         """Whether the chosen plan is config-expressible (a real smaller UNet) or runtime-only, and what it saves."""
         if not units and recipe in (None, "", NO_RECIPE):
             return "Nothing selected: tick units or choose a recipe."
@@ -286,7 +286,7 @@ class LayersHandlers:
         return sweep_table(result.rows), fig, csv, status
 
     def on_sweep_estimate(self, model: str, units: list[str], prompts: str, seeds: str, steps: float,
-                          guidance: float, resolution: float, groups: bool, request: gr.Request):
+                          guidance: float, resolution: float, groups: bool, request: gr.Request | None = None):
         """How long the sweep would take here (measured cost per step); (message, confirm button, start now?).
         Within the caps: measuring runs one short generation."""
         try:

@@ -116,7 +116,8 @@ def test_generate_with_speed_options_and_bad_values_exit_2(family, tmp_path, cap
                  "--feature-reuse", "2", "--channels-last", "--fuse-qkv", "--vae-decode", "full",
                  "--out", str(tmp_path)])
     assert code == 0
-    params, meta = read_png(tmp_path / "tiny-base-2.png")
+    (png,) = tmp_path.glob("tiny-base-2-*.png")  # <model>-<seed>-<settings hash>.png
+    params, meta = read_png(png)
     assert params["Feature reuse"] == "2 (branch 0)" and meta["channels_last"] is True and meta["fuse_qkv"] is True
     capsys.readouterr()
     assert main(["generate", "--model", "tiny-base", "--prompt", "x", "--feature-reuse", "0",

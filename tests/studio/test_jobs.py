@@ -259,6 +259,7 @@ def test_the_app_restarts_and_reattaches_across_processes(teacher, tmp_path):
 
 
 def test_lora_job_is_registered_where_the_generate_tab_finds_loras(teacher, tmp_path):
+    from studio.hosting import resolve_display_path
     from studio.ui.generate_tab import find_loras
     from studio.demo.shapes import export_imagefolder
 
@@ -271,7 +272,7 @@ def test_lora_job_is_registered_where_the_generate_tab_finds_loras(teacher, tmp_
     assert job.status == "finished", (job.message, runner.log_tail(job_id))
     assert job.output.endswith("loras/tiny-lora") and "done: 2 steps" in job.message
     assert os.path.isfile(os.path.join(job.output, "pytorch_lora_weights.safetensors"))
-    assert any(path == job.output for _, path in find_loras())
+    assert any(str(resolve_display_path(path)) == job.output for _, path in find_loras())  # listed as shown
     assert [p.name for p in runner.outputs(job_id)][:2] == ["pytorch_lora_weights.safetensors", "lora_config.json"]
 
 
