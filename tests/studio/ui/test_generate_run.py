@@ -146,7 +146,10 @@ def test_the_watcher_follows_its_run_until_it_ends():
         run.finish("done", "Done: 1 of 2 models.")
 
     threading.Thread(target=work).start()
-    asyncio.run(asyncio.wait_for(follow(), 10))
+    # a thread of its own: the browser tests' Playwright session keeps an event loop running in the main thread
+    watcher = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(follow(), 10)))
+    watcher.start()
+    watcher.join(15)
     assert seen[0][0].startswith("Queued") and seen[-1][0] == "Done: 1 of 2 models."
     assert any("step 1/4" in s[1] and 'width:25%' in s[1] for s in seen)
     assert "not run" in seen[-1][2]  # m2 never ran: marked, not left "waiting"
