@@ -25,7 +25,7 @@ from studio.generation import (MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, Generat
                                GenerationCancelled, load_init_image)
 from studio.hosting import Caps, Hosting, deliverable, display_path, gpu_task, redact
 from studio.loading import ModelCache, vae_status
-from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef, lora_file
+from studio.lora import LORA_WEIGHT_NAME, MAX_SCALE, LoraRef
 from studio.lora_match import plan_loras
 from studio.paths import DEMO_DIR, data_dir, model_roots, models_dir
 from studio.registry import VAES, default_model, get_spec, is_available_offline, list_models
@@ -240,10 +240,8 @@ class GenerateHandlers:
             caps.check_generation(models=len(names), steps=req.steps, width=req.width, height=req.height,
                                   batch=req.batch_size)
             specs = [resolve_spec(m, roots=model_roots()) for m in names]
-            ref = lora_ref(lora, lora_scale)
-            if ref is not None:
-                lora_file(ref, model_roots())  # inside the model roots, a .safetensors file: before anything runs
-            loras, notes = plan_loras(specs, ref, lora_models, roots=model_roots())
+            # the LoRA file is checked (inside the model roots, a .safetensors file) before anything runs
+            loras, notes = plan_loras(specs, lora_ref(lora, lora_scale), lora_models, roots=model_roots())
             if bool(low_vram) != self.cache.offload:
                 access.require_admin(request, "Switching low-VRAM mode (a server-wide memory setting)", self.hosting)
             if (compile or "off") != self.cache.compile:  # compiling takes minutes and stays on for every model

@@ -92,16 +92,16 @@ def job_summary(runner: JobRunner, job_id: str) -> str:
 # ---------------------------------------------------------------- handlers
 
 def check_text(kind: str, config: dict, policy: PathPolicy | None = None) -> str:
-    """✓ or ✗: what launching would say (``prepare_config``, confined to ``policy``), plus everything a preset still
-    needs on this machine (model downloads, the data set, a GPU) with how to get it."""
+    """✓ or ✗ as launching would say, plus what this machine still lacks (downloads, data, a GPU) and how to get it."""
     policy = policy or PathPolicy.default()
     try:  # paths outside the studio's folders are refused before anything looks at them (no existence answers)
-        missing = missing_for(kind, confine_config(kind, config, policy))
+        config = confine_config(kind, config, policy)
     except ValueError as e:
         return f"✗ {redact(str(e))}"
+    missing = missing_for(kind, config)
     bullets = "\n".join(f"- {redact(m)}" for m in missing)
-    try:
-        frozen = prepare_config(kind, config, output_dir=data_dir() / "jobs" / "job" / "train", policy=policy)
+    try:  # already confined: prepare_config validates it as submitting would
+        frozen = prepare_config(kind, config, output_dir=data_dir() / "jobs" / "job" / "train")
     except ValueError as e:
         error = f"✗ {redact(str(e))}"
         return f"✗ **Not ready on this machine** — what is missing and how to get it:\n{bullets}\n\n{error}" \

@@ -10,6 +10,7 @@ import time
 import gradio as gr
 import pytest
 
+from studio.hosting import Hosting
 from studio.loading import ModelCache
 from studio.ui.generate_run import RunBoard, render
 from studio.ui.generate_tab import GenerateHandlers, model_choices, on_reuse_seed
@@ -31,7 +32,7 @@ def images_of(gallery) -> list:
 
 @pytest.fixture(scope="module")
 def handlers(family):
-    return GenerateHandlers(ModelCache())
+    return GenerateHandlers(ModelCache(), Hosting())  # local mode, whatever app another test built before
 
 
 def test_a_failing_model_fails_in_its_own_column_and_the_others_finish(handlers):
