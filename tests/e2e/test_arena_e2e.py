@@ -87,7 +87,7 @@ def test_local_battle_vote_leaderboard(local_studio, page):
                            ".includes(n))", arg=shown)
     assert "1 vote ·" in page.locator("#arena-summary").inner_text()
     board = page.locator("#arena-leaderboard").inner_text()
-    assert board.count("provisional: 1 of 20 votes") == 2 and board.count("needs more votes") == 2
+    assert board.count("provisional: 1 of 20 votes") == 2 and board.count("n/a") == 2 and board.count("—") == 2
     shot(page, "leaderboard")
 
 
