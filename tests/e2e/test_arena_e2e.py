@@ -53,7 +53,8 @@ def open_arena(page, url: str) -> None:
 
 def start_battle(page) -> None:
     page.locator("#arena-new-battle").click()
-    page.locator("#arena-image-a img").wait_for()
+    page.locator("#arena-image-a img").wait_for(timeout=240_000)  # the first battle loads two models (cold: ~45 s
+    # on a quiet 2-core machine, more under load)
     page.locator("#arena-image-b img").wait_for()
     page.wait_for_function("!document.querySelector('#arena-vote-A').disabled")
 
