@@ -67,7 +67,7 @@ def format_leaderboard(rows: Sequence[LeaderboardRow], min_votes: int = RatingCo
               "note")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.rank:>4}  {r.model:<24} {r.rating:>7.1f} {r.ci_text:>16} {r.elo:>7.1f} {r.votes:>6} "
+        lines.append(f"{r.rank:>4}  {r.model:<24} {r.rating_text:>7} {r.ci_text:>16} {r.elo:>7.1f} {r.votes:>6} "
                      f"{r.win_rate:>8.1%}  {r.note(min_votes)}".rstrip())
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from studio.registry import ModelSpec
 
 MAX_MODELS = 4
 WARMUP_STEPS = 2
+NOTE_CHARS = 40  # the stats table's note on a failed model: its column above says the rest
 STATS_COLUMNS = ["model", "seed", "latency (s)", "speed-up vs first", "it/s", "weights (MB)", "peak added (MB)",
                  "warm-up (s)", "UNet params (M)", "note", "LoRA"]
 STATS_CAPTION = ("Latency: the timed call only — each model's first call after loading is an untimed warm-up "
@@ -118,8 +119,9 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
     """Yield each model's result as soon as it is ready; every model gets the same (resolved) seed.
 
     Models are registry names, paths or resolved specs; every name is resolved before anything runs (a typo fails
-    at once). The request's sampler, steps and CFG are the first model's; a few-step model after it (an LCM, an
-    LCM-LoRA) runs with its own card's (``card_request``), so an LCM at 4 steps sits beside its teacher at 20.
+    at once). The request's sampler, steps and CFG are for the ordinary models; beside one of them a few-step model
+    (an LCM, an LCM-LoRA), wherever it is in the list, runs with its own card's (``card_request``), so an LCM at 4
+    steps sits beside its teacher at 20. Few-step models alone run with the request (their steps are the user's).
     ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
     load or run yields ``GenerateResult.failed`` and the next model still runs; cancelling stops the whole run.
     ``caps`` (a hosting's limits: models per request, steps, size, images per model) are checked before anything
@@ -131,9 +133,10 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
     specs = [m if isinstance(m, ModelSpec) else resolve_spec(m, roots=roots) for m in check_models(models)]
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-    for i, spec in enumerate(specs):
+    mixed = any(not spec.few_step for spec in specs)
+    for spec in specs:
         try:
-            own = request if i == 0 else card_request(spec, request)
+            own = card_request(spec, request) if mixed else request
             yield run_model(cache, spec, own, roots=roots, loras=(loras or {}).get(spec.name, []),
                             warmup=warmup, on_step=on_step, should_stop=should_stop)
         except GenerationCancelled:
@@ -149,16 +152,25 @@ def lora_label(loras: list[LoraRef]) -> str:
     return ", ".join(f"{ref.name} ×{ref.scale:g}" for ref in loras)
 
 
+def short_reason(error: str) -> str:
+    """A failed model's reason in a few words (≤ NOTE_CHARS), for the stats table: a long message would squeeze the
+    table's other columns off-screen. The model's column (and ``GenerateResult.error``) keeps the whole message."""
+    if " is not available: " in error:  # ModelLoadError: neither a local copy nor the hub
+        return "weights not on this machine"
+    if " ran out of memory " in error:  # OutOfMemory
+        return "out of memory"
+    first = error.split(". ")[0].split(": ")[0]
+    return first if len(first) <= NOTE_CHARS else first[:NOTE_CHARS - 1] + "…"
+
+
 def stats_rows(results: list[GenerateResult]) -> list[list]:
     """One row per model; speed-up = the first successful model's latency / this model's latency."""
     done = [r for r in results if not r.error]
     first = done[0].stats.latency_s if done else None
     rows = []
     for r in results:
-        if r.error:  # the start of it (the whole message is in result.error, the UI's column and the CLI)
-            first_sentence = r.error.split(". ")[0]
-            first_sentence = first_sentence if len(first_sentence) <= 60 else first_sentence[:59] + "…"
-            note = first_sentence if r.cancelled else f"failed: {first_sentence}"
+        if r.error:  # a few words (the whole message is in result.error, the UI's column and the CLI)
+            note = short_reason(r.error) if r.cancelled else f"failed: {short_reason(r.error)}"
             rows.append([r.model, r.seed, None, None, None, None, None, None, None, note, lora_label(r.loras)])
             continue
         s = r.stats

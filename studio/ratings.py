@@ -299,10 +299,16 @@ class LeaderboardRow:
     estimable: bool = True  # the rating is an MLE (see `estimable`); False: its CI cannot be estimated yet
 
     @property
+    def rating_text(self) -> str:
+        """The BT rating as shown: "—" while provisional (after a vote or two the MLE sits at the edge its prior
+        allows: a number that says nothing yet), else one decimal."""
+        return "—" if self.provisional else f"{self.rating:.1f}"
+
+    @property
     def ci_text(self) -> str:
-        """The 95% CI as shown: "n/a" without bootstrap, "needs more votes" where it cannot be estimated (no MLE, or
-        every resample gave the same rating), else "low – high"."""
-        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
+        """The 95% CI as shown: "n/a" while provisional or without bootstrap, "needs more votes" where it cannot be
+        estimated (no MLE, or every resample gave the same rating), else "low – high"."""
+        if self.provisional or math.isnan(self.ci_low) or math.isnan(self.ci_high):
             return "n/a"
         if not self.estimable or self.ci_high - self.ci_low < 1e-6:
             return "needs more votes"
@@ -318,8 +324,9 @@ def plural(n: int, word: str) -> str:
 
 
 def leaderboard_cells(rows: Sequence[LeaderboardRow], config: RatingConfig = RatingConfig()) -> list[list]:
-    """Rows for a table: rank, model, BT rating, 95% CI, Elo, votes, win rate, note (provisional ratings)."""
-    return [[r.rank, r.model, round(r.rating, 1), r.ci_text, round(r.elo, 1), r.votes, f"{r.win_rate:.0%}",
+    """Rows for a table: rank, model, BT rating, 95% CI, Elo, votes, win rate, note (provisional ratings: "—" and
+    "n/a", see `LeaderboardRow.rating_text`)."""
+    return [[r.rank, r.model, r.rating_text, r.ci_text, round(r.elo, 1), r.votes, f"{r.win_rate:.0%}",
              r.note(config.min_votes)] for r in rows]
 
 

@@ -159,8 +159,8 @@ class ArenaHandlers:
         models, matrix = win_rate_matrix(votes, [r.model for r in rows])
         summary = (f"{plural(len(votes), 'vote')} · ratings: Bradley-Terry MLE (mean 1000), 95% CI from 100 "
                    f"bootstrap rounds. A rating with fewer than {plural(config.min_votes, 'vote')} is "
-                   "**provisional**; a CI needs each model to have both won and lost within its group (until then: "
-                   "“needs more votes”). Elo: online, K = 4 per vote in vote order, so it stays near 1000 for the "
+                   "**provisional**: shown as “—”, its CI as “n/a”. A CI also needs each model to have both won and "
+                   "lost within its group (until then: “needs more votes”). Elo: online, K = 4 per vote in vote order, so it stays near 1000 for the "
                    "first votes. Heatmap: share of decisive votes won (ties and both-bad left out).")
         return table, plot_win_rate_heatmap(models, matrix, title="Win rate, row vs column"), summary
 

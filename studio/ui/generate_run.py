@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import gradio as gr
+from gradio.context import Context
 from PIL import Image
 
 from studio import hosting as hosting_mod
@@ -159,6 +160,19 @@ class RunBoard:
                         if d}
 
 
+def cancel_on_close(board: RunBoard):
+    """Register (on the Blocks being built) and return the handler that stops a session's generations when its tab
+    is closed or reloaded: the GPU lane does not go on running for nobody, and the next click does not queue
+    behind it."""
+    async def on_close(request: gr.Request) -> None:
+        if request.session_hash:  # Gradio's unload: the tab's heartbeat stopped
+            board.cancel(request.session_hash)
+
+    if Context.root_block is not None:
+        Context.root_block.unload(on_close)
+    return on_close
+
+
 def cancel_message(model: str, step: int, total: int) -> str:
     return f"Stopped {model}: cancelled at step {step}/{total}"
 
@@ -242,8 +256,10 @@ def display_image(image: Image.Image) -> tuple[Image.Image, int]:
 
 
 def made_text(result: GenerateResult) -> str:
-    s, im = result.stats, result.images[0]
-    return f"{len(result.images)} image(s), {im.width}×{im.height}, {s.latency_s:.2f} s · seed {result.seed}"
+    """What the column made and how: a few-step model beside its teacher shows its own sampler and steps."""
+    s, im, req = result.stats, result.images[0], result.request
+    return (f"{req.scheduler}, {req.steps} steps, CFG {req.guidance:g} · {len(result.images)} image(s), "
+            f"{im.width}×{im.height}, {s.latency_s:.2f} s · seed {result.seed}")
 
 
 def run_outputs(models: list[str], results: list[GenerateResult], files: list[str], seed: int):

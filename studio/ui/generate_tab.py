@@ -1,10 +1,9 @@
 """Generate tab: one prompt, up to four models side by side with the same seed, stats beneath.
 
-UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest fields (``studio.ui.fields.handler_fields``), then the LoRA
-section (``LORA_FIELDS``), the memory options (``MEMORY_FIELDS``) and the speed options (``SPEED_FIELDS``), in the
-order of its signature (the API order; new parameters go last, with defaults). Each speed option shows its measured
-effect, read from the committed bench reports (``studio.bench.notes``). Choosing models applies the first model's defaults from the registry (steps,
-CFG, negative prompt; size = each model's native one) to every value the user has not changed.
+UI inputs map to ``on_generate``'s parameters by name: the GenerateRequest fields, then ``LORA_FIELDS``,
+``MEMORY_FIELDS`` and ``SPEED_FIELDS``, in the order of its signature (the API order; new parameters go last, with
+defaults). Each speed option shows its measured effect (``studio.bench.notes``). Choosing models applies the registry
+defaults of the first ordinary model (``lead_first``) to every value the user has not changed.
 
 Each model has its own column: a header (``studio.ui.generate_run``: progress, then what was made, its error or its
 LoRA note, shown by a watcher event that follows the run) above its gallery. The model list marks the models whose
@@ -35,7 +34,8 @@ from studio.speed import COMPILE, check_choice
 import studio.ui.access as access
 from studio.ui.speed_widgets import build_speed_widgets
 from studio.ui.fields import whole
-from studio.ui.generate_run import CSS, Column, RunBoard, cancel_message, made_text, run_outputs, watch
+from studio.ui.generate_run import (CSS, Column, RunBoard, cancel_message, cancel_on_close, made_text, run_outputs,
+                                    watch)
 from studio.ui.help import first_step
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
@@ -59,11 +59,19 @@ def model_defaults(name: str) -> dict:
             "negative_prompt": spec.default_negative_prompt, "scheduler": spec.scheduler or "Euler"}
 
 
-def apply_defaults(chosen: list[str], current: dict, applied: dict) -> tuple[dict, dict, str]:
-    """Values for DEFAULT_FIELDS when the model set changes: the first chosen model's defaults, except where the
-    user changed a value away from the defaults applied last time (their explicit value wins). Returns (values,
-    the defaults now applied, a line saying so)."""
+def lead_first(chosen: list[str]) -> list[str]:
+    """The known models of ``chosen``, the one whose defaults the widgets take first: the first ordinary model (a
+    few-step model beside one runs with its own card, see ``compare.iter_side_by_side``), else the first."""
     known = [m for m in chosen or [] if m in {s.name for s in list_models()}]
+    lead = next((m for m in known if not get_spec(m).few_step), known[0] if known else None)
+    return [lead, *(m for m in known if m != lead)] if lead else []
+
+
+def apply_defaults(chosen: list[str], current: dict, applied: dict) -> tuple[dict, dict, str]:
+    """Values for DEFAULT_FIELDS when the model set changes: the defaults of the first chosen ordinary model (of the
+    first model when all are few-step), except where the user changed a value away from the defaults applied last
+    time (their explicit value wins). Returns (values, the defaults now applied, a line saying so)."""
+    known = lead_first(chosen)
     if not known:
         return dict(current), dict(applied), ""
     new = model_defaults(known[0])
@@ -84,10 +92,11 @@ def defaults_info(chosen: list[str], kept: list[str]) -> str:
         return f"**{name}**: {d['scheduler']}, {d['steps']} steps, CFG {d['guidance']:g}{neg}, {size}"
 
     text = "Defaults applied from " + card(chosen[0])
-    few = [card(m) for m in chosen[1:] if get_spec(m).few_step]
-    others = [card(m) for m in chosen[1:] if model_defaults(m) != model_defaults(chosen[0]) and not get_spec(m).few_step]
-    if few:
-        text += ". Few-step models run with their own card: " + "; ".join(few)
+    mixed = not get_spec(chosen[0]).few_step  # few-step models follow their cards only beside an ordinary one
+    own = [m for m in chosen[1:] if get_spec(m).few_step and mixed]
+    others = [card(m) for m in chosen[1:] if model_defaults(m) != model_defaults(chosen[0]) and m not in own]
+    if own:
+        text += ". Few-step models run with their own card: " + "; ".join(map(card, own))
     if others:
         text += ". Other cards (the request above runs on these too): " + "; ".join(others)
     if kept:
@@ -377,7 +386,7 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
                                         info=f"“{NOT_LOCAL}”: its weights are not on this machine; they download "
                                              "from the Hugging Face hub on first use (several GB, needs internet)")
         refresh = gr.Button("↻ models", scale=0)
-    defaults_md = gr.Markdown(defaults_info([first], []))
+    defaults_md = gr.Markdown(defaults_info([first], []), elem_id="gen-defaults")
     applied = gr.State(defaults)
     widgets.update(build_request_widgets(defaults))
     widgets.update(build_memory_widgets(hosting))
@@ -405,6 +414,7 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     gr.HTML(f"<style>{CSS}</style>", padding=False, container=False)
     handlers = GenerateHandlers(cache, hosting)
     board = handlers.board
+    cancel_on_close(board)
     token = gr.State(None)  # the click's run, followed by the watcher (server side)
 
     async def on_queue(request: gr.Request) -> str:  # async: never waits for a worker thread

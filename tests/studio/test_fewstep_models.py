@@ -50,15 +50,25 @@ def test_demo_lcm_lora_model_is_the_base_unet_with_the_lora_fused_and_the_base_u
 
 
 @needs_demo
-def test_beside_the_teacher_a_few_step_model_runs_with_its_own_card(tmp_path):
+@pytest.mark.parametrize("order", [["demo-teacher", "demo-lcm"], ["demo-lcm", "demo-teacher"]])
+def test_beside_the_teacher_a_few_step_model_runs_with_its_own_card(order):
     request = GenerateRequest(prompt="a red circle on a blue background", steps=3, guidance=5.0, seed=1)
-    results = list(iter_side_by_side(cpu_cache(), ["demo-teacher", "demo-lcm"], request, warmup=False))
-    assert [r.error for r in results] == ["", ""]
-    teacher, lcm = (r.request for r in results)
-    assert (teacher.scheduler, teacher.steps) == ("Euler", 3)
+    results = {r.model: r for r in iter_side_by_side(cpu_cache(), order, request, warmup=False)}
+    assert [results[m].error for m in order] == ["", ""]
+    teacher, lcm = results["demo-teacher"].request, results["demo-lcm"].request
+    assert (teacher.scheduler, teacher.steps) == ("Euler", 3)  # listed first or second: the request is its own
     spec = get_spec("demo-lcm")
     assert (lcm.scheduler, lcm.steps, lcm.guidance) == ("LCM", spec.default_steps, spec.default_guidance)
-    assert "Sampler: LCM" in results[1].parameters[0] and results[1].seed == results[0].seed
+    assert "Sampler: LCM" in results["demo-lcm"].parameters[0]
+    assert results["demo-lcm"].seed == results["demo-teacher"].seed
+
+
+@needs_demo
+def test_a_few_step_model_alone_runs_with_the_request():
+    request = GenerateRequest(prompt="a red circle on a blue background", steps=2, guidance=1.0, seed=1,
+                              scheduler="LCM")
+    (result,) = iter_side_by_side(cpu_cache(), ["demo-lcm"], request, warmup=False)
+    assert not result.error and (result.request.steps, result.request.scheduler) == (2, "LCM")  # the user's steps
 
 
 @needs_demo

@@ -178,27 +178,33 @@ class TestProvisionalAndUnestimable:
 
         rows = leaderboard([v("x", "y", "A")], RatingConfig(bootstrap_rounds=50))
         assert [r.provisional for r in rows] == [True, True] and not any(r.estimable for r in rows)
-        assert [r.ci_text for r in rows] == ["needs more votes"] * 2  # the MLE is infinite: no interval to give
+        assert rows[0].rating > 1500  # the MLE at the prior's edge (1633 vs 367): a number that must not be shown
+        assert [(r.rating_text, r.ci_text) for r in rows] == [("—", "n/a")] * 2
         cells = leaderboard_cells(rows)
-        assert cells[0][1] == "x" and cells[0][3] == "needs more votes" and cells[0][7] == "provisional: 1 of 20 votes"
+        assert cells[0][:4] == [1, "x", "—", "n/a"] and cells[0][7] == "provisional: 1 of 20 votes"
+        assert not any(isinstance(c, float) for row in cells for c in row[2:4])  # no rating number in the table
+        (row, _) = leaderboard([v("x", "y", "A")], RatingConfig(bootstrap_rounds=50, min_votes=1))
+        assert row.rating_text == f"{row.rating:.1f}" and row.ci_text == "needs more votes"  # the MLE is infinite
         assert plural(1, "vote") == "1 vote" and plural(2, "vote") == "2 votes" and plural(1200, "vote") == "1,200 votes"
 
     def test_a_model_that_never_lost_has_no_ci_until_it_does(self):
         votes = [v("x", "y", "A")] * 4 + [v("y", "z", "A"), v("z", "y", "A")]
-        rows = {r.model: r for r in leaderboard(votes, RatingConfig(bootstrap_rounds=50))}
+        config = RatingConfig(bootstrap_rounds=50, min_votes=1)  # CIs shown for every model: none provisional
+        rows = {r.model: r for r in leaderboard(votes, config)}
         assert not rows["x"].estimable and rows["x"].ci_text == "needs more votes"
-        rows = {r.model: r for r in leaderboard(votes + [v("y", "x", "A")], RatingConfig(bootstrap_rounds=50))}
+        rows = {r.model: r for r in leaderboard(votes + [v("y", "x", "A")], config)}
         assert all(r.estimable for r in rows.values()) and "–" in rows["x"].ci_text
 
     def test_a_tie_gives_an_mle_but_a_zero_width_bootstrap_is_still_no_ci(self):
-        (row, _) = leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=50))
+        (row, _) = leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=50, min_votes=1))
         assert row.estimable and row.ci_low == row.ci_high and row.ci_text == "needs more votes"
-        assert leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=0))[0].ci_text == "n/a"
+        assert leaderboard([v("x", "y", "tie")], RatingConfig(bootstrap_rounds=0, min_votes=1))[0].ci_text == "n/a"
 
     def test_the_provisional_threshold_is_configurable(self):
         votes = [v("x", "y", "A"), v("y", "x", "A"), v("x", "z", "B"), v("z", "x", "A"), v("y", "z", "tie")]
         rows = {r.model: r for r in leaderboard(votes, RatingConfig(bootstrap_rounds=0, min_votes=4))}
         assert (rows["x"].votes, rows["x"].provisional) == (4, False) and rows["z"].provisional  # z: 3 votes
         assert rows["z"].note(4) == "provisional: 3 of 4 votes" and rows["x"].note(4) == ""
+        assert rows["z"].rating_text == "—" and rows["x"].rating_text == f"{rows['x'].rating:.1f}"
         with pytest.raises(ValueError, match="min_votes must be an int >= 1"):
             RatingConfig(min_votes=0)

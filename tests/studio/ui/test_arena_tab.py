@@ -195,5 +195,5 @@ def test_battle_tab_lists_the_pool_and_the_leaderboard_marks_provisional_ratings
     service.vote(battle["battle_id"], "A", "voter-1")
     table, plot, summary = ArenaHandlers(service).on_leaderboard("all", "", "")
     assert summary.startswith("1 vote ·") and "fewer than 3 votes is **provisional**" in summary
-    assert [row[3] for row in table] == ["needs more votes"] * 2
+    assert [row[2:4] for row in table] == [["—", "n/a"]] * 2  # no rating number, no CI while provisional
     assert [row[7] for row in table] == ["provisional: 1 of 3 votes"] * 2

@@ -39,6 +39,13 @@ def test_changing_models_applies_their_defaults_except_values_the_user_changed()
     # a few-step model beside the teacher keeps its own card (it runs with it, see compare.iter_side_by_side)
     values, _, info = apply_defaults(["demo-teacher", "demo-lcm"], dict(start), start)
     assert values == start and "Few-step models run with their own card: **demo-lcm**: LCM, 4 steps" in info
+    # picked first, the few-step model still leaves the widgets to the teacher (20 Euler steps), and keeps its card
+    values, applied, info = apply_defaults(["demo-lcm", "demo-teacher"], dict(start), start)
+    assert values == start == applied and (values["steps"], values["scheduler"]) == (20, "Euler")
+    assert info.startswith("Defaults applied from **demo-teacher**: Euler, 20 steps")
+    assert "Few-step models run with their own card: **demo-lcm**: LCM, 4 steps" in info
+    values, applied, info = apply_defaults(["demo-lcm", "demo-lcm-lora"], dict(start), start)  # few-step only
+    assert (values["steps"], values["scheduler"]) == (4, "LCM") and "Few-step models run" not in info
     # the UI handler returns the widget values in DEFAULT_FIELDS order, then the state and the line
     steps, guidance, negative, sampler, state, line = on_models_change(["vega"], 30, 5.0, "", "Euler",
                                                                        model_defaults("sdxl"))
