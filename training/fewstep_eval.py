@@ -3,6 +3,7 @@ the few-step model cards' tables and a JSON.
 
     python -m training.fewstep report                  # every demo few-step model, 96 prompts, 1 thread
     python -m training.fewstep report --n 200 --json outputs/fewstep-report.json --no-cards
+    python -m training.fewstep report --only t2i       # re-measure one part; the JSON keeps the other part as it was
 
 Text-to-image quality is ``studio.demo.evaluator``'s all-attributes-correct rate on ``studio.demo.shapes.eval_prompts``
 (same prompts and seeds for every model); super-resolution quality is PSNR / SSIM to the ground truth and the
@@ -32,7 +33,6 @@ STEPS = (1, 2, 4, 8)
 BASELINE_STEPS = (2, 4, 8)
 # ordinary samplers tried for the few-step baselines (the best one per step count is reported)
 ORDINARY = (("Euler", {}), ("Euler", {"timestep_spacing": "trailing"}))
-MARK = "<!-- fewstep-report:{} -->", "<!-- /fewstep-report:{} -->"
 
 
 # ---------------------------------------------------------------- metrics
@@ -141,8 +141,6 @@ MODELS = {"teacher": DEMO / "teacher", "ssd": DEMO / "ssd", "lcm": DEMO / "lcm",
           "ssd_lcm_lora": DEMO / "loras" / "demo-ssd-lcm-lora.safetensors",
           "sr": DEMO / "sr", "sr_undistilled": DEMO / "sr" / "baselines" / "undistilled",
           "sr_two_stage": DEMO / "sr" / "baselines" / "two-stage"}
-CARDS = {"t2i": [DEMO / "lcm" / "README.md", DEMO / "loras" / "LCM-LORA.md", DEMO.parent.parent / "README.md"],
-         "sr": [DEMO / "sr" / "README.md"]}
 # the tail of each shipped model's training log: the CLI's "done:" line and /usr/bin/time's
 # "TIME <wall> s wall, <user> s user, <sys> s sys" line (-f "TIME %e s wall, %U s user, %S s sys")
 TRAIN_LOGS = {"lcm": DEMO / "lcm" / "train.log", "lcm_lora": DEMO / "loras" / "demo-lcm-lora.train.log",
@@ -205,25 +203,49 @@ def _unet_params(pipe) -> int:
     return sum(p.numel() for p in pipe.unet.parameters())
 
 
-def run_report(n: int = 96, *, latency_rounds: int = 5, models: dict | None = None, sr_guidances=(1.0, 5.0)) -> dict:
-    """Every demo few-step measurement, side by side in this process; returns the report dict."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+PARTS = {"t2i": ("t2i", "latency", "params"), "sr": ("sr",)}  # the report's parts and the keys each one writes
+
+
+def _part(train_key: str) -> str:
+    return "sr" if train_key == "sr" else "t2i"
+
+
+def run_report(n: int = 96, *, latency_rounds: int = 5, models: dict | None = None, sr_guidances=(1.0, 5.0),
+               parts=tuple(PARTS)) -> dict:
+    """The demo few-step measurements of ``parts`` ("t2i", "sr"), side by side in this process; returns the report
+    dict (``runs[part]``: the command, prompt count, threads and load average that part was measured with)."""
+    from diffusers import StableDiffusionXLPipeline
 
     m = {k: Path(v) for k, v in (models or MODELS).items()}
     load0 = os.getloadavg()
     t_start = time.time()
     teacher = StableDiffusionXLPipeline.from_pretrained(m["teacher"])
     teacher.set_progress_bar_config(disable=True)
+    guidance = 5.0
+    prompts = shapes.eval_prompts(n, "train")
+    command = "python -m training.fewstep report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"] else [])
+    report = {"n": n, "threads": torch.get_num_threads(), "torch": torch.__version__, "command": command.strip(),
+              "t2i": {}, "sr": {}, "latency": {}, "params": {}}
+    if "t2i" in parts:
+        _t2i_report(report, m, teacher, prompts, guidance, latency_rounds)
+    if "sr" in parts and (m["sr"] / "studio_model.json").exists():
+        report["sr"] = _sr_report(m, teacher, n, sr_guidances)
+    report["training"] = {k: training_cost(v) for k, v in TRAIN_LOGS.items() if _part(k) in parts and training_cost(v)}
+    report["seconds"] = time.time() - t_start
+    report["loadavg"] = {"start": load0, "end": os.getloadavg()}
+    meta = {k: report[k] for k in ("n", "threads", "torch", "command", "seconds", "loadavg")}
+    report["runs"] = {part: meta for part in parts}
+    return report
+
+
+def _t2i_report(report: dict, m: dict, teacher, prompts: list, guidance: float, latency_rounds: int) -> None:
+    """The text-to-image part: baselines, the three LCM students at STEPS, latencies and sizes (into ``report``)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
     ssd = StableDiffusionXLPipeline(**{**teacher.components,
                                        "unet": UNet2DConditionModel.from_pretrained(m["ssd"] / "unet")})
     ssd.set_progress_bar_config(disable=True)
-    guidance = 5.0
-    prompts = shapes.eval_prompts(n, "train")
-    report = {"n": n, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": "python -m training.fewstep report " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["report"]
-                                                                         else []),
-              "t2i": {}, "sr": {}, "latency": {}, "params": {}}
-    t2i = report["t2i"]
+    t2i, n = report["t2i"], len(prompts)
     _log(f"text-to-image, {n} prompts")
     t2i["teacher@20"] = _t2i(teacher, prompts, 20, guidance)
     t2i["ssd@20"] = _t2i(ssd, prompts, 20, guidance)
@@ -254,13 +276,17 @@ def run_report(n: int = 96, *, latency_rounds: int = 5, models: dict | None = No
     lat = _latencies(configs, latency_rounds)
     ref = lat["teacher@20"]["median_s"]
     report["latency"] = {k: v | {"speedup_vs_teacher20": ref / v["median_s"]} for k, v in lat.items()}
-    # conditional
-    if (m["sr"] / "studio_model.json").exists():
-        report["sr"] = _sr_report(m, teacher, n, sr_guidances)
-    report["training"] = {k: training_cost(v) for k, v in TRAIN_LOGS.items() if training_cost(v)}
-    report["seconds"] = time.time() - t_start
-    report["loadavg"] = {"start": load0, "end": os.getloadavg()}
-    return report
+
+
+def merge_report(old: dict, new: dict, part: str) -> dict:
+    """``old`` with ``part``'s keys, training costs and run record replaced by ``new``'s (the other part kept)."""
+    runs = old.get("runs") or {p: {k: old[k] for k in ("n", "threads", "torch", "command", "seconds", "loadavg")
+                                   if k in old} for p in PARTS if old.get(p)}
+    merged = old | {k: new[k] for k in PARTS[part]}
+    merged["training"] = ({k: v for k, v in old.get("training", {}).items() if _part(k) != part}
+                          | new.get("training", {}))
+    merged["runs"] = runs | {part: new["runs"][part]}
+    return merged
 
 
 def training_cost(path: Path) -> dict:
@@ -325,94 +351,9 @@ def _sr_report(m: dict, teacher, n: int, guidances) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- cards
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
-
-
-def t2i_table(r: dict) -> str:
-    t2i, lat = r["t2i"], r["latency"]
-    ref = t2i["teacher@20"]["all"]
-    lines = [f"Written by `{r['command']}`.", "", f"Evaluator all-attributes-correct on {r['n']} prompts (`studio.demo.shapes.eval_prompts`, same seeds for "
-             f"every row); latency: one 64 px image, batch 1, {r['threads']} thread(s), median of interleaved rounds "
-             f"(load average {r['loadavg']['start'][0]:.1f} at the start, {r['loadavg']['end'][0]:.1f} at the end).",
-             "", "| model | sampler | steps | CFG | all correct | vs teacher@20 | latency | speed-up vs teacher@20 |",
-             "|---|---|---|---|---|---|---|---|"]
-
-    def row(model, sampler, steps, guidance, score, lat_key=None):
-        la = lat.get(lat_key) if lat_key else None
-        lat_txt = f"{la['median_s'] * 1000:.0f} ms" if la else ""
-        sp = f"{la['speedup_vs_teacher20']:.1f}x" if la else ""
-        lines.append(f"| {model} | {sampler} | {steps} | {guidance:g} | {_pct(score)} | {100 * (score - ref):+.1f} | "
-                     f"{lat_txt} | {sp} |")
-
-    row("demo-teacher", "Euler", 20, t2i["teacher@20"]["guidance"], ref, "teacher@20")
-    for key, label in (("teacher", "demo-teacher"), ("ssd", "demo-ssd")):
-        if key == "ssd":
-            row("demo-ssd", "Euler", 20, t2i["ssd@20"]["guidance"], t2i["ssd@20"]["all"], "ssd@20")
-        for steps, res in t2i[f"{key} ordinary"].items():
-            best = res["rows"][res["best"]]
-            row(label, f"best ordinary: {res['best']}", steps, best["guidance"], best["all"],
-                "teacher@4" if key == "teacher" and int(steps) == 4 else None)
-    names = {"lcm": "demo-lcm (full LCM student)", "lcm_lora": "demo-teacher + demo-lcm-lora",
-             "ssd_lcm_lora": "demo-ssd + demo-ssd-lcm-lora"}
-    for key, label in names.items():
-        for steps, res in t2i.get(key, {}).items():
-            row(label, "LCM", steps, res["guidance"], res["all"], f"{key}@4" if int(steps) == 4 else None)
-    lines += ["", "Size and training cost (steps, and the training command's wall-clock and CPU time from its log "
-              "under `/usr/bin/time`; the machine was shared, so the CPU time is the fairer figure):", "",
-              "| model | parameters | of its UNet | steps | wall | CPU user |", "|---|---|---|---|---|---|"]
-    params, cost = r["params"], r.get("training", {})
-    for key, label in names.items():
-        if key not in params:
-            continue
-        unet = params["ssd_unet" if key == "ssd_lcm_lora" else "teacher_unet"]
-        c = cost.get(key, {})
-        wall = f"{c['wall_s'] / 60:.1f} min" if "wall_s" in c else ""
-        user = f"{c['user_s'] / 60:.1f} min" if "user_s" in c else ""
-        lines.append(f"| {label} | {params[key]:,} | {100 * params[key] / unet:.2f} % | {c.get('steps', '')} | "
-                     f"{wall} | {user} |")
-    return "\n".join(lines)
-
-
-def sr_table(r: dict) -> str:
-    sr = r["sr"]
-    lines = [f"Written by `{r['command']}` (load average {r['loadavg']['start'][0]:.1f} at the start, "
-             f"{r['loadavg']['end'][0]:.1f} at the end).", "",
-             f"4x super-resolution (16x16 condition -> 64x64) on {sr['n']} synthetic images never used in training "
-             f"(seed {SR_EVAL_SEED}); PSNR / SSIM to the ground truth, evaluator all-correct on the output.", "",
-             "| model | steps | PSNR (dB) | SSIM | all correct | sampler |", "|---|---|---|---|---|---|"]
-    for label, res in sr["rows"].items():
-        if "psnr" in res:
-            lines.append(f"| {label} | - | {res['psnr']:.2f} | {res['ssim']:.3f} | {_pct(res['all'])} | - |")
-            continue
-        for steps, v in res.items():
-            lines.append(f"| {label} | {steps} | {v['psnr']:.2f} | {v['ssim']:.3f} | {_pct(v['all'])} | "
-                         f"{v.get('sampler', 'LCM')} |")
-    return "\n".join(lines)
-
-
-def write_cards(report: dict, cards: dict | None = None) -> list[Path]:
-    """Replace the text between the ``fewstep-report`` marker comments of each card with the fresh table."""
-    written = []
-    for key, paths in (cards or CARDS).items():
-        if key == "sr" and not report.get("sr"):
-            continue
-        table = t2i_table(report) if key == "t2i" else sr_table(report)
-        for path in paths:
-            if not path.exists():
-                continue
-            text, (start, end) = path.read_text(), (MARK[0].format(key), MARK[1].format(key))
-            if start not in text or end not in text:
-                continue
-            head, rest = text.split(start, 1)
-            path.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-            written.append(path)
-    return written
-
-
 def report_main(argv: list[str]) -> int:
+    from training.fewstep_cards import sr_table, t2i_table, write_cards
+
     p = argparse.ArgumentParser(prog="python -m training.fewstep report",
                                 description="side-by-side few-step report of the demo family")
     p.add_argument("--n", type=int, default=96, help="prompts / images per configuration (>= 96 for the cards)")
@@ -421,15 +362,20 @@ def report_main(argv: list[str]) -> int:
     p.add_argument("--json", default=str(DEMO / "fewstep-report.json"))
     p.add_argument("--no-cards", action="store_true", help="do not rewrite the model cards' tables")
     p.add_argument("--from-json", default="", help="re-render the tables of a saved report (no measuring)")
+    p.add_argument("--only", choices=tuple(PARTS), default="",
+                   help="measure only this part and replace it in the existing --json (the other part is kept)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.from_json:
         report = json.loads(Path(a.from_json).read_text())
     else:
-        report = run_report(a.n, latency_rounds=a.latency_rounds)
+        report = run_report(a.n, latency_rounds=a.latency_rounds, parts=(a.only,) if a.only else tuple(PARTS))
+        if a.only and Path(a.json).exists():
+            report = merge_report(json.loads(Path(a.json).read_text()), report, a.only)
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
-    print(t2i_table(report))
+    if report.get("t2i"):
+        print(t2i_table(report))
     if report.get("sr"):
         print(sr_table(report))
     if not a.no_cards:

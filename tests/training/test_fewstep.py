@@ -235,3 +235,35 @@ def test_lcm_lora_targets_give_the_published_lcm_lora_sizes_on_the_released_conf
         unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=LCM_LORA_TARGETS))
     lora = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     assert abs(lora - published) / published < 0.005
+
+
+def test_report_only_one_part_replaces_that_part_and_keeps_the_other(tmp_path):
+    """``report --only t2i``: the fresh text-to-image keys, training costs and run record replace the old ones; the
+    super-resolution part, its training cost and its run record (here an old report without ``runs``) stay."""
+    from training.fewstep_cards import sr_table, t2i_table, write_cards
+    from training.fewstep_eval import merge_report
+
+    def run(cmd, load):
+        return {"n": 96, "threads": 1, "torch": "x", "command": cmd, "seconds": 1.0, "loadavg": {"start": [load],
+                                                                                                  "end": [load]}}
+
+    def t2i(score):
+        return {"teacher@20": {"all": score, "guidance": 5.0}, "ssd@20": {"all": score, "guidance": 5.0},
+                "teacher ordinary": {}, "ssd ordinary": {}, "lcm": {"4": {"all": score, "guidance": 2.0}}}
+
+    sr = {"n": 96, "rows": {"VAE round trip": {"psnr": 30.0, "ssim": 0.9, "all": 0.8}}}
+    old = run("old full", 3.0) | {"t2i": t2i(0.5), "sr": sr, "latency": {}, "params": {"teacher_unet": 10, "lcm": 5},
+                                  "training": {"lcm": {"steps": 800}, "sr": {"steps": 300}}}
+    new = {"t2i": t2i(0.75), "sr": {}, "latency": {}, "params": {"teacher_unet": 10, "lcm": 6},
+           "training": {"lcm": {"steps": 1200}}, "runs": {"t2i": run("report --only t2i", 7.0)}}
+    merged = merge_report(old, new, "t2i")
+    assert merged["t2i"]["lcm"]["4"]["all"] == 0.75 and merged["sr"] == sr and merged["params"]["lcm"] == 6
+    assert merged["training"] == {"lcm": {"steps": 1200}, "sr": {"steps": 300}}
+    assert merged["runs"]["t2i"]["command"] == "report --only t2i" and merged["runs"]["sr"]["command"] == "old full"
+    assert "`report --only t2i`" in t2i_table(merged) and "75.0 %" in t2i_table(merged)
+    assert "`old full`" in sr_table(merged) and "load average 3.0" in sr_table(merged)
+    card = tmp_path / "card.md"
+    card.write_text("head\n<!-- fewstep-report:sr -->\nstale\n<!-- /fewstep-report:sr -->\ntail\n")
+    assert write_cards(merged | {"t2i": {}}, {"t2i": [card], "sr": [card]}) == [card]
+    text = card.read_text()
+    assert "stale" not in text and "`old full`" in text and text.startswith("head\n") and text.endswith("tail\n")
