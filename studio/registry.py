@@ -108,7 +108,8 @@ BUILTIN = [
     ModelSpec("vega-rt", "segmind/Segmind-VegaRT", base="vega", lora=True, default_size=1024, default_steps=4,
               default_guidance=1.0, scheduler="LCM", description="Segmind VegaRT: LCM-LoRA for Vega, 4 steps"),
 ]
-DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega", "lcm": "demo-lcm", "sr": "demo-sr"}
+DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega", "lcm": "demo-lcm"}
+DEMO_CONDITIONAL = {"sr": "demo-sr"}  # the demo family's conditional models (text-to-image benches leave them out)
 # the demo family's LCM-LoRAs, listed as models: (name, file under assets/demo/loras, the model it applies to)
 DEMO_LCM_LORAS = (("demo-lcm-lora", "demo-lcm-lora.safetensors", "demo-teacher"),
                   ("demo-ssd-lcm-lora", "demo-ssd-lcm-lora.safetensors", "demo-ssd"))
@@ -117,7 +118,7 @@ DEMO_LCM_LORAS = (("demo-lcm-lora", "demo-lcm-lora.safetensors", "demo-teacher")
 def _demo_specs() -> list[ModelSpec]:
     """The embedded demo family: tiny SDXL-layout teacher and the students distilled from it (when present)."""
     specs = []
-    for folder, name in DEMO_NAMES.items():
+    for folder, name in (DEMO_NAMES | DEMO_CONDITIONAL).items():
         path = DEMO_DIR / folder
         meta = _read_spec_file(path)
         if (path / "model_index.json").exists() or (path / "unet").exists() or condition_size(meta):
