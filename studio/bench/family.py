@@ -42,7 +42,7 @@ from studio.loading import ModelCache, Runtime, choose_runtime, local_folder, we
 from studio.memory import free_memory, safetensors_bytes
 from studio.registry import CONFIGS_DIR, DEMO_NAMES, get_spec
 
-DEMO_FAMILY = tuple(DEMO_NAMES.values())  # demo-teacher, demo-ssd, demo-vega
+DEMO_FAMILY = tuple(DEMO_NAMES[k] for k in ("teacher", "ssd", "vega"))  # the three: a teacher, two students
 REAL_FAMILY = ("sdxl", "ssd-1b", "vega")
 PARTS = ("text_encoder", "text_encoder_2", "vae")
 BUILT_MARK = "built.json"

@@ -15,7 +15,7 @@ from studio.bench.notes import BENCH_DIR
 from studio.paths import ASSETS_DIR
 
 README = ASSETS_DIR.parent / "README.md"
-UNET_REPORTS = ("unet-256-fp32.json", "unet-256-fp32-r7.json")  # two runs of the same command, different loads
+UNET_REPORTS = ("unet-256-fp32-r7.json",)  # scripts/bench_cpu.sh
 START = "<!-- speed:{} (python -m studio bench readme writes this block) -->"
 END = "<!-- /speed -->"
 
@@ -81,7 +81,9 @@ def options_block(reports: list[dict]) -> list[str]:
                 q = row["quality"]
                 ev = q.get("evaluator", {}).get("all")
                 note = [f"[{n}]"]
-                if "compile_s" in row:
+                if "compile_s" in row and "feature_reuse" in row["options"]:  # after a compile row: code reused
+                    note.append("compiled code reused (its compile time is in the rows above)")
+                elif "compile_s" in row:
                     note.append(f"compile {row['compile_s']:.0f} s (pays back after "
                                 f"{_payback(row, rows['default']):s})")
                 if "reuse_bound" in row:

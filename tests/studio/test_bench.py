@@ -166,7 +166,7 @@ def test_the_committed_reports_quote_every_option_with_its_command():
                   "low_vram"):
         assert field in notes, field
     assert "python -m studio bench options" in notes["source"]
-    for name in ("unet-256-fp32.json", "memory-demo.json", "side-by-side-demo.json"):
+    for name in ("unet-256-fp32-r7.json", "memory-demo.json", "side-by-side-demo.json"):
         report = json.loads((BENCH_DIR / name).read_text())
         assert report["command"].startswith("python -m studio bench ")
         assert "load_average" in report["environment_before"]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_readme_blocks_are_what_the_committed_reports_say(tmp_path):
-    unet = json.loads((BENCH_DIR / "unet-256-fp32.json").read_text())
+    unet = json.loads((BENCH_DIR / "unet-256-fp32-r7.json").read_text())
     blocks = readme.blocks()
     assert set(blocks) == {"goals", "unet", "family", "options", "reuse", "profile"}
     table = "\n".join(blocks["unet"])
