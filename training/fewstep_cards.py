@@ -57,6 +57,9 @@ def t2i_table(r: dict) -> str:
     for key, label in names.items():
         for steps, res in t2i.get(key, {}).items():
             row(label, "LCM", steps, res["guidance"], res["all"], f"{key}@4" if int(steps) == 4 else None)
+    for key, label in (("teacher", "demo-teacher, no LoRA (control)"), ("ssd", "demo-ssd, no LoRA (control)")):
+        for steps, res in t2i.get(f"{key} LCM sampler", {}).items():
+            row(label, "LCM", steps, res["guidance"], res["all"])
     lines += ["", "Size and training cost (steps, and the training command's wall-clock and CPU time from its log "
               "under `/usr/bin/time`; the machine was shared, so the CPU time is the fairer figure):", "",
               "| model | parameters | of its UNet | steps | wall | CPU user |", "|---|---|---|---|---|---|"]

@@ -25,7 +25,7 @@ import torch
 
 from studio.demo import shapes
 from studio.demo.evaluator import evaluate_batch, parse_prompt
-from studio.fewstep import load_fewstep_pipeline, low_res, recommended_settings
+from studio.fewstep import lcm_scheduler, load_fewstep_pipeline, low_res, recommended_settings
 from training.demo_eval import evaluate_pipeline
 
 SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (training uses the config's seed, 0)
@@ -255,6 +255,9 @@ def _t2i_report(report: dict, m: dict, teacher, prompts: list, guidance: float, 
         t2i[f"{key} ordinary"] = _best_ordinary(pipe, prompts, guidance,
                                                 lambda p, s, g: _t2i(p, prompts, s, g))
         _log(f"{key} ordinary samplers done")
+        # control for the LCM-LoRAs: the same LCMScheduler at 4 steps, CFG 1, on the base model without a LoRA
+        t2i[f"{key} LCM sampler"] = {"4": _t2i(_with_scheduler(pipe, lcm_scheduler(pipe.scheduler.config)),
+                                               prompts, 4, 1.0)}
     students = {"lcm": ("lcm", teacher), "lcm_lora": ("lcm_lora", teacher), "ssd_lcm_lora": ("ssd_lcm_lora", ssd)}
     pipes = {}
     for key, (model, base) in students.items():
