@@ -25,6 +25,10 @@ GenerateFnFactory = Callable[[argparse.Namespace], GenerateFn]
 SETTING_KEYS = ("negative_prompt", "steps", "guidance", "width", "height", "scheduler")  # GenerateRequest fields
 
 
+NOT_IN_BATTLES = ("{names}: conditional model(s) need a condition image, and an arena battle is a text-to-image "
+                  "prompt with none to give; the arena pits text-to-image models only")
+
+
 def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> GenerateFn:
     """The arena's ``generate_fn(model, prompt, seed, settings)`` on top of `studio.generation.generate`.
 
@@ -49,6 +53,8 @@ def make_generate_fn(get_pipe: Callable[[str], object] | None = None) -> Generat
             spec = resolve_spec(model)
         except ValueError:  # a model ``get_pipe`` knows that the registry does not: no card to follow
             spec = None
+        if spec is not None and spec.conditional:
+            raise ValueError(NOT_IN_BATTLES.format(names=model))
         if spec is not None:
             request = card_request(spec, request)  # a few-step model runs as its card says
         return generate(get_pipe(model), request, model_name=model).images[0]

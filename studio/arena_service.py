@@ -8,6 +8,11 @@ The pool: an admin's choice (stored in the votes database), else ``$STUDIO_ARENA
 family — in local mode with the students exported from it, resolved on every battle; in public mode only the
 built-in demo models: nothing joins a public pool by itself. ``$STUDIO_ARENA_MIN_VOTES`` (default 20): a model's
 leaderboard rating is provisional below that many votes.
+
+Conditional models (``ModelSpec.conditional``, e.g. demo-sr's super-resolution) never battle: a battle is one prompt
+drawn for two text-to-image models, and there is no condition image to give them — deriving one (a picture of the
+prompt, downsampled) would hand one side the answer and unblind the pair. The default pool leaves them out, an
+admin's pool refuses them with that reason, and a pool from ``$STUDIO_ARENA_POOL`` drops them with a logged warning.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 from studio import hosting as hosting_mod
 from studio.arena import Arena, ArenaConfig
 from studio.arena_cache import CACHE_INDEX, ArenaError, PromptItem, draw_prompt, load_prompt_set
-from studio.arena_cli import SETTING_KEYS, make_generate_fn
+from studio.arena_cli import NOT_IN_BATTLES, SETTING_KEYS, make_generate_fn
 from studio.arena_votes import VoteMirror, load_votes, read_setting, restore_votes, write_setting
 from studio.demo.shapes import COLOURS, DEMO_WORDS, SHAPES
 from studio.hosting import Hosting, display_path, gpu_task
@@ -61,6 +66,20 @@ def env_pool() -> list[str] | None:
     return names or None
 
 
+def conditional_names(names: list[str]) -> list[str]:
+    """The registry's conditional models among ``names`` (names it does not know are left to the caller)."""
+    conditional = {s.name for s in list_models() if s.conditional}
+    return [n for n in names if n in conditional]
+
+
+def battle_pool(names: list[str]) -> list[str]:
+    """``names`` without conditional models (each one dropped is logged with the reason)."""
+    dropped = conditional_names(names)
+    if dropped:
+        LOG.warning("arena pool: %s", NOT_IN_BATTLES.format(names=", ".join(dropped)))
+    return [n for n in names if n not in dropped]
+
+
 def default_pool(*, public: bool = False) -> list[str]:
     """``$STUDIO_ARENA_POOL``, else the built-in demo models; in local mode also the students exported from them
     (a public pool never grows by itself: a finished job's model joins only when an admin adds it)."""
@@ -72,7 +91,7 @@ def default_pool(*, public: bool = False) -> list[str]:
               and Path(s.source).resolve().is_relative_to(DEMO_DIR.resolve())}
     while not public and (new := {s.name for s in specs if s.base in family} - family):  # students of students
         family |= new
-    return [s.name for s in specs if s.name in family]
+    return [s.name for s in specs if s.name in family and not s.conditional]
 
 
 def pool_settings(pool: list[str]) -> dict:
@@ -241,9 +260,9 @@ class ArenaService:
     def pool(self) -> list[str]:
         chosen = read_setting(self.db_path, "pool")
         if chosen:
-            return list(chosen)
+            return battle_pool(list(chosen))
         if self.fixed_pool is not None:
-            return list(self.fixed_pool)
+            return battle_pool(list(self.fixed_pool))
         return list(self.startup_pool) if self.hosting.public else default_pool()
 
     def set_pool(self, names: list[str]) -> list[str]:
@@ -257,6 +276,8 @@ class ArenaService:
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise ArenaError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            if conditional_names(names):
+                raise ArenaError(NOT_IN_BATTLES.format(names=", ".join(conditional_names(names))))
             if len(set(names)) != len(names) or len(names) < 2:
                 raise ArenaError("the pool needs at least two distinct models")
         write_setting(self.db_path, "pool", names or None)

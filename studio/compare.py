@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 
 from studio.generation import (MAX_SEED, GenerateRequest, GenerateResult, GenerationCancelled, OnStep, ShouldStop,
-                               card_request, generate)
+                               card_request, condition_request, generate)
 from studio.hosting import Caps
 from studio.loading import ModelCache, resolve_spec
 from studio.lora import LoraRef
@@ -62,7 +62,9 @@ def run_model(cache: ModelCache, spec: ModelSpec, request: GenerateRequest, *, r
               loras: list[LoraRef] = (), warmup: bool = True, on_step: OnStep | None = None,
               should_stop: ShouldStop | None = None) -> GenerateResult:
     """Load (if needed), warm up (first call after loading), generate; on CUDA out-of-memory free everything
-    else and retry once with tiled decoding, then raise :class:`OutOfMemory`."""
+    else and retry once with tiled decoding, then raise :class:`OutOfMemory`. The request's condition image is
+    prepared for a conditional model and dropped for the others (``condition_request``)."""
+    request = condition_request(spec, request)
     for attempt in (1, 2):
         try:
             return _run_once(cache, spec, request, roots=roots, loras=loras, warmup=warmup, on_step=on_step,
@@ -124,13 +126,17 @@ def iter_side_by_side(cache: ModelCache, models: list[str | ModelSpec], request:
     steps sits beside its teacher at 20. Few-step models alone run with the request (their steps are the user's).
     ``loras`` maps a model name to the LoRAs (with scales) applied to that model only. A model that cannot
     load or run yields ``GenerateResult.failed`` and the next model still runs; cancelling stops the whole run.
-    ``caps`` (a hosting's limits: models per request, steps, size, images per model) are checked before anything
-    resolves or loads; `CapError` (a ValueError) names the value, the cap and its environment variable.
+    A conditional model gets the request's condition image (a text-to-image model beside it ignores it); without
+    one the run fails before anything loads. ``caps`` (a hosting's limits: models per request, steps, size, images
+    per model) are checked before anything resolves or loads; `CapError` (a ValueError) names the value, the cap and its environment variable.
     """
     if caps is not None:
         caps.check_generation(models=len([m for m in models if m]), steps=request.steps, width=request.width,
                               height=request.height, batch=request.batch_size)
     specs = [m if isinstance(m, ModelSpec) else resolve_spec(m, roots=roots) for m in check_models(models)]
+    for spec in specs:  # a conditional model without a fitting condition image fails before anything loads
+        if spec.conditional:
+            condition_request(spec, request)
     if request.seed == -1:
         request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
     mixed = any(not spec.few_step for spec in specs)

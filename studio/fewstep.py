@@ -51,11 +51,12 @@ def recommended_settings(source: str | Path) -> dict:
     return {"scheduler": "LCM", "scheduler_config": {}, "steps": 4, "guidance": 1.0} | meta.get("fewstep", {})
 
 
-def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | None = None):
+def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | None = None, copy_unet: bool = True):
     """A pipeline for a few-step output over ``base_pipe``'s components: a full-student folder (``unet/``), an
     LCM-LoRA file or folder (fused into a copy of the base UNet), or a conditional folder (``controlnet/`` + LoRA:
     a ``StableDiffusionXLControlNetPipeline``). Scheduler: the output's recommendation (LCM on its skipping schedule)
-    unless ``scheduler`` names one of ``studio.schedulers``."""
+    unless ``scheduler`` names one of ``studio.schedulers``. ``copy_unet=False`` fuses a LoRA into ``base_pipe``'s own
+    UNet (a fresh one the caller does not keep, as the model cache's)."""
     from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline,
                            UNet2DConditionModel)
 
@@ -69,9 +70,10 @@ def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | Non
     if (source / "unet").is_dir():
         pipe = StableDiffusionXLPipeline(**parts, unet=UNet2DConditionModel.from_pretrained(source / "unet").float())
     else:
-        unet = copy.deepcopy(base_pipe.unet)  # the LoRA is fused into a copy; the base pipeline stays as it was
+        # the LoRA is fused into a copy; the base pipeline stays as it was
+        unet = copy.deepcopy(base_pipe.unet) if copy_unet else base_pipe.unet
         if (source / "controlnet").is_dir():
-            controlnet = ControlNetModel.from_pretrained(source / "controlnet").float()
+            controlnet = ControlNetModel.from_pretrained(source / "controlnet", use_safetensors=True).float()
             pipe = StableDiffusionXLControlNetPipeline(**parts, unet=unet, controlnet=controlnet)
         else:
             pipe = StableDiffusionXLPipeline(**parts, unet=unet)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import (StableDiffusionXLControlNetPipeline, StableDiffusionXLImg2ImgPipeline,
+                       StableDiffusionXLPipeline)
 from PIL import Image
 
 from studio.hosting import CapError, Caps
@@ -47,6 +48,7 @@ MIN_SIZE, MAX_SIZE = 32, 2048
 MAX_STEPS, MAX_BATCH, MAX_PROMPT_CHARS = 150, 8, 2000
 MAX_SEED = 2**32 - 1
 MAX_INIT_PIXELS = 8192 * 8192  # an init image's pixels, whatever the caller's cap (checked before decoding)
+MAX_CONDITION_PIXELS = MAX_SIZE * MAX_SIZE  # a condition image is never larger than the largest output
 VERSION = "sdxl-studio 0.1"
 TILE_ABOVE_PIXELS = 1536 * 1024  # decode in tiles above ~1.5 MP per image (SDXL's buckets are ~1 MP)
 
@@ -77,6 +79,9 @@ class GenerateRequest:
     batch_size: int = 1  # images per model, 1-8
     init_image: Image.Image | None = field(default=None, compare=False, repr=False)  # set for image-to-image
     strength: float = 0.75  # image-to-image: how much of the init image is replaced, (0, 1]
+    # conditional models (``ModelSpec.conditional``, e.g. demo-sr): the image they start from (image data only, RGB,
+    # at most MAX_CONDITION_PIXELS); text-to-image models beside them ignore it (``condition_request``)
+    condition_image: Image.Image | None = field(default=None, compare=False, repr=False)
     vae: str = "default"  # "default" (the model's own), "fp16-fix" (SDXL's VAE that decodes in fp16), "taesdxl" (tiny)
     # speed options (studio.speed, studio.reuse); the defaults are the plain diffusers path
     attention: str = "sdpa"  # "sdpa" (PyTorch's fused attention) or "classic"
@@ -117,11 +122,23 @@ class GenerateRequest:
         check_flag("fuse_qkv", self.fuse_qkv)
         check_choice("vae_decode", self.vae_decode, VAE_DECODE)
         check_reuse(self.feature_reuse, self.feature_reuse_branch)
+        if self.condition_image is not None:
+            image = self.condition_image
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"condition_image must be image data (a PIL image), not {type(image).__name__}: "
+                                 "file paths are not accepted")
+            if image.width * image.height > MAX_CONDITION_PIXELS:
+                raise ValueError(f"condition_image is {image.width}x{image.height}; at most {MAX_SIZE}x{MAX_SIZE} "
+                                 f"({MAX_CONDITION_PIXELS:,} pixels): downscale it first")
+            if image.mode != "RGB":
+                object.__setattr__(self, "condition_image", image.convert("RGB"))
 
     def to_dict(self) -> dict:
-        out = asdict(replace(self, init_image=None))
-        out.pop("init_image")
+        out = asdict(replace(self, init_image=None, condition_image=None))
+        out.pop("init_image"), out.pop("condition_image")
         out["img2img"] = self.init_image is not None
+        if self.condition_image is not None:
+            out["condition"] = f"{self.condition_image.width}x{self.condition_image.height} image"
         return out
 
 
@@ -131,6 +148,27 @@ def card_request(spec, request: GenerateRequest) -> GenerateRequest:
     if not spec.few_step:
         return request
     return replace(request, scheduler=spec.scheduler, steps=spec.default_steps, guidance=spec.default_guidance)
+
+
+def condition_request(spec, request: GenerateRequest) -> GenerateRequest:
+    """``request`` for ``spec``: a conditional model gets its condition image as its card prepares it (fitted to the
+    square output, box-downsampled to ``spec.condition_size`` at ``default_size``: demo-sr's 16x16 at 64x64); a
+    text-to-image model drops it. A conditional model without one, or at a non-square size, is refused."""
+    from studio.fewstep import low_res
+
+    if not spec.conditional:
+        return replace(request, condition_image=None) if request.condition_image is not None else request
+    if request.condition_image is None:
+        raise ValueError(f"{spec.name} is a conditional model: it makes its image from a condition image "
+                         f"({spec.condition_size}x{spec.condition_size} low-resolution input, made "
+                         f"{spec.default_size}x{spec.default_size}); give one (the Generate tab's 'Condition image', "
+                         "the API's condition_image)")
+    side = request.width or spec.default_size
+    if (request.height or spec.default_size) != side:
+        raise ValueError(f"{spec.name} is a conditional model trained on squares: width and height must be equal; "
+                         f"got {request.width}x{request.height}")
+    small = max(1, round(side * spec.condition_size / spec.default_size))
+    return replace(request, condition_image=low_res(request.condition_image, side, small))
 
 
 @dataclass
@@ -180,8 +218,8 @@ class GenerateResult:
         return paths
 
 
-def load_init_image(source, caps: Caps | None = None) -> Image.Image:
-    """An init image (a file path or a PIL image) as RGB, refused above ``caps.init_pixels`` (and `MAX_INIT_PIXELS`)
+def load_init_image(source, caps: Caps | None = None, *, what: str = "init image") -> Image.Image:
+    """An init or condition image (``what`` in messages; a file path or a PIL image) as RGB, refused above ``caps.init_pixels`` (and `MAX_INIT_PIXELS`)
     *before* it is decoded: ``Image.open`` reads only the header, where a 140 KB PNG can declare 12000x12000."""
     limit = min(caps.init_pixels, MAX_INIT_PIXELS) if caps is not None else MAX_INIT_PIXELS
     too_big = f"is above this server's cap of {limit:,} (STUDIO_MAX_INIT_PIXELS); downscale it before uploading"
@@ -191,16 +229,16 @@ def load_init_image(source, caps: Caps | None = None) -> Image.Image:
             image = source if isinstance(source, Image.Image) else Image.open(source)  # the header only
     except Image.DecompressionBombError as err:  # above Pillow's MAX_IMAGE_PIXELS x 2 (the app sets it to the cap)
         pixels = re.search(r"\((\d+) pixels\)", str(err))
-        raise CapError(f"init image pixels {int(pixels.group(1)) if pixels else 0:,} {too_big}") from None
+        raise CapError(f"{what} pixels {int(pixels.group(1)) if pixels else 0:,} {too_big}") from None
     except (OSError, ValueError) as err:
-        raise ValueError(f"init image: not a readable image ({type(err).__name__})") from None
+        raise ValueError(f"{what}: not a readable image ({type(err).__name__})") from None
     width, height = image.size
     if width * height > limit:
-        raise CapError(f"init image pixels ({width}x{height} =) {width * height:,} {too_big}")
+        raise CapError(f"{what} pixels ({width}x{height} =) {width * height:,} {too_big}")
     try:
         return image.convert("RGB")
     except (OSError, ValueError) as err:  # truncated or corrupt data, found while decoding
-        raise ValueError(f"init image: the file is damaged ({type(err).__name__})") from None
+        raise ValueError(f"{what}: the file is damaged ({type(err).__name__})") from None
 def settings_hash(meta: dict) -> str:
     """8 hex of the settings of one image, seed and model left out (they are in the file name already)."""
     settings = {k: v for k, v in meta.items() if k not in ("seed", "model", "version")}
@@ -227,6 +265,8 @@ def infotext(request: GenerateRequest, seed: int, model: str, lora_hashes: str =
     fields = {"Steps": request.steps, "Sampler": request.scheduler, "CFG scale": request.guidance, "Seed": seed,
               "Size": f"{request.width}x{request.height}", "Model": model,
               "Denoising strength": request.strength if request.init_image is not None else None,
+              "Condition": (f"{request.condition_image.width}x{request.condition_image.height} image"
+                            if request.condition_image is not None else None),
               "VAE": VAES[request.vae] and request.vae, "Lora hashes": lora_hashes,
               "Feature reuse": (f"{request.feature_reuse} (branch {request.feature_reuse_branch})"
                                 if request.feature_reuse > 1 else None), "Version": VERSION}
@@ -271,8 +311,14 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
                          "use compile=regional or off")
     reuse = (FeatureReuse(pipe.unet, request.feature_reuse, request.feature_reuse_branch)
              if request.feature_reuse > 1 else None)  # checks the branch against this UNet before anything runs
+    conditional = isinstance(pipe, StableDiffusionXLControlNetPipeline)
+    if conditional and request.condition_image is None:
+        raise ValueError(f"{model_name} is a conditional model: it needs a condition image (condition_image)")
+    if conditional and request.init_image is not None:
+        raise ValueError(f"{model_name} is a conditional model: image-to-image (init_image) does not apply to it")
     # 2. a pipeline view with the requested scheduler (and VAE) over the same modules
     cls = StableDiffusionXLImg2ImgPipeline if request.init_image is not None else StableDiffusionXLPipeline
+    cls = StableDiffusionXLControlNetPipeline if conditional else cls
     components = {**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)}
     if vae is not None:
         components["vae"] = vae
@@ -302,6 +348,8 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         kwargs.pop("width"), kwargs.pop("height")
         kwargs.update(image=request.init_image.convert("RGB").resize((request.width, request.height)),
                       strength=request.strength)
+    if conditional:
+        kwargs["image"] = request.condition_image
     # 4. run and measure
     auto = request.vae_decode == "auto"
     tiled = tile_vae or request.vae_decode == "tiled" or (auto and request.width * request.height > TILE_ABOVE_PIXELS)

@@ -42,6 +42,9 @@ class ModelSpec:
     default_negative_prompt: str = ""  # the model card's recommended negative prompt
     scheduler: str = ""  # the card's sampler (few-step models: "LCM"); "" = the user's choice
     lora: bool = False  # ``source`` is a LoRA (an LCM-LoRA) fused into the ``base`` model's UNet
+    # a conditional model (a ControlNet adapter + LoRA on ``base``, e.g. demo-sr's 4x super-resolution): the side of
+    # the low-resolution condition image it reads at ``default_size``; 0 = text-to-image
+    condition_size: int = 0
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -52,6 +55,14 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.base of {self.name!r} cannot be the model itself")
         if self.lora and not self.base:
             raise ValueError(f"ModelSpec.base of {self.name!r}: a LoRA model needs the model it applies to")
+        if self.condition_size and not (self.base and 0 < self.condition_size < (self.default_size or 0)):
+            raise ValueError(f"ModelSpec.condition_size of {self.name!r}: a conditional model needs a base and a "
+                             f"default_size above its condition size; got {self.condition_size}, {self.default_size}")
+
+    @property
+    def conditional(self) -> bool:
+        """Makes its image from a condition image (``GenerateRequest.condition_image``) besides the prompt."""
+        return self.condition_size > 0
 
     @property
     def few_step(self) -> bool:
@@ -98,6 +109,7 @@ BUILTIN = [
               default_guidance=1.0, scheduler="LCM", description="Segmind VegaRT: LCM-LoRA for Vega, 4 steps"),
 ]
 DEMO_NAMES = {"teacher": "demo-teacher", "ssd": "demo-ssd", "vega": "demo-vega", "lcm": "demo-lcm"}
+DEMO_CONDITIONAL = {"sr": "demo-sr"}  # the demo family's conditional models (text-to-image benches leave them out)
 # the demo family's LCM-LoRAs, listed as models: (name, file under assets/demo/loras, the model it applies to)
 DEMO_LCM_LORAS = (("demo-lcm-lora", "demo-lcm-lora.safetensors", "demo-teacher"),
                   ("demo-ssd-lcm-lora", "demo-ssd-lcm-lora.safetensors", "demo-ssd"))
@@ -106,16 +118,17 @@ DEMO_LCM_LORAS = (("demo-lcm-lora", "demo-lcm-lora.safetensors", "demo-teacher")
 def _demo_specs() -> list[ModelSpec]:
     """The embedded demo family: tiny SDXL-layout teacher and the students distilled from it (when present)."""
     specs = []
-    for folder, name in DEMO_NAMES.items():
+    for folder, name in (DEMO_NAMES | DEMO_CONDITIONAL).items():
         path = DEMO_DIR / folder
-        if (path / "model_index.json").exists() or (path / "unet").exists():
+        meta = _read_spec_file(path)
+        if (path / "model_index.json").exists() or (path / "unet").exists() or condition_size(meta):
             base = None if (path / "model_index.json").exists() else DEMO_NAMES["teacher"]
-            meta = _read_spec_file(path)
             specs.append(ModelSpec(name, str(path), base=base, default_size=meta.get("default_size", 64),
                                    default_steps=meta.get("default_steps", 20),
                                    default_guidance=float(meta.get("default_guidance", 5.0)),
                                    default_negative_prompt=meta.get("default_negative_prompt", ""),
-                                   scheduler=meta.get("scheduler", ""), description=f"demo family: {folder}"))
+                                   scheduler=meta.get("scheduler", ""), condition_size=condition_size(meta),
+                                   description=f"demo family: {folder}"))
     for name, file, base in DEMO_LCM_LORAS:
         path = DEMO_DIR / "loras" / file
         if path.exists() and any(s.name == base for s in specs):
@@ -127,6 +140,13 @@ def _demo_specs() -> list[ModelSpec]:
 def _read_spec_file(path: Path) -> dict:
     file = path / SPEC_FILE
     return json.loads(file.read_text()) if file.exists() else {}
+
+
+def condition_size(meta: dict) -> int:
+    """The condition-image side a ``studio_model.json`` declares (``{"condition": {"size": 16, ...}}``); 0 = none."""
+    condition = meta.get("condition") or {}
+    size = condition.get("size", 0) if isinstance(condition, dict) else 0
+    return size if isinstance(size, int) and size > 0 else 0
 
 
 def _exported_specs() -> list[ModelSpec]:
@@ -146,7 +166,7 @@ def _exported_specs() -> list[ModelSpec]:
                                default_steps=meta.get("default_steps", 25),
                                default_guidance=meta.get("default_guidance", 5.0),
                                default_negative_prompt=meta.get("default_negative_prompt", ""),
-                               scheduler=meta.get("scheduler", "")))
+                               scheduler=meta.get("scheduler", ""), condition_size=condition_size(meta)))
     return specs
 
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from studio.names import safe_name
 from studio.paths import resolve_inside
-from studio.registry import ModelSpec, _read_spec_file, get_spec, list_models, unet_config
+from studio.registry import ModelSpec, _read_spec_file, condition_size, get_spec, list_models, unet_config
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -93,10 +93,10 @@ def _path_spec(path: Path, base: str | None, registry: dict[str, ModelSpec]) -> 
     if path.is_dir() and (path / "model_index.json").exists():
         return ModelSpec(name, str(path))  # a full pipeline: it has its own text encoders and VAE
     meta = _read_spec_file(path) if path.is_dir() else {}
-    signature = unet_signature(path, name)
+    signature = None if condition_size(meta) else unet_signature(path, name)  # a conditional folder: no UNet
     chosen = base or meta.get("base") or infer_base(signature)
     if not chosen:
-        cross, proj, _ = signature
+        cross, proj, _ = signature or (None, None, None)
         raise ModelLoadError(
             f"model {name!r} ({path}) is a UNet without text encoders or VAE, and nothing says which model supplies "
             f"them: no studio_model.json with a \"base\", and no known model has text features {cross} wide with "
@@ -107,7 +107,7 @@ def _path_spec(path: Path, base: str | None, registry: dict[str, ModelSpec]) -> 
                      default_size=meta.get("default_size"), default_steps=meta.get("default_steps", 25),
                      default_guidance=float(meta.get("default_guidance", 5.0)),
                      default_negative_prompt=meta.get("default_negative_prompt", ""),
-                     scheduler=meta.get("scheduler", ""))
+                     scheduler=meta.get("scheduler", ""), condition_size=condition_size(meta))
 
 
 def _checked_base(name: str, base: str, signature: tuple | None) -> str:

@@ -9,7 +9,13 @@ from training.fewstep_eval import DEMO, SR_EVAL_SEED
 
 MARK = "<!-- fewstep-report:{} -->", "<!-- /fewstep-report:{} -->"
 CARDS = {"t2i": [DEMO / "lcm" / "README.md", DEMO / "loras" / "LCM-LORA.md", DEMO.parent.parent / "README.md"],
-         "sr": [DEMO / "sr" / "README.md"]}
+         "sr": [DEMO / "sr" / "README.md", DEMO.parent.parent / "README.md"]}
+
+
+SR_MODELS = {"sr_undistilled": ("undistilled (task loss)", "configs/fewstep-demo-sr-task.toml"),
+             "sr": ("single-stage (CoDi)", "configs/fewstep-demo-sr.toml"),
+             "sr_two_stage": ("two-stage: LCD of the undistilled (stage 2 only)",
+                              "configs/fewstep-demo-sr-two-stage.toml")}
 
 
 def _run(r: dict, part: str) -> dict:
@@ -84,6 +90,16 @@ def sr_table(r: dict) -> str:
         for steps, v in res.items():
             lines.append(f"| {label} | {steps} | {v['psnr']:.2f} | {v['ssim']:.3f} | {_pct(v['all'])} | "
                          f"{v.get('sampler', 'LCM')} |")
+    cost = {k: v for k, v in r.get("training", {}).items() if k in SR_MODELS}
+    if cost:
+        lines += ["", "Training cost (`scripts/train_sr.sh`: the training command's wall-clock and CPU time from its "
+                  "log under `/usr/bin/time`, 1 thread; the machine was shared, so the CPU time is the fairer figure):",
+                  "", "| model | config | steps | wall | CPU user |", "|---|---|---|---|---|"]
+        for key, (label, config) in SR_MODELS.items():
+            if key in cost:
+                c = cost[key]
+                wall, user = (f"{c[k] / 60:.1f} min" if k in c else "" for k in ("wall_s", "user_s"))
+                lines.append(f"| {label} | `{config}` | {c.get('steps', '')} | {wall} | {user} |")
     return "\n".join(lines)
 
 

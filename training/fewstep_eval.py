@@ -144,7 +144,9 @@ MODELS = {"teacher": DEMO / "teacher", "ssd": DEMO / "ssd", "lcm": DEMO / "lcm",
 # the tail of each shipped model's training log: the CLI's "done:" line and /usr/bin/time's
 # "TIME <wall> s wall, <user> s user, <sys> s sys" line (-f "TIME %e s wall, %U s user, %S s sys")
 TRAIN_LOGS = {"lcm": DEMO / "lcm" / "train.log", "lcm_lora": DEMO / "loras" / "demo-lcm-lora.train.log",
-              "ssd_lcm_lora": DEMO / "loras" / "demo-ssd-lcm-lora.train.log", "sr": DEMO / "sr" / "train.log"}
+              "ssd_lcm_lora": DEMO / "loras" / "demo-ssd-lcm-lora.train.log", "sr": DEMO / "sr" / "train.log",
+              "sr_undistilled": DEMO / "sr" / "baselines" / "undistilled" / "train.log",
+              "sr_two_stage": DEMO / "sr" / "baselines" / "two-stage" / "train.log"}
 
 
 def _sampler(name: str, overrides: dict, base_config):
@@ -207,7 +209,7 @@ PARTS = {"t2i": ("t2i", "latency", "params"), "sr": ("sr",)}  # the report's par
 
 
 def _part(train_key: str) -> str:
-    return "sr" if train_key == "sr" else "t2i"
+    return "sr" if train_key.startswith("sr") else "t2i"
 
 
 def run_report(n: int = 96, *, latency_rounds: int = 5, models: dict | None = None, sr_guidances=(1.0, 5.0),

@@ -37,6 +37,7 @@ from studio.ui.fields import whole
 from studio.ui.generate_run import (CSS, Column, RunBoard, cancel_message, cancel_on_close, made_text, run_outputs,
                                     watch)
 from studio.ui.help import first_step
+from studio.ui.image_inputs import build_condition_widgets, on_condition_models, unopened
 
 # SDXL/SSD-1B training buckets (the SSD-1B recipe trained at 1024², 1152×896 and 896×1152) and the demo size.
 SIZE_PRESETS = {
@@ -104,22 +105,6 @@ def defaults_info(chosen: list[str], kept: list[str]) -> str:
     return text + "."
 
 
-def unopened(image: gr.Image) -> gr.Image:
-    """``image`` handing its handler the uploaded file's path unopened (Gradio's own preprocessing opens it, and
-    Pillow's decompression-bomb check would answer with a bare error): ``load_init_image`` counts the pixels from the
-    header and refuses them above the cap before anything is decoded. (An instance override: a ``gr.Image``
-    subclass would make Gradio write a .pyi stub next to this module.)"""
-    preprocess = image.preprocess
-
-    def from_path(payload):
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)  # a file of Gradio's upload cache (Gradio refuses paths outside it)
-        return preprocess(payload)
-
-    image.preprocess = from_path
-    return image
-
-
 def build_request_widgets(defaults: dict) -> dict[str, gr.components.Component]:
     """One widget per GenerateRequest field, keyed by the field name."""
     w = {}
@@ -160,14 +145,16 @@ def build_memory_widgets(hosting: Hosting) -> dict[str, gr.components.Component]
 
 
 def request_from_values(values: dict, caps: Caps | None = None) -> GenerateRequest:
-    """Widget values keyed by field name -> a validated request (0 size = the model's native size). The init image
-    (a file path) is refused above ``caps.init_pixels`` before it is decoded."""
+    """Widget values keyed by field name -> a validated request (0 size = the model's native size). The init and
+    condition images (files of Gradio's upload cache) are refused above ``caps.init_pixels`` before they are decoded."""
     values = dict(values)
     for name in ("seed", "steps", "batch_size", "width", "height"):
         values[name] = whole(name, values[name]) if values[name] is not None else None
     values["seed"] = -1 if values["seed"] is None else values["seed"]  # an emptied seed box: random
     if values.get("init_image") is not None:
         values["init_image"] = load_init_image(values["init_image"], caps)
+    if values.get("condition_image") is not None:
+        values["condition_image"] = load_init_image(values["condition_image"], caps, what="condition image")
     values["width"] = values["width"] or None
     values["height"] = values["height"] or None
     values["vae"] = values.get("vae") or "default"
@@ -218,7 +205,8 @@ class GenerateHandlers:
                     lora: str | None = None, lora_scale: float = 1.0, lora_models: list[str] | None = None,
                     vae: str = "default", low_vram: bool = False, attention: str = "sdpa",
                     channels_last: bool = False, fuse_qkv: bool = False, vae_decode: str = "auto",
-                    feature_reuse: float = 1, feature_reuse_branch: float = 0, compile: str = "off"):
+                    feature_reuse: float = 1, feature_reuse_branch: float = 0, compile: str = "off",
+                    condition_image=None):
         """Stream each model's images as they finish; a table of stats (speed-up vs the first model) beneath.
 
         The parameters after ``models`` are GenerateRequest fields, named as in the dataclass (the API's names);
@@ -227,7 +215,8 @@ class GenerateHandlers:
         fails shows its error in its own column; the other columns still finish. A cancelled model keeps its
         partial image (marked, not saved). The hosting's caps (models, steps, size, images per model, init-image
         pixels) are checked before anything loads; low VRAM and torch.compile are server settings, changed only by admins in
-        public mode. Then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's compile mode.
+        public mode. Then ``SPEED_FIELDS``: request fields, and ``compile``, the model cache's compile mode. Last the
+        condition image of conditional models (``studio.ui.image_inputs``; ignored by text-to-image models).
         """
         run = self.board.start(request.session_hash or "anon")
         if run.stop.is_set():  # cancelled while it waited in the queue
@@ -243,8 +232,8 @@ class GenerateHandlers:
                                            height=height, init_image=init_image, strength=strength, vae=vae,
                                            attention=attention, channels_last=bool(channels_last),
                                            fuse_qkv=bool(fuse_qkv), vae_decode=vae_decode,
-                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch),
-                                      caps)
+                                           feature_reuse=feature_reuse, feature_reuse_branch=feature_reuse_branch,
+                                           condition_image=condition_image), caps)
             check_choice("compile", compile or "off", COMPILE)
             caps.check_generation(models=len(names), steps=req.steps, width=req.width, height=req.height,
                                   batch=req.batch_size)
@@ -388,6 +377,7 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
         refresh = gr.Button("↻ models", scale=0)
     defaults_md = gr.Markdown(defaults_info([first], []), elem_id="gen-defaults")
     applied = gr.State(defaults)
+    condition_box, condition_md, widgets["condition_image"] = build_condition_widgets([first])
     widgets.update(build_request_widgets(defaults))
     widgets.update(build_memory_widgets(hosting))
     widgets.update(build_lora_widgets(names))
@@ -445,6 +435,7 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
                   [models, lora_models], lora_models, api_name=False)
     models.change(lambda chosen: [gr.Column(visible=i < len(chosen or [])) for i in range(MAX_MODELS)], models,
                   columns, api_name=False, show_progress="hidden")
+    models.change(on_condition_models, models, [condition_box, condition_md], api_name=False, show_progress="hidden")
     models.change(on_models_change, [models, *(widgets[f] for f in DEFAULT_FIELDS), applied],
                   [*(widgets[f] for f in DEFAULT_FIELDS), applied, defaults_md], api_name=False)
     return [models, widgets["lora"]]

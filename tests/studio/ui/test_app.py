@@ -114,19 +114,20 @@ def test_model_and_lora_lists_see_folders_added_while_the_app_runs(client, famil
 
 def test_api_parameters_keep_their_names_and_order_new_ones_last(tmp_path):
     """The /generate API is an interface: the original parameters keep their names and positions; LoRA, then the
-    VAE choice and low-VRAM mode, then the speed options were added at the end, with defaults."""
+    VAE choice and low-VRAM mode, then the speed options, then the condition image were added at the end, with
+    defaults."""
     import inspect
 
     from studio.ui.generate_tab import LORA_FIELDS, MEMORY_FIELDS, SPEED_FIELDS, GenerateHandlers, api_parameters
 
     assert api_parameters() == ["models", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
                                 "batch_size", "width", "height", "init_image", "strength", *LORA_FIELDS, "vae",
-                                *MEMORY_FIELDS, *SPEED_FIELDS]
+                                *MEMORY_FIELDS, *SPEED_FIELDS, "condition_image"]
     assert SPEED_FIELDS == ("attention", "channels_last", "fuse_qkv", "vae_decode", "feature_reuse",
                             "feature_reuse_branch", "compile")
     signature = inspect.signature(GenerateHandlers.on_generate).parameters
     assert all(signature[p].default is not inspect.Parameter.empty
-               for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS, *SPEED_FIELDS))
+               for p in (*LORA_FIELDS, "vae", *MEMORY_FIELDS, *SPEED_FIELDS, "condition_image"))
 
 
 def test_generate_with_a_lora_on_one_of_two_models_through_the_api(client):

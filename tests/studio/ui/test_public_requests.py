@@ -20,7 +20,8 @@ from tests.studio.ui.public_app import CAPS, POOL, as_ip
 BASE = dict(models=POOL[:1], prompt="a red circle", negative_prompt="", seed=3, steps=3, guidance=5.0,
             scheduler="Euler", batch_size=1, width=0, height=0, init_image=None, strength=0.75, lora="",
             lora_scale=1.0, lora_models=[], vae="default", low_vram=False, attention="sdpa", channels_last=False,
-            fuse_qkv=False, vae_decode="auto", feature_reuse=1, feature_reuse_branch=0, compile="off")
+            fuse_qkv=False, vae_decode="auto", feature_reuse=1, feature_reuse_branch=0, compile="off",
+            condition_image=None)
 
 
 def generate(client: Client, **changes):
@@ -78,14 +79,17 @@ def test_hostile_generate_requests_get_clear_messages(public, case):
 
 
 @pytest.mark.hostile
+@pytest.mark.parametrize("field", ["init_image", "condition_image"])
 @pytest.mark.parametrize("size", [(12000, 12000), (3000, 2000), (4096, 1025)], ids=["12000sq", "3000x2000", "4096x1025"])
-def test_hostile_init_images_are_refused_before_decoding(public, tmp_path, size):
+def test_hostile_init_images_are_refused_before_decoding(public, tmp_path, size, field):
     """Issue 13 (6): a 140 KB PNG decoding to 12000x12000 was accepted as an init image. The file here is a few
-    hundred bytes declaring that size: refused from the header, with the cap and its variable."""
+    hundred bytes declaring that size: refused from the header, with the cap and its variable (the condition image
+    of conditional models goes through the same check)."""
     client = Client(public.url, verbose=False, headers=as_ip("203.0.113.41"))
-    with pytest.raises(Exception, match=r"init image pixels .* is above this server's cap of 4,194,304 "
+    what = field.replace("_", " ")
+    with pytest.raises(Exception, match=rf"{what} pixels .* is above this server's cap of 4,194,304 "
                                         r"\(STUDIO_MAX_INIT_PIXELS\)"):
-        generate(client, init_image=handle_file(declared_png(tmp_path, *size)))
+        generate(client, **{field: handle_file(declared_png(tmp_path, *size))})
 
 
 def test_init_image_that_is_not_an_image_and_a_forged_server_path(public, tmp_path):
@@ -95,9 +99,10 @@ def test_init_image_that_is_not_an_image_and_a_forged_server_path(public, tmp_pa
     with pytest.raises(Exception, match="init image: not a readable image"):
         generate(client, init_image=handle_file(str(fake)))
     visitor = RawVisitor(public.url, as_ip("203.0.113.42"))
-    values = BASE | {"init_image": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}
-    result = visitor.call("generate", *[values[p] for p in api_parameters()])
-    assert not result["success"]  # Gradio refuses a file outside its upload folder before the handler runs
+    for field in ("init_image", "condition_image"):
+        values = BASE | {field: {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}
+        result = visitor.call("generate", *[values[p] for p in api_parameters()])
+        assert not result["success"]  # Gradio refuses a file outside its upload folder before the handler runs
 
 
 def test_negative_prompt_none_and_lora_list_show_no_server_path(public):
