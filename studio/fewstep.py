@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from studio.registry import SPEC_FILE
-from studio.train_config.lora import lora_weight_file
+from studio.lora import lora_weight_file
 
 
 def lcm_scheduler(base_config, original_inference_steps: int = 50):

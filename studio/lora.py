@@ -49,6 +49,13 @@ class LoraRef:
         return Path(self.path).stem if Path(self.path).suffix else Path(self.path).name
 
 
+
+def lora_weight_file(path: str | Path) -> Path:
+    """The LoRA file of ``path`` (a file, or a folder holding LORA_WEIGHT_NAME)."""
+    path = Path(path)
+    return path / LORA_WEIGHT_NAME if path.is_dir() else path
+
+
 def lora_file(ref: LoraRef, roots: list[Path] | None = None) -> Path:
     """The weight file of ``ref`` (inside ``roots`` when given); only .safetensors, with a readable header."""
     path = resolve_inside(ref.path, roots) if roots is not None else Path(ref.path).expanduser().resolve()

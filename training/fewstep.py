@@ -415,7 +415,7 @@ def run_fewstep(cfg: FewStepConfig, *, resume_from: str | None = None, on_step=N
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
-        from training.fewstep_eval import report_main
+        from training.fewstep_cards import report_main
 
         return report_main(argv[1:])
     a, extra = cli_parser("python -m training.fewstep", __doc__.splitlines()[0], "FewStepConfig").parse_known_args(argv)

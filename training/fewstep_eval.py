@@ -12,8 +12,6 @@ image (batch 1), every configuration timed in turn, round after round, in the sa
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -354,36 +352,3 @@ def _sr_report(m: dict, teacher, n: int, guidances) -> dict:
         rows["undistilled (task loss, best ordinary sampler)"] = by_steps
         _log("undistilled done")
     return out
-
-
-def report_main(argv: list[str]) -> int:
-    from training.fewstep_cards import sr_table, t2i_table, write_cards
-
-    p = argparse.ArgumentParser(prog="python -m training.fewstep report",
-                                description="side-by-side few-step report of the demo family")
-    p.add_argument("--n", type=int, default=96, help="prompts / images per configuration (>= 96 for the cards)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--latency-rounds", type=int, default=5)
-    p.add_argument("--json", default=str(DEMO / "fewstep-report.json"))
-    p.add_argument("--no-cards", action="store_true", help="do not rewrite the model cards' tables")
-    p.add_argument("--from-json", default="", help="re-render the tables of a saved report (no measuring)")
-    p.add_argument("--only", choices=tuple(PARTS), default="",
-                   help="measure only this part and replace it in the existing --json (the other part is kept)")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.from_json:
-        report = json.loads(Path(a.from_json).read_text())
-    else:
-        report = run_report(a.n, latency_rounds=a.latency_rounds, parts=(a.only,) if a.only else tuple(PARTS))
-        if a.only and Path(a.json).exists():
-            report = merge_report(json.loads(Path(a.json).read_text()), report, a.only)
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
-    if report.get("t2i"):
-        print(t2i_table(report))
-    if report.get("sr"):
-        print(sr_table(report))
-    if not a.no_cards:
-        for path in write_cards(report):
-            print(f"updated {path}")
-    return 0

@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from studio.demo.concepts import CONCEPTS
+from studio.lora import LORA_WEIGHT_NAME, lora_weight_file  # noqa: F401 (re-exported for training)
 from studio.train_config.base import (FRACTION, SAVE_DTYPES, Bound, TrainConfig, check_buckets, check_dataset,
                                       check_model, check_text_list, counts, require_text, weights)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # at the top of output_dir, where load_lora_weights looks
 CONFIG_NAME = "lora_config.json"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection (diffusers' default)
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-
-
-def lora_weight_file(path: str | Path) -> Path:
-    """The LoRA file of ``path`` (a file, or a folder holding LORA_WEIGHT_NAME)."""
-    path = Path(path)
-    return path / LORA_WEIGHT_NAME if path.is_dir() else path
 
 
 @dataclass

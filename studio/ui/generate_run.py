@@ -164,7 +164,7 @@ def cancel_on_close(board: RunBoard):
     """Register (on the Blocks being built) and return the handler that stops a session's generations when its tab
     is closed or reloaded: the GPU lane does not go on running for nobody, and the next click does not queue
     behind it."""
-    async def on_close(request: gr.Request) -> None:
+    def on_close(request: gr.Request) -> None:
         if request.session_hash:  # Gradio's unload: the tab's heartbeat stopped
             board.cancel(request.session_hash)
 

@@ -89,8 +89,6 @@ def test_a_cancel_while_queued_stops_the_run_before_it_starts(handlers):
 
 
 def test_closing_the_tab_stops_its_generations_and_no_one_elses():
-    import asyncio
-
     demo = gr.Blocks()
     with demo:
         on_close = cancel_on_close(board := RunBoard())
@@ -98,10 +96,10 @@ def test_closing_the_tab_stops_its_generations_and_no_one_elses():
     mine, other = board.queue("closed"), board.queue("open")
     running = board.start("closed")
     queued = board.get(board.queue("closed"))
-    asyncio.run(on_close(gr.Request(session_hash="closed")))
+    on_close(gr.Request(session_hash="closed"))
     assert running.stop.is_set() and queued.finished and queued.state == "cancelled"
     assert board.get(mine) is running and not board.get(other).stop.is_set()  # another tab's run goes on
-    asyncio.run(on_close(gr.Request(session_hash=None)))  # no session: nothing to stop
+    on_close(gr.Request(session_hash=None))  # no session: nothing to stop
     assert not board.get(other).stop.is_set()
 
 
