@@ -54,19 +54,21 @@ def recommended_settings(source: str | Path) -> dict:
 def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | None = None, copy_unet: bool = True):
     """A pipeline for a few-step output over ``base_pipe``'s components: a full-student folder (``unet/``), an
     LCM-LoRA file or folder (fused into a copy of the base UNet), or a conditional folder (``controlnet/`` + LoRA:
-    a ``StableDiffusionXLControlNetPipeline``). Scheduler: the output's recommendation (LCM on its skipping schedule)
-    unless ``scheduler`` names one of ``studio.schedulers``. ``copy_unet=False`` fuses a LoRA into ``base_pipe``'s own
-    UNet (a fresh one the caller does not keep, as the model cache's)."""
+    a ``StableDiffusionXLControlNetPipeline``). Scheduler: the output's recommendation (LCM or TCD on its skipping
+    schedule) unless ``scheduler`` names another of ``studio.schedulers`` (LCM and TCD keep the skipping schedule).
+    ``copy_unet=False`` fuses a LoRA into ``base_pipe``'s own UNet (a fresh one the caller does not keep, as the model
+    cache's)."""
     from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline,
                            UNet2DConditionModel)
 
-    from studio.schedulers import make_scheduler
+    from studio.schedulers import CONSISTENCY_SAMPLERS, make_scheduler
 
     source, rec = Path(source), recommended_settings(source)
     parts = {k: getattr(base_pipe, k) for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
     name = scheduler or rec["scheduler"]
-    parts["scheduler"] = (lcm_scheduler(base_pipe.scheduler.config, **rec.get("scheduler_config", {}))
-                          if name == "LCM" else make_scheduler(name, base_pipe.scheduler.config))
+    # the card's skipping schedule (original_inference_steps) goes with the consistency samplers
+    config = dict(base_pipe.scheduler.config) | (rec.get("scheduler_config", {}) if name in CONSISTENCY_SAMPLERS else {})
+    parts["scheduler"] = make_scheduler(name, config)
     if (source / "unet").is_dir():
         pipe = StableDiffusionXLPipeline(**parts, unet=UNet2DConditionModel.from_pretrained(source / "unet").float())
     else:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from studio.fewstep import lcm_scheduler, load_fewstep_pipeline, low_res, recommended_settings
 from studio.registry import SPEC_FILE
+from studio.schedulers import make_scheduler
 from studio.train_config.fewstep import FewStepConfig
 from training.cli import cli_parser, run_with_progress, trainer_from_cli
 from training.fewstep_models import (FewStepModules, bcast, build_adapter, consistency_distance, ddim_step,
@@ -333,7 +334,10 @@ class FewStepTask:
         """An inference pipeline over the student as it is now (LCM scheduler unless ``scheduler`` is given)."""
         parts = {k: getattr(self.pipe, k) for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
                                                      "tokenizer_2")}
-        sched = scheduler or (self.lcm if self.cfg.objective != "task" else self.pipe.scheduler)
+        if scheduler is None and self.cfg.objective != "task":
+            rec = self.recommended
+            scheduler = make_scheduler(rec["scheduler"], dict(self.pipe.scheduler.config) | rec["scheduler_config"])
+        sched = scheduler or self.pipe.scheduler
         if self.cfg.condition:
             from diffusers import StableDiffusionXLControlNetPipeline
 
@@ -353,7 +357,8 @@ class FewStepTask:
         if cfg.objective == "task":  # the undistilled conditional model: an ordinary sampler with the teacher's CFG
             guidance = cfg.inference_guidance or default_guidance(cfg.teacher)
             return {"scheduler": "Euler", "steps": cfg.inference_steps, "guidance": guidance}
-        return {"scheduler": "LCM", "scheduler_config": {"original_inference_steps": cfg.num_ddim_timesteps},
+        return {"scheduler": cfg.inference_scheduler,
+                "scheduler_config": {"original_inference_steps": cfg.num_ddim_timesteps},
                 "steps": cfg.inference_steps, "guidance": cfg.recommended_guidance}
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:

@@ -112,11 +112,11 @@ def test_a_teacher_lora_is_kept_off_a_student_with_the_port_command(local_studio
 
 def test_a_few_step_model_beside_the_teacher_runs_with_its_own_card(local_studio, page):
     open_generate(page, local_studio.url, ["demo-teacher", "demo-lcm"], steps=20)  # the teacher's default
-    assert "Few-step models run with their own card: demo-lcm: LCM, 4 steps" in page.locator("#gen-defaults").inner_text()
+    assert "Few-step models run with their own card: demo-lcm: TCD, 4 steps" in page.locator("#gen-defaults").inner_text()
     page.locator("#gen-go").click()
     wait_status(page, "Done: 2 of 2 models.", timeout_s=max(WAIT_S, 600))  # 20 + 4 steps
     page.wait_for_function("document.querySelectorAll('#gallery-1 img').length > 0")
-    assert "Euler, 20 steps" in column(page, 0) and "LCM, 4 steps" in column(page, 1)
+    assert "Euler, 20 steps" in column(page, 0) and "TCD, 4 steps" in column(page, 1)
     shot(page, "fewstep")
 
 

@@ -58,8 +58,9 @@ def test_beside_the_teacher_a_few_step_model_runs_with_its_own_card(order):
     teacher, lcm = results["demo-teacher"].request, results["demo-lcm"].request
     assert (teacher.scheduler, teacher.steps) == ("Euler", 3)  # listed first or second: the request is its own
     spec = get_spec("demo-lcm")
-    assert (lcm.scheduler, lcm.steps, lcm.guidance) == ("LCM", spec.default_steps, spec.default_guidance)
-    assert "Sampler: LCM" in results["demo-lcm"].parameters[0]
+    assert spec.scheduler == "TCD"  # its card: the deterministic consistency sampler (studio.schedulers)
+    assert (lcm.scheduler, lcm.steps, lcm.guidance) == ("TCD", spec.default_steps, spec.default_guidance)
+    assert "Sampler: TCD" in results["demo-lcm"].parameters[0]
     assert results["demo-lcm"].seed == results["demo-teacher"].seed
 
 
@@ -69,6 +70,26 @@ def test_a_few_step_model_alone_runs_with_the_request():
                               scheduler="LCM")
     (result,) = iter_side_by_side(cpu_cache(), ["demo-lcm"], request, warmup=False)
     assert not result.error and (result.request.steps, result.request.scheduler) == (2, "LCM")  # the user's steps
+
+
+@needs_demo
+def test_the_cards_skipping_schedule_goes_with_either_consistency_sampler():
+    """A few-step card's original_inference_steps reaches LCM and TCD (they pick their timesteps from it), the
+    cached pipeline keeps the card's sampler, and a user's LCM or TCD request on it samples the same timesteps."""
+    from studio.fewstep import load_fewstep_pipeline, recommended_settings
+
+    rec = recommended_settings(get_spec("demo-lcm-lora").source)
+    assert rec["scheduler"] == "LCM" and rec["scheduler_config"]["original_inference_steps"] == 10
+    teacher = cpu_cache().get("demo-teacher")
+    for name in ("LCM", "TCD"):
+        pipe = load_fewstep_pipeline(get_spec("demo-lcm-lora").source, teacher, scheduler=name)
+        assert type(pipe.scheduler).__name__ == f"{name}Scheduler"
+        pipe.scheduler.set_timesteps(4)
+        steps = pipe.scheduler.timesteps.tolist()
+        assert len(steps) == 4 and steps[0] == 999 and all((t + 1) % 100 == 0 for t in steps), steps  # 10-step schedule
+        # (LCM's default 50-step schedule gives 999, 759, 499, 259)
+    euler = load_fewstep_pipeline(get_spec("demo-lcm-lora").source, teacher, scheduler="Euler")
+    assert "original_inference_steps" not in euler.scheduler.config
 
 
 @needs_demo

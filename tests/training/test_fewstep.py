@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import LCMScheduler, TCDScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -144,18 +144,23 @@ def test_lcm_lora_loads_in_plain_diffusers_and_changes_the_four_step_image(tiny_
 
 
 def test_full_student_folder_loads_as_a_unet_with_a_guidance_input(tiny_folder, items, tmp_path):
-    result = make_trainer(tiny_config(tiny_folder, tmp_path, student="full", inference_guidance=6.0),
-                          items=items).run()
+    result = make_trainer(tiny_config(tiny_folder, tmp_path, student="full", inference_guidance=6.0,
+                                      inference_scheduler="TCD"), items=items).run()
     spec = json.loads((result.output / "studio_model.json").read_text())
-    assert spec["scheduler"] == "LCM" and spec["default_steps"] == 4 and spec["default_guidance"] == 6.0
+    assert spec["scheduler"] == "TCD" and spec["default_steps"] == 4 and spec["default_guidance"] == 6.0
+    assert spec["scheduler_config"] == {"original_inference_steps": 50}
     assert spec["base"] == str(tiny_folder)
     assert UNet2DConditionModel.load_config(result.output / "unet")["time_cond_proj_dim"] == 256
     weights = load_file(result.output / "unet" / "diffusion_pytorch_model.safetensors")
     assert {v.dtype for v in weights.values()} == {torch.float16}  # save_dtype fp16
     pipe = load_fewstep_pipeline(result.output, StableDiffusionXLPipeline.from_pretrained(tiny_folder))
-    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.scheduler.config.original_inference_steps == 50
+    assert isinstance(pipe.scheduler, TCDScheduler) and pipe.scheduler.config.original_inference_steps == 50
     a, b = render(pipe, guidance_scale=2.0), render(pipe, guidance_scale=8.0)
     assert np.abs(a - b).max() > 1e-4  # the guidance scale reaches the UNet through its embedding
+    np.testing.assert_array_equal(a, render(pipe, guidance_scale=2.0))  # TCD at the pipelines' eta 0: deterministic
+    lcm = load_fewstep_pipeline(result.output, StableDiffusionXLPipeline.from_pretrained(tiny_folder), scheduler="LCM")
+    assert isinstance(lcm.scheduler, LCMScheduler) and lcm.scheduler.config.original_inference_steps == 50
+    assert np.abs(render(lcm, guidance_scale=2.0) - a).max() > 1e-4  # LCM re-noises with fresh noise: not the same
 
 
 def test_conditional_model_output_depends_on_the_condition_image(tiny_folder, items, tmp_path):
@@ -199,6 +204,7 @@ def test_two_stage_order_distils_a_task_trained_conditional_model(tiny_folder, i
     (dict(condition="sr", student="full", objective="codi"), "student"),
     (dict(target_decay=1.0), "target_decay"),
     (dict(loss="l1"), "loss"),
+    (dict(inference_scheduler="Euler"), "inference_scheduler"),
 ])
 def test_bad_configs_fail_with_the_field_name(tiny_folder, tmp_path, overrides, field):
     with pytest.raises(ValueError, match=f"FewStepConfig.{field}"):
@@ -267,3 +273,24 @@ def test_report_only_one_part_replaces_that_part_and_keeps_the_other(tmp_path):
     assert write_cards(merged | {"t2i": {}}, {"t2i": [card], "sr": [card]}) == [card]
     text = card.read_text()
     assert "stale" not in text and "`old full`" in text and text.startswith("head\n") and text.endswith("tail\n")
+
+
+def test_t2i_table_names_each_rows_sampler_and_the_loras_own_controls():
+    """A student on its card's sampler (TCD) gets its rows under that name, its LCM-sampler rows beside them, and each
+    LoRA's control row (its base, no LoRA, the LoRA's own sampler) sits under the LoRA's base."""
+    from training.fewstep_cards import t2i_table
+
+    def res(score, sampler, guidance=1.0):
+        return {"all": score, "guidance": guidance, "sampler": sampler}
+
+    t2i = {"teacher@20": res(0.9, "Euler", 5.0), "ssd@20": res(0.875, "Euler", 5.0), "teacher ordinary": {},
+           "ssd ordinary": {}, "lcm": {"4": res(0.844, "TCD", 5.0)}, "lcm LCM sampler": {"4": res(0.792, "LCM", 5.0)},
+           "lcm_lora": {"4": res(0.865, "LCM")}, "lcm_lora control": {"4": res(0.771, "LCM")},
+           "ssd_lcm_lora control": {"4": res(0.646, "LCM")}}
+    run = {"n": 96, "threads": 1, "command": "report", "loadavg": {"start": [1.0], "end": [1.0]}}
+    table = t2i_table({"t2i": t2i, "latency": {}, "params": {}, "runs": {"t2i": run}})
+    assert "| demo-lcm (full LCM student) | TCD | 4 | 5 | 84.4 % | -5.6 |" in table
+    assert "| demo-lcm (full LCM student), LCM's own sampler | LCM | 4 | 5 | 79.2 % |" in table
+    assert "| demo-teacher + demo-lcm-lora | LCM | 4 | 1 | 86.5 % | -3.5 |" in table
+    assert "| demo-teacher, no LoRA (control) | LCM | 4 | 1 | 77.1 % |" in table
+    assert "| demo-ssd, no LoRA (control) | LCM | 4 | 1 | 64.6 % |" in table

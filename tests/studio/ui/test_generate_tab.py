@@ -22,7 +22,7 @@ def test_defaults_come_from_the_registry_model_cards():
     assert model_defaults("vega-rt")["scheduler"] == "LCM" and get_spec("vega-rt").base == "vega"
     lcm = get_spec("demo-lcm")
     assert lcm.few_step and model_defaults("demo-lcm") == {"steps": 4, "guidance": lcm.default_guidance,
-                                                           "negative_prompt": "", "scheduler": "LCM"}
+                                                           "negative_prompt": "", "scheduler": "TCD"}
 
 
 def test_changing_models_applies_their_defaults_except_values_the_user_changed():
@@ -38,14 +38,14 @@ def test_changing_models_applies_their_defaults_except_values_the_user_changed()
     assert "Other cards" in info and "**ssd-1b**: Euler, 30 steps, CFG 9" in info
     # a few-step model beside the teacher keeps its own card (it runs with it, see compare.iter_side_by_side)
     values, _, info = apply_defaults(["demo-teacher", "demo-lcm"], dict(start), start)
-    assert values == start and "Few-step models run with their own card: **demo-lcm**: LCM, 4 steps" in info
+    assert values == start and "Few-step models run with their own card: **demo-lcm**: TCD, 4 steps" in info
     # picked first, the few-step model still leaves the widgets to the teacher (20 Euler steps), and keeps its card
     values, applied, info = apply_defaults(["demo-lcm", "demo-teacher"], dict(start), start)
     assert values == start == applied and (values["steps"], values["scheduler"]) == (20, "Euler")
     assert info.startswith("Defaults applied from **demo-teacher**: Euler, 20 steps")
-    assert "Few-step models run with their own card: **demo-lcm**: LCM, 4 steps" in info
+    assert "Few-step models run with their own card: **demo-lcm**: TCD, 4 steps" in info
     values, applied, info = apply_defaults(["demo-lcm", "demo-lcm-lora"], dict(start), start)  # few-step only
-    assert (values["steps"], values["scheduler"]) == (4, "LCM") and "Few-step models run" not in info
+    assert (values["steps"], values["scheduler"]) == (4, "TCD") and "Few-step models run" not in info
     # the UI handler returns the widget values in DEFAULT_FIELDS order, then the state and the line
     steps, guidance, negative, sampler, state, line = on_models_change(["vega"], 30, 5.0, "", "Euler",
                                                                        model_defaults("sdxl"))
@@ -53,7 +53,7 @@ def test_changing_models_applies_their_defaults_except_values_the_user_changed()
     assert state == model_defaults("vega") and "**vega**" in line
     assert apply_defaults([], {"steps": 3, "guidance": 1.0, "negative_prompt": "x"}, {})[0]["steps"] == 3
     assert on_models_change(["demo-lcm"], 30, 5.0, "", "Euler", model_defaults("sdxl"))[:4] == (
-        4, get_spec("demo-lcm").default_guidance, "", "LCM")
+        4, get_spec("demo-lcm").default_guidance, "", "TCD")
 
 
 def test_small_images_are_zoomed_by_whole_numbers_with_sharp_pixels():
