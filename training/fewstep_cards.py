@@ -61,10 +61,13 @@ def t2i_table(r: dict) -> str:
              "ssd_lcm_lora": "demo-ssd + demo-ssd-lcm-lora"}
     for key, label in names.items():
         for steps, res in t2i.get(key, {}).items():
-            row(label, "LCM", steps, res["guidance"], res["all"], f"{key}@4" if int(steps) == 4 else None)
-    for key, label in (("teacher", "demo-teacher, no LoRA (control)"), ("ssd", "demo-ssd, no LoRA (control)")):
+            row(label, res.get("sampler", "LCM"), steps, res["guidance"], res["all"],
+                f"{key}@4" if int(steps) == 4 else None)
         for steps, res in t2i.get(f"{key} LCM sampler", {}).items():
-            row(label, "LCM", steps, res["guidance"], res["all"])
+            row(f"{label}, LCM's own sampler", "LCM", steps, res["guidance"], res["all"])
+    for key, label in (("lcm_lora", "demo-teacher, no LoRA (control)"), ("ssd_lcm_lora", "demo-ssd, no LoRA (control)")):
+        for steps, res in t2i.get(f"{key} control", {}).items():
+            row(label, res["sampler"], steps, res["guidance"], res["all"])
     lines += ["", "Size and training cost (steps, and the training command's wall-clock and CPU time from its log "
               "under `/usr/bin/time`; the machine was shared, so the CPU time is the fairer figure):", "",
               "| model | parameters | of its UNet | steps | wall | CPU user |", "|---|---|---|---|---|---|"]

@@ -23,7 +23,7 @@ import torch
 
 from studio.demo import shapes
 from studio.demo.evaluator import evaluate_batch, parse_prompt
-from studio.fewstep import lcm_scheduler, load_fewstep_pipeline, low_res, recommended_settings
+from studio.fewstep import load_fewstep_pipeline, low_res, recommended_settings
 from training.demo_eval import evaluate_pipeline
 
 SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (training uses the config's seed, 0)
@@ -253,9 +253,6 @@ def _t2i_report(report: dict, m: dict, teacher, prompts: list, guidance: float, 
         t2i[f"{key} ordinary"] = _best_ordinary(pipe, prompts, guidance,
                                                 lambda p, s, g: _t2i(p, prompts, s, g))
         _log(f"{key} ordinary samplers done")
-        # control for the LCM-LoRAs: the same LCMScheduler at 4 steps, CFG 1, on the base model without a LoRA
-        t2i[f"{key} LCM sampler"] = {"4": _t2i(_with_scheduler(pipe, lcm_scheduler(pipe.scheduler.config)),
-                                               prompts, 4, 1.0)}
     students = {"lcm": ("lcm", teacher), "lcm_lora": ("lcm_lora", teacher), "ssd_lcm_lora": ("ssd_lcm_lora", ssd)}
     pipes = {}
     for key, (model, base) in students.items():
@@ -263,7 +260,15 @@ def _t2i_report(report: dict, m: dict, teacher, prompts: list, guidance: float, 
             continue
         rec = recommended_settings(m[model])
         pipes[key] = (load_fewstep_pipeline(m[model], base), rec)
-        t2i[key] = {str(s): _t2i(pipes[key][0], prompts, s, rec["guidance"]) for s in STEPS}
+        t2i[key] = {str(s): _t2i(pipes[key][0], prompts, s, rec["guidance"]) | {"sampler": rec["scheduler"]}
+                    for s in STEPS}
+        if rec["scheduler"] != "LCM":  # the same student under LCM's own (stochastic) sampler, for comparison
+            t2i[f"{key} LCM sampler"] = {str(s): _t2i(load_fewstep_pipeline(m[model], base, scheduler="LCM"), prompts,
+                                                      s, rec["guidance"]) | {"sampler": "LCM"} for s in STEPS}
+        if key != "lcm":  # control: the LoRA's own sampler and skipping schedule at 4 steps on its base, no LoRA
+            config = dict(base.scheduler.config) | rec.get("scheduler_config", {})
+            t2i[f"{key} control"] = {"4": _t2i(_with_scheduler(base, _sampler(rec["scheduler"], config, {})), prompts,
+                                               4, rec["guidance"]) | {"sampler": rec["scheduler"]}}
         _log(f"{key} done")
     report["params"] = {"teacher_unet": _unet_params(teacher), "ssd_unet": _unet_params(ssd)}
     for key in pipes:
