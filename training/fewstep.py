@@ -331,7 +331,7 @@ class FewStepTask:
 
     # inference
     def pipeline(self, scheduler=None):
-        """An inference pipeline over the student as it is now (LCM scheduler unless ``scheduler`` is given)."""
+        """An inference pipeline over the student as it is now (its recommended sampler unless ``scheduler`` is given)."""
         parts = {k: getattr(self.pipe, k) for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
                                                      "tokenizer_2")}
         if scheduler is None and self.cfg.objective != "task":

@@ -263,12 +263,13 @@ def _t2i_report(report: dict, m: dict, teacher, prompts: list, guidance: float, 
         t2i[key] = {str(s): _t2i(pipes[key][0], prompts, s, rec["guidance"]) | {"sampler": rec["scheduler"]}
                     for s in STEPS}
         if rec["scheduler"] != "LCM":  # the same student under LCM's own (stochastic) sampler, for comparison
-            t2i[f"{key} LCM sampler"] = {str(s): _t2i(load_fewstep_pipeline(m[model], base, scheduler="LCM"), prompts,
-                                                      s, rec["guidance"]) | {"sampler": "LCM"} for s in STEPS}
+            lcm = _with_scheduler(pipes[key][0], _sampler("LCM", rec["scheduler_config"], base.scheduler.config))
+            t2i[f"{key} LCM sampler"] = {str(s): _t2i(lcm, prompts, s, rec["guidance"]) | {"sampler": "LCM"}
+                                         for s in STEPS}
         if key != "lcm":  # control: the LoRA's own sampler and skipping schedule at 4 steps on its base, no LoRA
-            config = dict(base.scheduler.config) | rec.get("scheduler_config", {})
-            t2i[f"{key} control"] = {"4": _t2i(_with_scheduler(base, _sampler(rec["scheduler"], config, {})), prompts,
-                                               4, rec["guidance"]) | {"sampler": rec["scheduler"]}}
+            own = _sampler(rec["scheduler"], rec["scheduler_config"], base.scheduler.config)
+            t2i[f"{key} control"] = {"4": _t2i(_with_scheduler(base, own), prompts, 4, rec["guidance"])
+                                     | {"sampler": rec["scheduler"]}}
         _log(f"{key} done")
     report["params"] = {"teacher_unet": _unet_params(teacher), "ssd_unet": _unet_params(ssd)}
     for key in pipes:

@@ -17,9 +17,6 @@ STUDENTS = ("full", "lora")
 OBJECTIVES = ("lcd", "codi", "task")
 LOSSES = ("huber", "l2")
 CONDITIONS = ("", "sr")
-# samplers a consistency student is recommended with: LCMScheduler (fresh noise each step, LCM's own) or TCDScheduler
-# at gamma 0 (the deterministic multistep consistency sampler)
-FEWSTEP_SCHEDULERS = CONSISTENCY_SAMPLERS
 # LCM-LoRA's targets (diffusers' train_lcm_distill_lora_sdxl.py): attention, transformer projections and feed-forward,
 # every resnet conv and time projection, the resamplers
 LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -63,7 +60,9 @@ class FewStepConfig(TrainConfig):
     caption_dropout: float = 0.0  # rows trained with the zero (unconditional) text embedding
     cache_dir: str = ""  # also keep the latent cache on disk here
     inference_steps: int = 4  # recommended sampler steps (written to the output) and validation steps
-    inference_scheduler: str = "LCM"  # recommended sampler of a distilled output: "LCM" or "TCD" (gamma 0)
+    # recommended sampler of a distilled output: "LCM" (fresh noise each step, LCM's own) or "TCD" (at the pipelines'
+    # eta 0: gamma 0, the deterministic multistep consistency sampler)
+    inference_scheduler: str = "LCM"
     inference_guidance: float = 0.0  # recommended guidance scale; 0 = 1.0 for LoRA/conditional, the range's middle for full
     save_dtype: str = "fp16"  # dtype of the exported weights
     validation_prompts: list = field(default_factory=lambda: [
@@ -78,7 +77,7 @@ class FewStepConfig(TrainConfig):
                         "caption_dropout": FRACTION, "inference_steps": counts(1000, 1),
                         "inference_guidance": Bound(0, 30)}
     CHOICES: ClassVar = {"student": STUDENTS, "objective": OBJECTIVES, "loss": LOSSES, "condition": CONDITIONS,
-                         "save_dtype": SAVE_DTYPES, "inference_scheduler": FEWSTEP_SCHEDULERS}
+                         "save_dtype": SAVE_DTYPES, "inference_scheduler": CONSISTENCY_SAMPLERS}
     PATH_FIELDS: ClassVar = {**TrainConfig.PATH_FIELDS, "teacher": "model", "student_base": "model",
                              "init_from": "read", "dataset": "dataset", "cache_dir": "write"}
     SIZES: ClassVar = {"adapter_channels": 8, "validation_prompts": 64}
