@@ -74,8 +74,8 @@ def test_a_few_step_model_alone_runs_with_the_request():
 
 @needs_demo
 def test_the_cards_skipping_schedule_goes_with_either_consistency_sampler():
-    """A few-step card's original_inference_steps reaches LCM and TCD (they pick their timesteps from it), the
-    cached pipeline keeps the card's sampler, and a user's LCM or TCD request on it samples the same timesteps."""
+    """A few-step card's original_inference_steps reaches LCM and TCD alike (they pick their timesteps from it), and
+    stays out of an ordinary sampler's config."""
     from studio.fewstep import load_fewstep_pipeline, recommended_settings
 
     rec = recommended_settings(get_spec("demo-lcm-lora").source)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import LCMScheduler, TCDScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import LCMScheduler, StableDiffusionXLPipeline, TCDScheduler, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
 
