@@ -8,10 +8,14 @@ request needs, and the peak a call adds.
     print(peak.added_bytes)
 
 On CUDA the peak is the allocator's (``max_memory_allocated`` over the call, minus what was allocated before); on a
-CPU it is the process RSS, sampled by a thread every 10 ms (the VAE decode happens between step callbacks).
+CPU it is the process RSS, sampled by a thread every 10 ms (the VAE decode happens between step callbacks). Freed
+heap that the C allocator still holds would hide a call's memory from the RSS (the call reuses it without the RSS
+moving), so on glibc the measurement starts by handing free heap pages back to the system (``malloc_trim``).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import threading
 from pathlib import Path
@@ -65,6 +69,18 @@ def activation_bytes(width: int, height: int, batch: int, dtype: torch.dtype, *,
     return int(width * height * batch * per_pixel * (1.0 if cfg else 0.6))
 
 
+def _load_malloc_trim():
+    """glibc's ``malloc_trim`` (None where the C library has none, e.g. macOS or musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
 def free_memory(device: torch.device) -> None:
     """Return freed tensors to the system (Python garbage first, then the CUDA caching allocator)."""
     gc.collect()
@@ -87,6 +103,9 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            gc.collect()
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)  # freed heap back to the system, so what the call touches shows in the RSS
             self._process = psutil.Process()
             self._start = self._peak = self._process.memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
