@@ -35,7 +35,7 @@ import studio.ui.access as access
 from studio.ui.speed_widgets import build_speed_widgets
 from studio.ui.fields import whole
 from studio.ui.generate_run import (CSS, Column, RunBoard, cancel_message, cancel_on_close, made_text, run_outputs,
-                                    watch)
+                                    render, watch)
 from studio.ui.help import first_step
 from studio.ui.image_inputs import build_condition_widgets, on_condition_models, unopened
 
@@ -421,8 +421,11 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     inputs = [widgets[name] for name in api_parameters()]
     queued = go.click(on_queue, None, token, api_name=False, show_progress="hidden", concurrency_limit=None,
                       concurrency_id="generate-status")
-    queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used], api_name="generate",
-                show_progress="hidden", **access.lane("gpu", hosting))
+    generated = queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used],
+                            api_name="generate", show_progress="hidden", **access.lane("gpu", hosting))
+    # the final status once more when the run's event ends: it must not hang on the watcher's last update arriving
+    generated.then(lambda run_token: render(board.get(run_token)), token, [status, *headers], api_name=False,
+                   show_progress="hidden", concurrency_limit=None, concurrency_id="generate-status")
     queued.then(on_watch, token, [status, *headers, seed_used, reuse], api_name=False, show_progress="hidden",
                 concurrency_limit=None, concurrency_id="generate-status")
     cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden", concurrency_limit=None,
