@@ -17,6 +17,9 @@ from pathlib import Path
 from studio.registry import SPEC_FILE
 from studio.lora import lora_weight_file
 
+# the condition adapter of a conditional model: its kind (FewStepConfig.adapter) -> its subfolder
+ADAPTER_FOLDERS = {"controlnet": "controlnet", "t2i-adapter": "adapter"}
+
 
 def lcm_scheduler(base_config, original_inference_steps: int = 50):
     """``LCMScheduler`` on a model's noise schedule, its skipping schedule as the student was distilled."""
@@ -36,6 +39,48 @@ def low_res(image, resolution: int, size: int):
     return square.resize((size, size), Image.BOX)
 
 
+def control_image(images: list, size: int):
+    """Condition images -> the adapter's input as both SDXL conditional pipelines prepare it (ControlNet's control
+    image processor and the T2I-Adapter's preprocessing agree): resized to ``size`` x ``size`` with Lanczos, RGB in
+    [0, 1], a (batch, 3, size, size) tensor."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(do_convert_rgb=True, do_normalize=False)
+    return processor.preprocess(list(images), height=size, width=size)
+
+
+def adapter_kind(folder: str | Path) -> str | None:
+    """Which condition adapter a model folder holds ("controlnet" / "t2i-adapter"), None for none."""
+    return next((kind for kind, sub in ADAPTER_FOLDERS.items() if (Path(folder) / sub).is_dir()), None)
+
+
+def conditional_pipeline(parts: dict, unet, adapter, scheduler):
+    """The SDXL pipeline of a conditional model: ``StableDiffusionXLAdapterPipeline`` for a T2I-Adapter,
+    ``StableDiffusionXLControlNetPipeline`` for a ControlNet; ``parts`` = the VAE, text encoders and tokenizers."""
+    from diffusers import StableDiffusionXLAdapterPipeline, StableDiffusionXLControlNetPipeline, T2IAdapter
+
+    if isinstance(adapter, T2IAdapter):
+        return StableDiffusionXLAdapterPipeline(**parts, unet=unet, adapter=adapter, scheduler=scheduler)
+    return StableDiffusionXLControlNetPipeline(**parts, unet=unet, controlnet=adapter, scheduler=scheduler)
+
+
+def condition_adapter(pipe):
+    """The condition adapter of a conditional pipeline (its ``controlnet`` or T2I ``adapter``); None for the others."""
+    controlnet = getattr(pipe, "controlnet", None)
+    return controlnet if controlnet is not None else getattr(pipe, "adapter", None)
+
+
+def load_adapter(folder: str | Path, **kwargs):
+    """The condition adapter saved in a conditional model folder (``ADAPTER_FOLDERS``), safetensors only."""
+    from diffusers import ControlNetModel, T2IAdapter
+
+    kind = adapter_kind(folder)
+    if kind is None:
+        raise ValueError(f"{folder} holds no condition adapter (one of {sorted(ADAPTER_FOLDERS.values())}/)")
+    cls = T2IAdapter if kind == "t2i-adapter" else ControlNetModel
+    return cls.from_pretrained(Path(folder) / ADAPTER_FOLDERS[kind], use_safetensors=True, **kwargs)
+
+
 def recommended_settings(source: str | Path) -> dict:
     """Scheduler (``scheduler``, ``scheduler_config``), ``steps`` and ``guidance`` a few-step output recommends: from
     its ``studio_model.json``, or for an LCM-LoRA file from the ``fewstep`` entry of its safetensors header."""
@@ -53,13 +98,12 @@ def recommended_settings(source: str | Path) -> dict:
 
 def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | None = None, copy_unet: bool = True):
     """A pipeline for a few-step output over ``base_pipe``'s components: a full-student folder (``unet/``), an
-    LCM-LoRA file or folder (fused into a copy of the base UNet), or a conditional folder (``controlnet/`` + LoRA:
-    a ``StableDiffusionXLControlNetPipeline``). Scheduler: the output's recommendation (LCM or TCD on its skipping
+    LCM-LoRA file or folder (fused into a copy of the base UNet), or a conditional folder (``controlnet/`` or
+    ``adapter/`` + LoRA: ``conditional_pipeline``). Scheduler: the output's recommendation (LCM or TCD on its skipping
     schedule) unless ``scheduler`` names another of ``studio.schedulers`` (LCM and TCD keep the skipping schedule).
     ``copy_unet=False`` fuses a LoRA into ``base_pipe``'s own UNet (a fresh one the caller does not keep, as the model
     cache's)."""
-    from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     from studio.schedulers import CONSISTENCY_SAMPLERS, make_scheduler
 
@@ -74,9 +118,8 @@ def load_fewstep_pipeline(source: str | Path, base_pipe, *, scheduler: str | Non
     else:
         # the LoRA is fused into a copy; the base pipeline stays as it was
         unet = copy.deepcopy(base_pipe.unet) if copy_unet else base_pipe.unet
-        if (source / "controlnet").is_dir():
-            controlnet = ControlNetModel.from_pretrained(source / "controlnet", use_safetensors=True).float()
-            pipe = StableDiffusionXLControlNetPipeline(**parts, unet=unet, controlnet=controlnet)
+        if adapter_kind(source):
+            pipe = conditional_pipeline(parts, unet, load_adapter(source).float(), parts.pop("scheduler"))
         else:
             pipe = StableDiffusionXLPipeline(**parts, unet=unet)
         lora = lora_weight_file(source)

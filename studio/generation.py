@@ -22,6 +22,7 @@ import hashlib
 import re
 import json
 import secrets
+import inspect
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import (StableDiffusionXLControlNetPipeline, StableDiffusionXLImg2ImgPipeline,
-                       StableDiffusionXLPipeline)
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from studio.fewstep import condition_adapter
 from studio.hosting import CapError, Caps
 from studio.lora import LoraRef, lora_file, loras_applied
 from studio.memory import PeakMemory, module_bytes
@@ -311,14 +312,14 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
                          "use compile=regional or off")
     reuse = (FeatureReuse(pipe.unet, request.feature_reuse, request.feature_reuse_branch)
              if request.feature_reuse > 1 else None)  # checks the branch against this UNet before anything runs
-    conditional = isinstance(pipe, StableDiffusionXLControlNetPipeline)
+    conditional = condition_adapter(pipe) is not None  # a ControlNet or T2I-Adapter pipeline
     if conditional and request.condition_image is None:
         raise ValueError(f"{model_name} is a conditional model: it needs a condition image (condition_image)")
     if conditional and request.init_image is not None:
         raise ValueError(f"{model_name} is a conditional model: image-to-image (init_image) does not apply to it")
     # 2. a pipeline view with the requested scheduler (and VAE) over the same modules
     cls = StableDiffusionXLImg2ImgPipeline if request.init_image is not None else StableDiffusionXLPipeline
-    cls = StableDiffusionXLControlNetPipeline if conditional else cls
+    cls = type(pipe) if conditional else cls
     components = {**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)}
     if vae is not None:
         components["vae"] = vae
@@ -330,20 +331,35 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     # 3. progress and cancel in the per-step callback
     done = [0]  # steps completed (reported in GenerationCancelled)
 
-    def callback(p, i, t, kwargs):
+    def step_end(i, t) -> bool:
+        """Count, report; True when the caller asks to stop."""
         done[0] = i + 1
         if reuse is not None:
             reuse.next_step()
         if on_step is not None:
-            on_step(i + 1, p.num_timesteps, {"model": model_name, "timestep": int(t), "scheduler": p.scheduler})
-        if should_stop is not None and should_stop():
+            on_step(i + 1, _total_steps(view), {"model": model_name, "timestep": int(t), "scheduler": view.scheduler})
+        return should_stop is not None and should_stop()
+
+    def callback(p, i, t, kwargs):
+        if step_end(i, t):
             p._interrupt = True
         return kwargs
+
+    def legacy_callback(i, t, latents):  # no interrupt there: a stop ends the call at once, without partial images
+        if step_end(i, t):
+            raise GenerationCancelled(f"generation with {model_name} was cancelled at step {i + 1}/"
+                                      f"{_total_steps(view)}", model=model_name, step=i + 1,
+                                      total=_total_steps(view))
 
     kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
                   num_inference_steps=request.steps, guidance_scale=request.guidance,
                   num_images_per_prompt=request.batch_size, generator=generators,
-                  callback_on_step_end=callback, width=request.width, height=request.height)
+                  width=request.width, height=request.height)
+    # StableDiffusionXLAdapterPipeline (T2I-Adapters) only has the older per-step callback
+    if "callback_on_step_end" in inspect.signature(view.__call__).parameters:
+        kwargs["callback_on_step_end"] = callback
+    else:
+        kwargs.update(callback=legacy_callback, callback_steps=1)
     if request.init_image is not None:
         kwargs.pop("width"), kwargs.pop("height")
         kwargs.update(image=request.init_image.convert("RGB").resize((request.width, request.height)),
@@ -363,10 +379,11 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         with speed, reuse or nullcontext(), torch.inference_mode():
             images = view(**kwargs).images
         latency = time.perf_counter() - start
-    if view.interrupt:  # diffusers still decoded the latents where the loop stopped: the partial images
-        raise GenerationCancelled(f"generation with {model_name} was cancelled at step {done[0]}/{view.num_timesteps}",
-                                  model=model_name, step=done[0], total=view.num_timesteps, images=images)
-    steps_run = max(view.num_timesteps, 1)
+    if getattr(view, "interrupt", False):  # diffusers still decoded the latents where the loop stopped: the partial images
+        raise GenerationCancelled(f"generation with {model_name} was cancelled at step {done[0]}/"
+                                  f"{_total_steps(view)}", model=model_name, step=done[0], total=_total_steps(view),
+                                  images=images)
+    steps_run = max(_total_steps(view), 1)
     stats = GenerateStats(latency_s=latency, it_per_s=steps_run / latency, weights_mb=weights / 2**20,
                           peak_added_mb=peak.added_bytes / 2**20, memory_kind=peak.kind,
                           unet_params=sum(p.numel() for p in pipe.unet.parameters()), device=str(device),
@@ -375,6 +392,12 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
     hashes = _lora_hashes(list(loras), roots)
     texts = [infotext(request, seed + i, model_name, hashes) for i in range(len(images))]
     return GenerateResult(model_name, images, seed, request, stats, texts, list(loras))
+
+
+def _total_steps(view) -> int:
+    """Denoising steps of the call in progress (or just run): the pipeline's count, or its scheduler's timesteps."""
+    total = getattr(view, "num_timesteps", None)
+    return total if isinstance(total, int) else len(view.scheduler.timesteps)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditionModel
 
+from studio.fewstep import ADAPTER_FOLDERS, adapter_kind, condition_adapter
 from studio.memory import free_memory, module_bytes, safetensors_bytes
 from studio.paths import allow_pickle
 from studio.registry import CONFIGS_DIR, TINY_VAES, VAES, ModelSpec, get_spec
@@ -313,9 +314,9 @@ class ModelCache:
         if spec.source.endswith((".ckpt", ".bin", ".pt")) and not allow_pickle():
             raise ModelLoadError(f"model {spec.name!r}: {spec.source} is a pickle checkpoint, which can run code; "
                                  "only .safetensors are loaded (a local user may opt in with STUDIO_ALLOW_PICKLE=1)")
-        if spec.conditional and not (Path(spec.source) / "controlnet").is_dir():
+        if spec.conditional and adapter_kind(spec.source) is None:
             raise ModelLoadError(f"model {spec.name!r}: a conditional model's folder must hold its adapter "
-                                 f"(controlnet/); {spec.source} has none")
+                                 f"({' or '.join(f'{d}/' for d in ADAPTER_FOLDERS.values())}); {spec.source} has none")
         if spec.lora and spec.source_kind != "hub" and not spec.source.endswith(".safetensors"):
             raise ModelLoadError(f"model {spec.name!r}: a LoRA model's source must be a .safetensors file")
         if spec.source_kind == "file" and not spec.base:
@@ -349,8 +350,8 @@ class ModelCache:
     def _unet_bytes(self, spec: ModelSpec) -> int:
         if spec.lora:  # fused into a copy of the base's UNet
             return self._unet_bytes(get_spec(spec.base))
-        if spec.conditional:  # the base's UNet (its LoRA fused in) and the ControlNet adapter
-            adapter = weight_files(Path(spec.source) / "controlnet", None)
+        if spec.conditional:  # the base's UNet (its LoRA fused in) and the condition adapter
+            adapter = weight_files(Path(spec.source) / ADAPTER_FOLDERS[adapter_kind(spec.source)], None)
             return self._unet_bytes(get_spec(spec.base)) + sum(safetensors_bytes(f, self.runtime.dtype)
                                                                for f in adapter)
         folder = local_folder(spec)
@@ -381,11 +382,11 @@ class ModelCache:
             pipe.fuse_lora(components=["unet"], adapter_names=["model"])
             pipe.unload_lora_weights()
             return pipe
-        if spec.conditional:  # a ControlNet pipeline: the adapter, and its LoRA fused into a fresh base UNet
+        if spec.conditional:  # a ControlNet / T2I-Adapter pipeline: the adapter, its LoRA fused into a fresh base UNet
             from studio.fewstep import load_fewstep_pipeline
 
             pipe = load_fewstep_pipeline(spec.source, self._load(get_spec(spec.base)), copy_unet=False)
-            pipe.controlnet.to(self._home, self.runtime.dtype)
+            condition_adapter(pipe).to(self._home, self.runtime.dtype)
             return pipe
         parts = self._parts_spec(spec)
         unet = self._load_unet(spec, parts) if spec.base else None

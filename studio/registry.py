@@ -42,7 +42,7 @@ class ModelSpec:
     default_negative_prompt: str = ""  # the model card's recommended negative prompt
     scheduler: str = ""  # the card's sampler (few-step models: "LCM"); "" = the user's choice
     lora: bool = False  # ``source`` is a LoRA (an LCM-LoRA) fused into the ``base`` model's UNet
-    # a conditional model (a ControlNet adapter + LoRA on ``base``, e.g. demo-sr's 4x super-resolution): the side of
+    # a conditional model (a T2I-Adapter or ControlNet + LoRA on ``base``, e.g. demo-sr's 4x super-resolution): the side of
     # the low-resolution condition image it reads at ``default_size``; 0 = text-to-image
     condition_size: int = 0
 

@@ -1,5 +1,5 @@
 """Few-step students on the shared Trainer: latent consistency distillation (a full student with a guidance input, or
-an LCM-LoRA) and single-stage conditional distillation (CoDi) with a ControlNet adapter, plus its baselines.
+an LCM-LoRA) and single-stage conditional distillation (CoDi) with a ControlNet or T2I-Adapter, plus its baselines.
 
     python -m training.fewstep --config configs/fewstep-demo-lcm.toml            # full student (UNet + guidance input)
     python -m training.fewstep --config configs/fewstep-demo-lcm-lora.toml       # LCM-LoRA
@@ -16,10 +16,12 @@ the target network (EMA of the student, or the student itself) is evaluated at (
 
 A full student takes g through the UNet's ``time_cond_proj_dim`` embedding (``get_guidance_scale_embedding(g - 1)``,
 as the SDXL pipeline feeds it); an LCM-LoRA has no g input and is used with guidance 1 and ``LCMScheduler``.
-Single-stage conditional distillation (CoDi, arXiv 2310.01407) has no teacher forward: the next point is the
-conditional student's own x0 prediction re-noised with the same noise, z_s = a_s stopgrad(x0_hat) + s_s e, and an x0
-denoising term keeps it a conditional denoiser (CoDi's noise self-consistency): L = d(f_theta(z_t), f_target(z_s)) +
-lambda_task ||e_hat_theta(z_t) - e||^2 (v for v-prediction models) - the undistilled model's loss plus consistency.
+Single-stage conditional distillation (CoDi, arXiv 2310.01407) has no teacher forward: the conditional student is
+its own solver. ``codi_solver`` "student": its DDIM step, z_s = a_s stopgrad(x0_hat) + s_s stopgrad(e_hat) (with CFG
+at the example's scale when guidance_max > 1: one more student forward on the zero text embedding); "noise": its x0
+re-noised with the true noise, z_s = a_s stopgrad(x0_hat) + s_s e. A denoising term keeps it a conditional denoiser:
+L = d(f_theta(z_t), f_target(z_s)) + lambda_task ||e_hat_theta(z_t) - e||^2 (v for v-prediction models) - the
+undistilled model's loss plus consistency.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from studio.fewstep import lcm_scheduler, load_fewstep_pipeline, low_res, recommended_settings
+from studio.fewstep import (ADAPTER_FOLDERS, conditional_pipeline, control_image, lcm_scheduler, load_fewstep_pipeline,
+                            low_res, recommended_settings)
 from studio.registry import SPEC_FILE
 from studio.schedulers import make_scheduler
 from studio.train_config.fewstep import FewStepConfig
@@ -59,6 +62,13 @@ def _guidance_embedding(pipe, scales: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the task
+
+def _unconditional(text: dict) -> dict:
+    """The unconditional input of classifier-free guidance: zero text embeddings (SDXL pipelines'
+    force_zeros_for_empty_prompt), the same time ids."""
+    return {"prompt_embeds": torch.zeros_like(text["prompt_embeds"]), "pooled": torch.zeros_like(text["pooled"]),
+            "time_ids": text["time_ids"]}
+
 
 class FewStepTask:
     """Teacher, student, target network, data and the few-step loss; plugs into ``training.trainer.Trainer``."""
@@ -112,13 +122,6 @@ class FewStepTask:
         self.data = SDXLBatches(items, pipe, buckets=[(cfg.resolution, cfg.resolution)], cache_latents=True,
                                 cache_text=True, cache_dir=cfg.cache_dir or None, caption_dropout=cfg.caption_dropout,
                                 device=self.device)
-        self._control_processor = None
-        if cfg.condition:
-            from diffusers.image_processor import VaeImageProcessor
-
-            # the same processor StableDiffusionXLControlNetPipeline builds for its control image
-            self._control_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor, do_convert_rgb=True,
-                                                        do_normalize=False)
 
     # models
     def _student_base_unet(self):
@@ -158,8 +161,11 @@ class FewStepTask:
         unet = teacher_unet if shared else base
         if cfg.rank:
             self._add_lora(unet)
-        controlnet = build_adapter(unet, cfg.adapter_channels).float().requires_grad_(True) if cfg.condition else None
-        model = FewStepModules(unet, controlnet)
+        adapter = None
+        if cfg.condition:
+            adapter = build_adapter(unet, cfg.adapter, cfg.adapter_channels, self.pipe.vae_scale_factor)
+            adapter = adapter.float().requires_grad_(True)
+        model = FewStepModules(unet, adapter)
         if cfg.init_from:
             self._load_conditional(model, cfg.init_from)
         if cfg.objective != "lcd":
@@ -169,13 +175,13 @@ class FewStepTask:
         return model, (None if shared else FewStepModules(teacher_unet)), shared
 
     def _load_conditional(self, model: FewStepModules, folder: str | Path) -> None:
-        """Weights of a conditional output folder (ControlNet and LoRA) into ``model`` (same architecture)."""
-        from diffusers import ControlNetModel
-
-        folder = Path(folder)
-        saved = ControlNetModel.from_pretrained(folder / "controlnet")
+        """Weights of a conditional output folder (adapter and LoRA) into ``model`` (same architecture)."""
+        folder, sub = Path(folder), ADAPTER_FOLDERS[self.cfg.adapter]
+        if not (folder / sub).is_dir():
+            raise ValueError(f"FewStepConfig.init_from: {folder} has no {sub}/ (adapter = {self.cfg.adapter!r})")
+        saved = type(model.adapter).from_pretrained(folder / sub)
         try:
-            model.controlnet.load_state_dict(saved.state_dict())
+            model.adapter.load_state_dict(saved.state_dict())
         except RuntimeError as err:
             raise ValueError(f"FewStepConfig.init_from: {folder} has a different adapter ({str(err).splitlines()[0]})"
                              ) from err
@@ -236,9 +242,8 @@ class FewStepTask:
         return batch
 
     def control_tensor(self, lows: list) -> torch.Tensor:
-        """Low-resolution PIL images -> the ControlNet input, exactly as the pipeline prepares it (upsampled, [0, 1])."""
-        r = self.cfg.resolution
-        return self._control_processor.preprocess(lows, height=r, width=r).to(self.device, torch.float32)
+        """Low-resolution PIL images -> the adapter input, exactly as the pipeline prepares it (upsampled, [0, 1])."""
+        return control_image(lows, self.cfg.resolution).to(self.device, torch.float32)
 
     # loss
     def _teacher_output(self, z, t, text, control, scales):
@@ -246,10 +251,8 @@ class FewStepTask:
         the unconditional input, as SDXL pipelines with force_zeros_for_empty_prompt)."""
         dtype = self.frozen_dtype
         zz = torch.cat([z, z]).to(dtype)
-        text2 = {"prompt_embeds": torch.cat([text["prompt_embeds"], torch.zeros_like(text["prompt_embeds"])]),
-                 "pooled": torch.cat([text["pooled"], torch.zeros_like(text["pooled"])]),
-                 "time_ids": torch.cat([text["time_ids"], text["time_ids"]])}
-        text2 = {k: v.to(dtype) for k, v in text2.items()}
+        empty = _unconditional(text)
+        text2 = {k: torch.cat([text[k], empty[k]]).to(dtype) for k in text}
         control2 = None if control is None else torch.cat([control, control]).to(dtype)
         if self.shared_teacher:
             self.model.unet.disable_adapters()
@@ -266,8 +269,8 @@ class FewStepTask:
         """(student consistency output at (z_start, start), stop-gradient target at (z_end, end), raw student output).
 
         The student reads its output as f = c_skip z + c_out x0_hat; "lcd" reaches z_end with the teacher's CFG DDIM
-        step, "codi" with the student's own x0 re-noised by the same noise. With ``end == start`` the DDIM step
-        returns z_start, so under "lcd" a target equal to the student gives a zero distance."""
+        step, "codi" with the student's own DDIM step or its x0 re-noised by the same noise (``codi_solver``). With
+        ``end == start`` a DDIM step returns z_start, so a target equal to the student gives a zero distance."""
         cfg, ac = self.cfg, self.alphas_cumprod
         w_embed = None
         if cfg.student == "full":
@@ -282,6 +285,12 @@ class FewStepTask:
                 teacher_x0, teacher_eps = x0_and_eps(self._teacher_output(z, start, text, control, scales), z, start,
                                                      ac, self.prediction_type)
                 z_end = ddim_step(teacher_x0, teacher_eps, end, ac)
+            elif cfg.codi_solver == "student":  # codi: the student's own DDIM step (CFG when the range is above 1)
+                guided = output.detach()
+                if cfg.guidance_max > 1:
+                    uncond = model(z, start, _unconditional(text), control, w_embed).float()
+                    guided = uncond + bcast(scales) * (guided - uncond)
+                z_end = ddim_step(*x0_and_eps(guided, z, start, ac, self.prediction_type), end, ac)
             else:  # codi: z_end = a_end x0_hat + s_end noise
                 z_end = ddim_step(x0_hat.detach(), noise, end, ac)
             target_model = self.target if self.target is not None else self.model
@@ -339,10 +348,7 @@ class FewStepTask:
             scheduler = make_scheduler(rec["scheduler"], dict(self.pipe.scheduler.config) | rec["scheduler_config"])
         sched = scheduler or self.pipe.scheduler
         if self.cfg.condition:
-            from diffusers import StableDiffusionXLControlNetPipeline
-
-            pipe = StableDiffusionXLControlNetPipeline(**parts, unet=self.model.unet, controlnet=self.model.controlnet,
-                                                       scheduler=sched)
+            pipe = conditional_pipeline(parts, self.model.unet, self.model.adapter, sched)
         else:
             from diffusers import StableDiffusionXLPipeline
 
@@ -370,7 +376,8 @@ class FewStepTask:
     # export
     def export(self, out_dir: Path) -> Path:
         """full: ``<out>/unet`` + ``studio_model.json``; lora: ``<output_dir>/pytorch_lora_weights.safetensors``;
-        conditional: ``<out>/controlnet`` (+ the UNet LoRA) + ``studio_model.json``. Weights as ``save_dtype``."""
+        conditional: ``<out>/controlnet`` or ``<out>/adapter`` (+ the UNet LoRA) + ``studio_model.json``. Weights as
+        ``save_dtype``."""
         cfg, dtype, rec = self.cfg, DTYPES[self.cfg.save_dtype], self.recommended
         base = cfg.base_name or cfg.teacher
         if cfg.student == "lora" and not cfg.condition:
@@ -390,12 +397,12 @@ class FewStepTask:
             copy.deepcopy(self.model.unet).to(dtype).save_pretrained(out_dir / "unet", safe_serialization=True)
             spec["description"] = f"few-step (LCM) student of {base}"
         else:
-            copy.deepcopy(self.model.controlnet).to(dtype).save_pretrained(out_dir / "controlnet",
-                                                                           safe_serialization=True)
+            sub = ADAPTER_FOLDERS[cfg.adapter]
+            copy.deepcopy(self.model.adapter).to(dtype).save_pretrained(out_dir / sub, safe_serialization=True)
             if cfg.rank:
                 save_lora(out_dir, self.model.unet, config=cfg.to_dict() | {"fewstep": rec}, dtype=dtype)
             spec |= {"description": f"{cfg.condition} ({cfg.objective}) conditional model on {base}",
-                     "pipeline": "StableDiffusionXLControlNetPipeline", "controlnet": "controlnet",
+                     "pipeline": type(self.pipeline()).__name__, sub: sub,
                      "lora": "pytorch_lora_weights.safetensors" if cfg.rank else None,
                      "condition": {"kind": "low-res", "size": cfg.condition_size, "resample": "box"}}
         (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")

@@ -23,7 +23,7 @@ import torch
 
 from studio.demo import shapes
 from studio.demo.evaluator import evaluate_batch, parse_prompt
-from studio.fewstep import load_fewstep_pipeline, low_res, recommended_settings
+from studio.fewstep import control_image, load_fewstep_pipeline, low_res, recommended_settings
 from training.demo_eval import evaluate_pipeline
 
 SR_EVAL_SEED = 2024  # synthetic images of the super-resolution evaluation (training uses the config's seed, 0)
@@ -323,14 +323,14 @@ def _file_params(path: Path) -> int:
 
 
 def _sr_report(m: dict, teacher, n: int, guidances) -> dict:
+    from diffusers.image_processor import VaeImageProcessor
+
     items = sr_items(n)
     out = {"n": n, "rows": {}}
     rows = out["rows"]
-    # references: the condition upsampled by the pipeline's processor, and the VAE round trip of the ground truth
-    sr_pipe = load_fewstep_pipeline(m["sr"], teacher)
-    ups = [im.convert("RGB") for im in sr_pipe.control_image_processor.postprocess(
-        sr_pipe.control_image_processor.preprocess([low_res(im, 64, 16) for im, _ in items], height=64, width=64),
-        output_type="pil")]
+    # references: the condition upsampled as the pipelines prepare it, and the VAE round trip of the ground truth
+    ups = [im.convert("RGB") for im in VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(
+        control_image([low_res(im, 64, 16) for im, _ in items], 64)))]
     rows["condition upsampled (lanczos)"] = score_sr(ups, items)
     with torch.no_grad():
         px = teacher.image_processor.preprocess([im for im, _ in items])

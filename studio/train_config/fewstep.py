@@ -17,6 +17,7 @@ STUDENTS = ("full", "lora")
 OBJECTIVES = ("lcd", "codi", "task")
 LOSSES = ("huber", "l2")
 CONDITIONS = ("", "sr")
+ADAPTERS = ("controlnet", "t2i-adapter")  # diffusers' ControlNetModel / T2IAdapter
 # LCM-LoRA's targets (diffusers' train_lcm_distill_lora_sdxl.py): attention, transformer projections and feed-forward,
 # every resnet conv and time projection, the resamplers
 LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -29,8 +30,8 @@ class FewStepConfig(TrainConfig):
 
     ``objective`` "lcd": latent consistency distillation (arXiv 2310.04378): one DDIM step of the frozen teacher with
     classifier-free guidance over the skipping schedule is the ODE solver. "codi": single-stage conditional
-    distillation (CoDi, arXiv 2310.01407): the conditional student's own x0 prediction with the true noise gives the
-    next point, plus the denoising loss. "task": the plain epsilon loss alone (the undistilled conditional baseline).
+    distillation (CoDi, arXiv 2310.01407): the conditional student is its own solver (``codi_solver``: its DDIM step,
+    or its x0 prediction with the true noise) for the next point, plus the denoising loss. "task": the plain epsilon loss alone (the undistilled conditional baseline).
     """
 
     teacher: str = "demo-teacher"  # registry name or local folder: the frozen model (solver, and backbone of lora)
@@ -38,21 +39,26 @@ class FewStepConfig(TrainConfig):
     student: str = "lora"  # "full": whole UNet with time_cond_proj_dim (guidance input); "lora": adapters on a frozen UNet
     student_base: str = ""  # model whose UNet the student starts from / carries the LoRA ("" = the teacher's)
     objective: str = "lcd"  # "lcd" | "codi" | "task", see the class docstring
-    condition: str = ""  # "" text-to-image; "sr": a ControlNet adapter sees the condition_size^2 downsample
+    condition: str = ""  # "" text-to-image; "sr": the adapter sees the condition_size^2 downsample
+    adapter: str = "controlnet"  # condition adapter: "controlnet" (zero-initialised outputs) | "t2i-adapter"
     condition_size: int = 16  # side of the low-resolution condition image ("sr")
     init_from: str = ""  # conditional model folder to start from; with "lcd" also the frozen teacher (two-stage)
     num_ddim_timesteps: int = 50  # N of the skipping schedule; skipping interval k = num_train_timesteps // N
-    guidance_min: float = 3.0  # CFG scale range of the teacher solver (LCM's w = scale - 1), sampled per example
+    guidance_min: float = 3.0  # CFG scale range of the solver (LCM's w = scale - 1), sampled per example
     guidance_max: float = 8.0
     time_cond_proj_dim: int = 256  # full student: width of the guidance-scale embedding
     loss: str = "huber"  # "huber" (pseudo-Huber, elementwise) | "l2"
     huber_c: float = 0.001
     target_decay: float = 0.95  # EMA rate of the target network; 0 = the online student under no_grad (LCM-LoRA)
+    # "codi": how the next point is reached: "noise" = the student's x0 re-noised with the true noise, "student" = the
+    # student's own DDIM step (its x0 and epsilon: the conditional model as its own ODE solver)
+    codi_solver: str = "noise"
     lambda_task: float = 1.0  # "codi": weight of the denoising (epsilon / v MSE) term beside the consistency term
     rank: int = 16  # LoRA rank ("lora"; 0 with a condition = train the adapter only)
     alpha: float = 0.0  # lora_alpha; 0 = rank (scale 1)
     target_modules: list = field(default_factory=lambda: list(LCM_LORA_TARGETS))
-    adapter_channels: list = field(default_factory=lambda: [16, 32, 32])  # ControlNet condition-encoder widths
+    # ControlNet condition-encoder widths (a T2I-Adapter's widths are the UNet's own)
+    adapter_channels: list = field(default_factory=lambda: [16, 32, 32])
     dataset: str = "demo"  # "demo" (synthetic shapes) or an imagefolder with metadata.jsonl
     dataset_count: int = 2048  # images drawn from the demo generator
     caption_column: str = "text"
@@ -77,7 +83,7 @@ class FewStepConfig(TrainConfig):
                         "caption_dropout": FRACTION, "inference_steps": counts(1000, 1),
                         "inference_guidance": Bound(0, 30)}
     CHOICES: ClassVar = {"student": STUDENTS, "objective": OBJECTIVES, "loss": LOSSES, "condition": CONDITIONS,
-                         "save_dtype": SAVE_DTYPES, "inference_scheduler": CONSISTENCY_SAMPLERS}
+                         "adapter": ADAPTERS, "codi_solver": ("noise", "student"), "save_dtype": SAVE_DTYPES, "inference_scheduler": CONSISTENCY_SAMPLERS}
     PATH_FIELDS: ClassVar = {**TrainConfig.PATH_FIELDS, "teacher": "model", "student_base": "model",
                              "init_from": "read", "dataset": "dataset", "cache_dir": "write"}
     SIZES: ClassVar = {"adapter_channels": 8, "validation_prompts": 64}

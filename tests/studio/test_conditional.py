@@ -1,5 +1,6 @@
-"""Conditional models in the studio (issue 17: a ControlNet adapter on a frozen base, demo-sr's super-resolution):
-the registry marks them, the cache loads them as a ControlNet pipeline, the output follows the condition image, a
+"""Conditional models in the studio (issue 17: a ControlNet or T2I-Adapter on a frozen base, demo-sr's
+super-resolution): the registry marks them, the cache loads them as a ControlNet or T2I-Adapter pipeline (every test
+runs with both), the output follows the condition image, a stop ends the call, a
 missing or unfit condition image gets a clear error before anything loads, the Generate handler takes the image end
 to end on a tiny model, and the arena keeps them out of text-to-image battles with the reason."""
 from __future__ import annotations
@@ -11,14 +12,15 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLControlNetPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from studio.arena_cli import make_generate_fn
 from studio.arena_service import ArenaService, battle_pool, default_pool
 from studio.arena_cache import ArenaError
 from studio.compare import iter_side_by_side
-from studio.generation import GenerateRequest, condition_request, generate
+from studio.fewstep import ADAPTER_FOLDERS
+from studio.generation import GenerateRequest, GenerationCancelled, condition_request, generate
 from studio.hosting import Hosting
 from studio.loading import ModelCache, Runtime
 from studio.paths import models_dir
@@ -32,25 +34,35 @@ PROMPT = "a red circle on a blue background"
 RED, BLUE = Image.new("RGB", (32, 32), (220, 30, 30)), Image.new("RGB", (32, 32), (30, 60, 220))
 
 
-@pytest.fixture(scope="module")
-def tiny_sr(family):
-    """An exported conditional model on tiny-base (32 px, 8x8 condition): a ControlNet adapter whose zero-initialised
-    convolutions (condition embedding out, residual outputs) are given weights, so that the condition reaches the UNet (a trained adapter's state)."""
+PIPELINES = {"controlnet": "StableDiffusionXLControlNetPipeline", "t2i-adapter": "StableDiffusionXLAdapterPipeline"}
+
+
+@pytest.fixture(scope="module", params=sorted(PIPELINES))
+def tiny_sr(family, request):
+    """An exported conditional model on tiny-base (32 px, 8x8 condition), with either adapter. A ControlNet's
+    zero-initialised convolutions (condition embedding out, residual outputs) are given weights, so that the
+    condition reaches the UNet (a trained adapter's state); a T2I-Adapter's ordinary initialisation already does."""
+    kind = request.param
     folder = models_dir() / "tiny-sr"
     shutil.rmtree(folder, ignore_errors=True)
-    controlnet = build_adapter(UNet2DConditionModel.from_pretrained(family["base"] / "unet"))
     torch.manual_seed(0)
-    with torch.no_grad():
-        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out]:
-            block.weight.normal_(0, 3.0)
-    controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
+    adapter = build_adapter(UNet2DConditionModel.from_pretrained(family["base"] / "unet"), kind, vae_scale_factor=4)
+    if kind == "controlnet":
+        with torch.no_grad():
+            for block in [*adapter.controlnet_down_blocks, adapter.controlnet_mid_block,
+                          adapter.controlnet_cond_embedding.conv_out]:
+                block.weight.normal_(0, 3.0)
+    adapter.save_pretrained(folder / ADAPTER_FOLDERS[kind], safe_serialization=True)
     (folder / "studio_model.json").write_text(json.dumps({
         "base": "tiny-base", "default_size": 32, "default_steps": 2, "default_guidance": 1.0, "scheduler": "LCM",
-        "scheduler_config": {"original_inference_steps": 50}, "pipeline": "StableDiffusionXLControlNetPipeline",
-        "controlnet": "controlnet", "condition": {"kind": "low-res", "size": 8, "resample": "box"}}))
+        "scheduler_config": {"original_inference_steps": 50}, "pipeline": PIPELINES[kind],
+        ADAPTER_FOLDERS[kind]: ADAPTER_FOLDERS[kind], "condition": {"kind": "low-res", "size": 8, "resample": "box"}}))
     yield get_spec("tiny-sr")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def tiny_sr_folder():
+    return models_dir() / "tiny-sr"
 
 
 def cpu_cache() -> ModelCache:
@@ -73,7 +85,7 @@ def test_registry_marks_conditional_models_and_demo_sr(tiny_sr):
 def test_the_output_follows_the_condition_image_and_a_missing_one_is_refused(tiny_sr):
     cache = cpu_cache()
     pipe = cache.get(tiny_sr)
-    assert isinstance(pipe, StableDiffusionXLControlNetPipeline)
+    assert type(pipe).__name__ == json.loads((tiny_sr_folder() / "studio_model.json").read_text())["pipeline"]
     assert pipe.text_encoder is cache.get("tiny-base").text_encoder  # shared with its base
 
     def run(image):
@@ -92,6 +104,18 @@ def test_the_output_follows_the_condition_image_and_a_missing_one_is_refused(tin
         generate(pipe, GenerateRequest(PROMPT, steps=1), model_name="tiny-sr")
     with pytest.raises(ValueError, match="width and height must be equal"):
         condition_request(tiny_sr, GenerateRequest(PROMPT, width=32, height=64, condition_image=RED))
+
+
+def test_a_stop_ends_a_conditional_call_at_the_step_it_was_asked(tiny_sr):
+    """The T2I-Adapter pipeline has only the older per-step callback: progress and stop go through it."""
+    pipe, seen = cpu_cache().get(tiny_sr), []
+    request = condition_request(tiny_sr, GenerateRequest(PROMPT, seed=1, steps=4, guidance=1.0, scheduler="LCM",
+                                                         condition_image=RED))
+    with pytest.raises(GenerationCancelled) as stopped:
+        generate(pipe, request, model_name=tiny_sr.name, on_step=lambda i, n, info: seen.append((i, n)),
+                 should_stop=lambda: len(seen) >= 2)
+    assert seen == [(1, 4), (2, 4)] and (stopped.value.step, stopped.value.total) == (2, 4)
+    assert generate(pipe, request, model_name=tiny_sr.name).images  # the pipeline still serves
 
 
 def test_the_request_takes_only_bounded_image_data():

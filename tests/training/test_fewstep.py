@@ -11,6 +11,7 @@ from diffusers import LCMScheduler, StableDiffusionXLPipeline, TCDScheduler, UNe
 from PIL import Image
 from safetensors.torch import load_file
 
+from studio.fewstep import ADAPTER_FOLDERS, control_image
 from training.data import demo_items
 from training.fewstep import (FewStepConfig, FewStepModules, consistency_distance, load_fewstep_pipeline, low_res,
                               main, make_trainer)
@@ -40,11 +41,12 @@ def text_of(batch) -> dict:
     return {k: batch[k] for k in ("prompt_embeds", "pooled", "time_ids")}
 
 
-@pytest.mark.parametrize("student", ["full", "lora"])
+@pytest.mark.parametrize("kind", [dict(student="full"), dict(student="lora"),
+                                  dict(condition="sr", objective="codi", condition_size=8, adapter="t2i-adapter",
+                                       codi_solver="student")])  # the conditional student as its own CFG solver
 def test_consistency_loss_is_zero_when_student_is_target_on_a_zero_length_solver_step(tiny_folder, items, tmp_path,
-                                                                                    student):
-    task = make_trainer(tiny_config(tiny_folder, tmp_path, student=student, rank=2, target_decay=0.9),
-                        items=items).task
+                                                                                    kind):
+    task = make_trainer(tiny_config(tiny_folder, tmp_path, rank=2, target_decay=0.9, **kind), items=items).task
     for p in task.model.parameters():  # a student that differs from its teacher (LoRA B and cond_proj start at 0)
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
@@ -56,10 +58,10 @@ def test_consistency_loss_is_zero_when_student_is_target_on_a_zero_length_solver
     scales = torch.tensor([3.0, 7.0])
     with torch.no_grad():
         pred, target, _ = task.consistency_pair(task.model, batch["latents"], noise, start, start, text_of(batch),
-                                                scales=scales)
+                                                batch.get("control"), scales=scales)
         assert consistency_distance(pred, target) < 1e-6 and consistency_distance(pred, target, "l2") < 1e-9
         pred, target, _ = task.consistency_pair(task.model, batch["latents"], noise, start, start - task.skip,
-                                                text_of(batch), scales=scales)
+                                                text_of(batch), batch.get("control"), scales=scales)
     assert consistency_distance(pred, target) > 1e-4  # a real solver step: the untrained student is inconsistent
 
 
@@ -84,7 +86,9 @@ def test_lora_teacher_is_the_base_unet_with_adapters_off(tiny_folder, items, tmp
 
 @pytest.mark.parametrize("kind", [dict(student="full", target_decay=0.9),
                                   dict(student="lora", rank=2, target_decay=0.0),
-                                  dict(condition="sr", objective="codi", rank=2, condition_size=8)])
+                                  dict(condition="sr", objective="codi", rank=2, condition_size=8),
+                                  dict(condition="sr", objective="codi", rank=2, condition_size=8,
+                                       adapter="t2i-adapter")])
 def test_one_step_changes_only_the_trainable_parameters(tiny_folder, items, tmp_path, kind):
     trainer = make_trainer(tiny_config(tiny_folder, tmp_path, steps=1, **kind), items=items)
     task = trainer.task
@@ -99,14 +103,17 @@ def test_one_step_changes_only_the_trainable_parameters(tiny_folder, items, tmp_
     assert moved and moved <= trainable
     assert all(torch.equal(before[n], after[n]) for n in frozen)
     if kind.get("condition"):
-        assert any(n.startswith("controlnet.") for n in moved) and any("lora_" in n for n in moved)
-        assert all(n.startswith("controlnet.") or "lora_" in n for n in trainable)
+        assert any(n.startswith("adapter.") for n in moved) and any("lora_" in n for n in moved)
+        assert all(n.startswith("adapter.") or "lora_" in n for n in trainable)
     if teacher_before is not None:  # the full student's separate teacher stays frozen
         assert all(torch.equal(teacher_before[n], p) for n, p in task.pipe.unet.named_parameters())
 
 
 @pytest.mark.parametrize("kind", [dict(student="full", target_decay=0.9),
-                                  dict(condition="sr", objective="codi", rank=2, condition_size=8, target_decay=0.5)])
+                                  dict(condition="sr", objective="codi", rank=2, condition_size=8, target_decay=0.5),
+                                  dict(condition="sr", objective="codi", rank=2, condition_size=8, target_decay=0.5,
+                                       adapter="t2i-adapter", codi_solver="student", guidance_min=1.0,
+                                       guidance_max=2.0)])
 def test_resume_replays_the_next_step_exactly(tiny_folder, items, tmp_path, kind):
     full = make_trainer(tiny_config(tiny_folder, tmp_path / "a", **kind), items=items)
     result = full.run()
@@ -163,16 +170,28 @@ def test_full_student_folder_loads_as_a_unet_with_a_guidance_input(tiny_folder, 
     assert np.abs(render(lcm, guidance_scale=2.0) - a).max() > 1e-4  # LCM re-noises with fresh noise: not the same
 
 
-def test_conditional_model_output_depends_on_the_condition_image(tiny_folder, items, tmp_path):
-    result = make_trainer(tiny_config(tiny_folder, tmp_path, condition="sr", objective="codi", rank=2,
+@pytest.mark.parametrize("adapter, pipeline", [("controlnet", "StableDiffusionXLControlNetPipeline"),
+                                               ("t2i-adapter", "StableDiffusionXLAdapterPipeline")])
+def test_conditional_model_output_depends_on_the_condition_image(tiny_folder, items, tmp_path, adapter, pipeline):
+    result = make_trainer(tiny_config(tiny_folder, tmp_path, condition="sr", objective="codi", rank=2, adapter=adapter,
                                       condition_size=8, steps=4, target_decay=0.0, lr=0.05), items=items).run()
     spec = json.loads((result.output / "studio_model.json").read_text())
-    assert spec["pipeline"] == "StableDiffusionXLControlNetPipeline" and spec["condition"]["size"] == 8
+    assert spec["pipeline"] == pipeline and spec["condition"]["size"] == 8
+    assert (result.output / ADAPTER_FOLDERS[adapter]).is_dir()
     pipe = load_fewstep_pipeline(result.output, StableDiffusionXLPipeline.from_pretrained(tiny_folder))
+    assert type(pipe).__name__ == pipeline
     red, blue = (low_res(Image.new("RGB", (32, 32), c), 32, 8) for c in ((220, 30, 30), (30, 60, 220)))
     a, a2, b = (render(pipe, image=im, guidance_scale=1.0) for im in (red, red, blue))
     np.testing.assert_array_equal(a, a2)
     assert np.abs(a - b).max() > 1e-3
+    # training feeds the adapter exactly what this pipeline prepares from the condition image
+    if adapter == "controlnet":
+        prepared = pipe.control_image_processor.preprocess([red, blue], height=32, width=32)
+    else:
+        from diffusers.pipelines.t2i_adapter.pipeline_stable_diffusion_xl_adapter import _preprocess_adapter_image
+
+        prepared = _preprocess_adapter_image([red, blue], 32, 32)
+    torch.testing.assert_close(control_image([red, blue], 32), prepared)
 
 
 def test_two_stage_order_distils_a_task_trained_conditional_model(tiny_folder, items, tmp_path):
@@ -205,6 +224,8 @@ def test_two_stage_order_distils_a_task_trained_conditional_model(tiny_folder, i
     (dict(target_decay=1.0), "target_decay"),
     (dict(loss="l1"), "loss"),
     (dict(inference_scheduler="Euler"), "inference_scheduler"),
+    (dict(condition="sr", objective="codi", adapter="lora"), "adapter"),
+    (dict(condition="sr", objective="codi", codi_solver="teacher"), "codi_solver"),
 ])
 def test_bad_configs_fail_with_the_field_name(tiny_folder, tmp_path, overrides, field):
     with pytest.raises(ValueError, match=f"FewStepConfig.{field}"):
