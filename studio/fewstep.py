@@ -50,8 +50,13 @@ def control_image(images: list, size: int):
 
 
 def adapter_kind(folder: str | Path) -> str | None:
-    """Which condition adapter a model folder holds ("controlnet" / "t2i-adapter"), None for none."""
-    return next((kind for kind, sub in ADAPTER_FOLDERS.items() if (Path(folder) / sub).is_dir()), None)
+    """Which condition adapter a model folder holds ("controlnet" / "t2i-adapter"), None for none; a folder with both
+    is refused (which one its card means would be a guess)."""
+    kinds = [kind for kind, sub in ADAPTER_FOLDERS.items() if (Path(folder) / sub).is_dir()]
+    if len(kinds) > 1:
+        raise ValueError(f"{folder} holds two condition adapters ({', '.join(ADAPTER_FOLDERS[k] + '/' for k in kinds)}); "
+                         "a conditional model folder keeps one")
+    return kinds[0] if kinds else None
 
 
 def conditional_pipeline(parts: dict, unet, adapter, scheduler):

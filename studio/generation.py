@@ -19,10 +19,10 @@ the model cache (``ModelCache.set_compile``). None is on by default: each costs 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import json
 import secrets
-import inspect
 import time
 import warnings
 from contextlib import contextmanager, nullcontext

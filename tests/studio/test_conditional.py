@@ -106,6 +106,19 @@ def test_the_output_follows_the_condition_image_and_a_missing_one_is_refused(tin
         condition_request(tiny_sr, GenerateRequest(PROMPT, width=32, height=64, condition_image=RED))
 
 
+def test_a_folder_with_two_adapters_is_refused_with_both_named(tiny_sr):
+    folder = tiny_sr_folder()
+    other = folder / next(d for d in ADAPTER_FOLDERS.values() if not (folder / d).is_dir())
+    other.mkdir()
+    try:
+        with pytest.raises(ValueError, match="holds two condition adapters .*adapter/.*a conditional model folder "
+                                             "keeps one"):
+            cpu_cache().get(tiny_sr)
+    finally:
+        other.rmdir()
+    assert cpu_cache().get(tiny_sr) is not None  # the folder as it was loads again
+
+
 def test_a_stop_ends_a_conditional_call_at_the_step_it_was_asked(tiny_sr):
     """The T2I-Adapter pipeline has only the older per-step callback: progress and stop go through it."""
     pipe, seen = cpu_cache().get(tiny_sr), []
