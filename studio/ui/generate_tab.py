@@ -418,18 +418,26 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     async def on_cancel(request: gr.Request) -> str:  # async: a cancel must not queue behind busy worker threads
         return board.cancel(request.session_hash or "anon")
 
+    async def on_finished(run_token: str | None):
+        """The run's final status and headers once it has finished (nothing while it runs): written after the run's
+        event ends and after a cancel's reply, so neither the watcher's last update nor "Cancelling…" arriving
+        late can leave a stale line."""
+        run = board.get(run_token)
+        return render(run) if run is not None and run.finished else tuple(gr.skip() for _ in range(1 + MAX_MODELS))
+
     inputs = [widgets[name] for name in api_parameters()]
     queued = go.click(on_queue, None, token, api_name=False, show_progress="hidden", concurrency_limit=None,
                       concurrency_id="generate-status")
     generated = queued.then(gpu_task(handlers.on_generate), inputs, [*galleries, stats, files, seed_used],
                             api_name="generate", show_progress="hidden", **access.lane("gpu", hosting))
-    # the final status once more when the run's event ends: it must not hang on the watcher's last update arriving
-    generated.then(lambda run_token: render(board.get(run_token)), token, [status, *headers], api_name=False,
-                   show_progress="hidden", concurrency_limit=None, concurrency_id="generate-status")
+    generated.then(on_finished, token, [status, *headers], api_name=False, show_progress="hidden",
+                   concurrency_limit=None, concurrency_id="generate-status")
     queued.then(on_watch, token, [status, *headers, seed_used, reuse], api_name=False, show_progress="hidden",
                 concurrency_limit=None, concurrency_id="generate-status")
-    cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden", concurrency_limit=None,
-                 concurrency_id="generate-status")
+    cancelled = cancel.click(on_cancel, None, status, api_name="cancel", show_progress="hidden",
+                             concurrency_limit=None, concurrency_id="generate-status")
+    cancelled.then(on_finished, token, [status, *headers], api_name=False, show_progress="hidden",
+                   concurrency_limit=None, concurrency_id="generate-status")
     reuse.click(on_reuse_seed, seed_used, widgets["seed"], api_name=False)
     refresh.click(on_list_models, None, widgets["models"], api_name="list_models")
     models, lora_models = widgets["models"], widgets["lora_models"]
