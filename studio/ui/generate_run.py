@@ -228,6 +228,13 @@ def render(run: Run | None) -> tuple:
     return (status_text(run), *[column_html(columns[i] if i < len(columns) else None) for i in range(MAX_MODELS)])
 
 
+def finished_view(run: Run | None) -> tuple:
+    """``render`` of a finished run, nothing (skips) for one still running: the final line written once more after
+    the run's event ends and after a cancel's reply, so neither the watcher's last update nor a "Cancelling…" reply
+    arriving late can leave a stale line."""
+    return render(run) if run is not None and run.finished else tuple(gr.skip() for _ in range(1 + MAX_MODELS))
+
+
 async def watch(board: RunBoard, token: str | None, max_s: float = 6 * 3600):
     """Yield `render` of the token's run whenever it changes, until the run finishes."""
     last, deadline = None, time.monotonic() + max_s

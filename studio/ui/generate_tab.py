@@ -34,8 +34,8 @@ from studio.speed import COMPILE, check_choice
 import studio.ui.access as access
 from studio.ui.speed_widgets import build_speed_widgets
 from studio.ui.fields import whole
-from studio.ui.generate_run import (CSS, Column, RunBoard, cancel_message, cancel_on_close, made_text, run_outputs,
-                                    render, watch)
+from studio.ui.generate_run import (CSS, Column, RunBoard, cancel_message, cancel_on_close, finished_view,
+                                    made_text, run_outputs, watch)
 from studio.ui.help import first_step
 from studio.ui.image_inputs import build_condition_widgets, on_condition_models, unopened
 
@@ -418,12 +418,8 @@ def build_generate_tab(cache: ModelCache, hosting: Hosting | None = None) -> lis
     async def on_cancel(request: gr.Request) -> str:  # async: a cancel must not queue behind busy worker threads
         return board.cancel(request.session_hash or "anon")
 
-    async def on_finished(run_token: str | None):
-        """The run's final status and headers once it has finished (nothing while it runs): written after the run's
-        event ends and after a cancel's reply, so neither the watcher's last update nor "Cancelling…" arriving
-        late can leave a stale line."""
-        run = board.get(run_token)
-        return render(run) if run is not None and run.finished else tuple(gr.skip() for _ in range(1 + MAX_MODELS))
+    async def on_finished(run_token: str | None):  # after the run's event and after a cancel's reply
+        return finished_view(board.get(run_token))
 
     inputs = [widgets[name] for name in api_parameters()]
     queued = go.click(on_queue, None, token, api_name=False, show_progress="hidden", concurrency_limit=None,

@@ -169,3 +169,19 @@ def test_the_watcher_follows_its_run_until_it_ends():
     assert seen[0][0].startswith("Queued") and seen[-1][0] == "Done: 1 of 2 models."
     assert any("step 1/4" in s[1] and 'width:25%' in s[1] for s in seen)
     assert "not run" in seen[-1][2]  # m2 never ran: marked, not left "waiting"
+
+
+def test_the_final_line_is_written_only_once_the_run_has_finished():
+    from studio.ui.generate_run import Column, finished_view
+
+    board = RunBoard()
+    token = board.queue("f")
+    run = board.start("f")
+    run.columns = [Column("m1")]
+    run.on_step(1, 4, {"model": "m1"})
+    assert all(isinstance(part, type(gr.skip())) for part in finished_view(board.get(token)))  # running: untouched
+    board.cancel("f")
+    run.finish("cancelled", "Stopped m1: cancelled at step 1/4")
+    shown = finished_view(board.get(token))
+    assert shown == render(run) and shown[0] == "Stopped m1: cancelled at step 1/4"
+    assert all(isinstance(part, type(gr.skip())) for part in finished_view(None))  # a forgotten run: untouched
