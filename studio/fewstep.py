@@ -54,8 +54,8 @@ def adapter_kind(folder: str | Path) -> str | None:
     is refused (which one its card means would be a guess)."""
     kinds = [kind for kind, sub in ADAPTER_FOLDERS.items() if (Path(folder) / sub).is_dir()]
     if len(kinds) > 1:
-        raise ValueError(f"{folder} holds two condition adapters ({', '.join(ADAPTER_FOLDERS[k] + '/' for k in kinds)}); "
-                         "a conditional model folder keeps one")
+        found = ", ".join(ADAPTER_FOLDERS[k] + "/" for k in kinds)
+        raise ValueError(f"{folder} holds two condition adapters ({found}); a conditional model folder keeps one")
     return kinds[0] if kinds else None
 
 

@@ -379,7 +379,8 @@ def generate(pipe: StableDiffusionXLPipeline, request: GenerateRequest, *, model
         with speed, reuse or nullcontext(), torch.inference_mode():
             images = view(**kwargs).images
         latency = time.perf_counter() - start
-    if getattr(view, "interrupt", False):  # diffusers still decoded the latents where the loop stopped: the partial images
+    # diffusers still decoded the latents where the loop stopped: the partial images
+    if getattr(view, "interrupt", False):
         raise GenerationCancelled(f"generation with {model_name} was cancelled at step {done[0]}/"
                                   f"{_total_steps(view)}", model=model_name, step=done[0], total=_total_steps(view),
                                   images=images)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from studio.fewstep import ADAPTER_FOLDERS
 from studio.schedulers import CONSISTENCY_SAMPLERS
 from studio.train_config.base import (FRACTION, SAVE_DTYPES, Bound, TrainConfig, check_dataset, check_model, counts,
                                       weights)
@@ -17,7 +18,8 @@ STUDENTS = ("full", "lora")
 OBJECTIVES = ("lcd", "codi", "task")
 LOSSES = ("huber", "l2")
 CONDITIONS = ("", "sr")
-ADAPTERS = ("controlnet", "t2i-adapter")  # diffusers' ControlNetModel / T2IAdapter
+ADAPTERS = tuple(ADAPTER_FOLDERS)  # "controlnet" | "t2i-adapter": diffusers' ControlNetModel / T2IAdapter
+CODI_SOLVERS = ("noise", "student")
 # LCM-LoRA's targets (diffusers' train_lcm_distill_lora_sdxl.py): attention, transformer projections and feed-forward,
 # every resnet conv and time projection, the resamplers
 LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -31,7 +33,8 @@ class FewStepConfig(TrainConfig):
     ``objective`` "lcd": latent consistency distillation (arXiv 2310.04378): one DDIM step of the frozen teacher with
     classifier-free guidance over the skipping schedule is the ODE solver. "codi": single-stage conditional
     distillation (CoDi, arXiv 2310.01407): the conditional student is its own solver (``codi_solver``: its DDIM step,
-    or its x0 prediction with the true noise) for the next point, plus the denoising loss. "task": the plain epsilon loss alone (the undistilled conditional baseline).
+    or its x0 prediction with the true noise) for the next point, plus the denoising loss. "task": the plain epsilon
+    loss alone (the undistilled conditional baseline).
     """
 
     teacher: str = "demo-teacher"  # registry name or local folder: the frozen model (solver, and backbone of lora)
@@ -83,7 +86,8 @@ class FewStepConfig(TrainConfig):
                         "caption_dropout": FRACTION, "inference_steps": counts(1000, 1),
                         "inference_guidance": Bound(0, 30)}
     CHOICES: ClassVar = {"student": STUDENTS, "objective": OBJECTIVES, "loss": LOSSES, "condition": CONDITIONS,
-                         "adapter": ADAPTERS, "codi_solver": ("noise", "student"), "save_dtype": SAVE_DTYPES, "inference_scheduler": CONSISTENCY_SAMPLERS}
+                         "adapter": ADAPTERS, "codi_solver": CODI_SOLVERS, "save_dtype": SAVE_DTYPES,
+                         "inference_scheduler": CONSISTENCY_SAMPLERS}
     PATH_FIELDS: ClassVar = {**TrainConfig.PATH_FIELDS, "teacher": "model", "student_base": "model",
                              "init_from": "read", "dataset": "dataset", "cache_dir": "write"}
     SIZES: ClassVar = {"adapter_channels": 8, "validation_prompts": 64}
