@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from studio.fewstep import (ADAPTER_FOLDERS, conditional_pipeline, control_image, lcm_scheduler, load_fewstep_pipeline,
-                            low_res, recommended_settings)
+from studio.fewstep import (ADAPTER_FOLDERS, adapter_kind, conditional_pipeline, control_image, lcm_scheduler,
+                            load_adapter, load_fewstep_pipeline, low_res, recommended_settings)
 from studio.registry import SPEC_FILE
 from studio.schedulers import make_scheduler
 from studio.train_config.fewstep import FewStepConfig
@@ -176,10 +176,11 @@ class FewStepTask:
 
     def _load_conditional(self, model: FewStepModules, folder: str | Path) -> None:
         """Weights of a conditional output folder (adapter and LoRA) into ``model`` (same architecture)."""
-        folder, sub = Path(folder), ADAPTER_FOLDERS[self.cfg.adapter]
-        if not (folder / sub).is_dir():
-            raise ValueError(f"FewStepConfig.init_from: {folder} has no {sub}/ (adapter = {self.cfg.adapter!r})")
-        saved = type(model.adapter).from_pretrained(folder / sub)
+        folder = Path(folder)
+        if adapter_kind(folder) != self.cfg.adapter:
+            raise ValueError(f"FewStepConfig.init_from: {folder} has no {ADAPTER_FOLDERS[self.cfg.adapter]}/ "
+                             f"(adapter = {self.cfg.adapter!r})")
+        saved = load_adapter(folder)
         try:
             model.adapter.load_state_dict(saved.state_dict())
         except RuntimeError as err:
